@@ -1,0 +1,113 @@
+# uhmm: plain GNU make.
+#   make              libraries, the uhmm command, examples
+#   make demo         build and run the demonstration
+#   make check        build and run the whole test suite (ends "N passed, N failed")
+#   make install PREFIX=/usr/local DESTDIR=
+# Variants: CC=clang, WERROR=1, SAN=asan (ASan+UBSan) or SAN=tsan; each
+# variant builds in its own directory (BUILD=...).
+
+VERSION := 0.1.0
+SOVERSION := 0
+PREFIX ?= /usr/local
+LIBDIR ?= $(PREFIX)/lib
+INCLUDEDIR ?= $(PREFIX)/include
+BINDIR ?= $(PREFIX)/bin
+MANDIR ?= $(PREFIX)/share/man
+DESTDIR ?=
+
+CC ?= cc
+SAN ?=
+BUILD ?= build$(if $(SAN),-$(SAN))$(if $(filter clang%,$(notdir $(CC))),-clang)
+
+Q := $(if $(V),,@)
+WARN := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes -Wno-unused-parameter
+CFLAGS ?= -O2 -g
+BASE_CFLAGS := -std=gnu11 -D_GNU_SOURCE -pthread -fPIC -fvisibility=hidden $(WARN) \
+	-Isrc/include -Isrc
+ifeq ($(WERROR),1)
+BASE_CFLAGS += -Werror
+endif
+ifeq ($(SAN),asan)
+SAN_FLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+endif
+ifeq ($(SAN),tsan)
+SAN_FLAGS := -fsanitize=thread -fno-omit-frame-pointer
+endif
+ALL_CFLAGS = $(BASE_CFLAGS) $(SAN_FLAGS) $(CFLAGS)
+LDLIBS := -pthread
+
+LIB_SRCS := $(wildcard src/*.c src/lib/*.c sim/*.c)
+LIB_OBJS := $(LIB_SRCS:%.c=$(BUILD)/%.o)
+TEST_SRCS := $(wildcard test/*.c test/conformance/*.c)
+TEST_OBJS := $(TEST_SRCS:%.c=$(BUILD)/%.o)
+TOOL_SRCS := $(wildcard tools/*.c)
+TOOL_OBJS := $(TOOL_SRCS:%.c=$(BUILD)/%.o)
+EXAMPLES := $(patsubst examples/%.c,$(BUILD)/examples/%,$(wildcard examples/*.c))
+
+STATIC := $(BUILD)/libuhmm.a
+SHARED := $(BUILD)/libuhmm.so.$(VERSION)
+
+all: $(STATIC) $(SHARED) $(BUILD)/uhmm $(EXAMPLES)
+
+$(BUILD)/%.o: %.c $(wildcard src/*.h src/include/*.h src/include/uhmm/*.h src/uapi/*.h src/lib/*.h sim/*.h test/*.h)
+	@mkdir -p $(dir $@)
+	$(Q)$(CC) $(ALL_CFLAGS) -c -o $@ $<
+
+$(STATIC): $(LIB_OBJS)
+	rm -f $@
+	ar rcs $@ $^
+
+$(SHARED): $(LIB_OBJS) src/uhmm.map
+	$(CC) $(ALL_CFLAGS) -shared -Wl,-soname,libuhmm.so.$(SOVERSION) \
+		-Wl,--version-script=src/uhmm.map -o $@ $(LIB_OBJS) $(LDLIBS)
+	ln -sf libuhmm.so.$(VERSION) $(BUILD)/libuhmm.so.$(SOVERSION)
+	ln -sf libuhmm.so.$(SOVERSION) $(BUILD)/libuhmm.so
+
+$(BUILD)/uhmm: $(TOOL_OBJS) $(STATIC)
+	$(CC) $(ALL_CFLAGS) -o $@ $(TOOL_OBJS) $(STATIC) $(LDLIBS)
+
+$(BUILD)/uhmm-tests: $(TEST_OBJS) $(STATIC)
+	$(CC) $(ALL_CFLAGS) -o $@ $(TEST_OBJS) $(STATIC) $(LDLIBS)
+
+$(BUILD)/examples/%: examples/%.c $(STATIC)
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -o $@ $< $(STATIC) $(LDLIBS)
+
+demo: $(BUILD)/uhmm
+	$(BUILD)/uhmm demo
+
+# Every test, in three modes: fast paths, forced fallbacks, unprivileged.
+# TSan refuses to start threads in the child of a multi-threaded fork unless
+# told not to; the fork tests do exactly that, on purpose.
+check: $(BUILD)/uhmm-tests
+	TSAN_OPTIONS="die_after_fork=0 $(TSAN_OPTIONS)" $(BUILD)/uhmm-tests $(TESTFLAGS)
+
+uhmm.pc: uhmm.pc.in Makefile
+	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@LIBDIR@|$(LIBDIR)|' \
+	    -e 's|@INCLUDEDIR@|$(INCLUDEDIR)|' -e 's|@VERSION@|$(VERSION)|' $< > $@
+
+install: $(STATIC) $(SHARED) $(BUILD)/uhmm uhmm.pc
+	install -d $(DESTDIR)$(LIBDIR)/pkgconfig $(DESTDIR)$(INCLUDEDIR)/uhmm $(DESTDIR)$(BINDIR)
+	install -m 644 src/include/uhmm.h $(DESTDIR)$(INCLUDEDIR)/uhmm.h
+	install -m 644 src/include/uhmm/dmirror.h $(DESTDIR)$(INCLUDEDIR)/uhmm/dmirror.h
+	install -m 644 $(STATIC) $(DESTDIR)$(LIBDIR)/libuhmm.a
+	install -m 755 $(SHARED) $(DESTDIR)$(LIBDIR)/libuhmm.so.$(VERSION)
+	ln -sf libuhmm.so.$(VERSION) $(DESTDIR)$(LIBDIR)/libuhmm.so.$(SOVERSION)
+	ln -sf libuhmm.so.$(SOVERSION) $(DESTDIR)$(LIBDIR)/libuhmm.so
+	install -m 644 uhmm.pc $(DESTDIR)$(LIBDIR)/pkgconfig/uhmm.pc
+	install -m 755 $(BUILD)/uhmm $(DESTDIR)$(BINDIR)/uhmm
+	for s in 3 7; do for f in man/*.$$s; do [ -e "$$f" ] || continue; \
+		install -d $(DESTDIR)$(MANDIR)/man$$s; install -m 644 $$f $(DESTDIR)$(MANDIR)/man$$s/; done; done
+
+uninstall:
+	rm -f $(DESTDIR)$(INCLUDEDIR)/uhmm.h $(DESTDIR)$(INCLUDEDIR)/uhmm/dmirror.h
+	-rmdir $(DESTDIR)$(INCLUDEDIR)/uhmm
+	rm -f $(DESTDIR)$(LIBDIR)/libuhmm.a $(DESTDIR)$(LIBDIR)/libuhmm.so*
+	rm -f $(DESTDIR)$(LIBDIR)/pkgconfig/uhmm.pc $(DESTDIR)$(BINDIR)/uhmm
+	for f in man/*.3 man/*.7; do [ -e "$$f" ] || continue; \
+		rm -f $(DESTDIR)$(MANDIR)/man$${f##*.}/$$(basename $$f); done
+
+clean:
+	rm -rf build build-* uhmm.pc
+
+.PHONY: all demo check install uninstall clean

@@ -1,0 +1,411 @@
+// SPDX-License-Identifier: MIT
+/*
+ * The reference device ("dmirror"), after the kernel's lib/test_hmm.c: a
+ * simulated device with its own page table, reaching host memory only
+ * through it, kept coherent with the CPU by an interval notifier and the
+ * read_begin / range_fault / read_retry protocol. It uses uhmm's public API
+ * only (plus the internal radix tree as a container).
+ *
+ * Lock: dmirror->lock protects the device page table; the invalidate
+ * callback takes it; device copies run under it, so that once invalidate()
+ * returns the device no longer touches the old pages. uhmm_range_fault() is
+ * always called without it.
+ */
+#include <errno.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "dmirror_internal.h"
+
+/* ---- device page table ---- */
+
+static uint64_t dpt_get(struct uhmm_dmirror *dm, uint64_t addr)
+{
+	return uhmm_radix_get(&dm->pt, addr >> DM_PAGE_SHIFT);
+}
+
+static int dpt_set(struct uhmm_dmirror *dm, uint64_t addr, uint64_t entry)
+{
+	return uhmm_radix_set(&dm->pt, addr >> DM_PAGE_SHIFT, entry);
+}
+
+static void dpt_clear(struct uhmm_dmirror *dm, uint64_t start, uint64_t end)
+{
+	if (end > start)
+		uhmm_radix_clear(&dm->pt, start >> DM_PAGE_SHIFT, (end - 1) >> DM_PAGE_SHIFT);
+}
+
+/* Device page-table entry for one hmm_pfns[] value (VALID assumed). */
+static uint64_t dpt_entry_from_pfn(uint64_t hmm_pfn)
+{
+	uint64_t e = DPT_READ;
+
+	if (hmm_pfn & UHMM_PFN_WRITE)
+		e |= DPT_WRITE;
+	if (uhmm_pfn_is_zero(hmm_pfn))
+		e |= DPT_ZERO;
+	if (uhmm_pfn_to_pfn(hmm_pfn) >= UHMM_DEVICE_PFN_BASE)
+		e |= DPT_DEVPAGE | (uhmm_pfn_to_pfn(hmm_pfn) << DPT_PFN_SHIFT);
+	return e;
+}
+
+/* ---- the notifier ---- */
+
+static bool dmirror_invalidate(struct uhmm_interval_notifier *sub,
+			       const struct uhmm_notifier_range *range, unsigned long cur_seq)
+{
+	struct uhmm_dmirror *dm = (struct uhmm_dmirror *)((char *)sub - offsetof(struct uhmm_dmirror, notifier));
+
+	/* Our own migrations update the page table themselves. */
+	if (range->event == UHMM_NOTIFY_MIGRATE && range->owner == dm->owner)
+		return true;
+	pthread_mutex_lock(&dm->lock);
+	uhmm_interval_set_seq(sub, cur_seq);
+	dpt_clear(dm, range->start, range->end);
+	dm->invalidations++;
+	pthread_mutex_unlock(&dm->lock);
+	return true;
+}
+
+static const struct uhmm_interval_notifier_ops dmirror_notifier_ops = {
+	.invalidate = dmirror_invalidate,
+};
+
+/* ---- device faults ---- */
+
+static uint64_t now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+/* Install the pages of @range in the device page table; caller holds the lock. */
+static int dmirror_install(struct uhmm_dmirror *dm, const struct uhmm_range *range)
+{
+	uint64_t n = (range->end - range->start) >> DM_PAGE_SHIFT;
+
+	for (uint64_t i = 0; i < n; i++) {
+		uint64_t pfn = range->hmm_pfns[i];
+		int ret;
+
+		if (!(pfn & UHMM_PFN_VALID))
+			continue;
+		ret = dpt_set(dm, range->start + (i << DM_PAGE_SHIFT), dpt_entry_from_pfn(pfn));
+		if (ret)
+			return ret;
+	}
+	return 0;
+}
+
+/*
+ * The driver side of the sequence protocol for one chunk: snapshot (and
+ * fault) with uhmm_range_fault(), then, under the device lock, either the
+ * snapshot is still good (read_retry false) and @apply uses it, or go round.
+ * Gives up with -EBUSY after UHMM_RANGE_DEFAULT_TIMEOUT_MS.
+ */
+int dmirror_range_locked(struct uhmm_dmirror *dm, struct uhmm_range *range,
+			 int (*apply)(struct uhmm_dmirror *dm, const struct uhmm_range *range, void *arg),
+			 void *arg)
+{
+	uint64_t deadline = now_ms() + UHMM_RANGE_DEFAULT_TIMEOUT_MS;
+	int ret;
+
+	for (;;) {
+		if (now_ms() > deadline)
+			return -EBUSY;
+		range->notifier_seq = uhmm_interval_read_begin(range->notifier);
+		ret = uhmm_range_fault(range);
+		if (ret == -EBUSY)
+			continue;
+		if (ret)
+			return ret;
+		pthread_mutex_lock(&dm->lock);
+		if (uhmm_interval_read_retry(range->notifier, range->notifier_seq)) {
+			pthread_mutex_unlock(&dm->lock);
+			continue;
+		}
+		ret = apply(dm, range, arg);
+		pthread_mutex_unlock(&dm->lock);
+		return ret;
+	}
+}
+
+static int apply_install(struct uhmm_dmirror *dm, const struct uhmm_range *range, void *arg)
+{
+	(void)arg;
+	return dmirror_install(dm, range);
+}
+
+/* One device fault pass over [start, end): counts as one fault. */
+static int dmirror_fault(struct uhmm_dmirror *dm, uint64_t start, uint64_t end, bool write)
+{
+	uint64_t pfns[DM_CHUNK_PAGES];
+	struct uhmm_range range = {
+		.notifier = &dm->notifier,
+		.hmm_pfns = pfns,
+		.default_flags = UHMM_PFN_REQ_FAULT | (write ? UHMM_PFN_REQ_WRITE : 0),
+		.dev_private_owner = dm->owner,
+	};
+
+	for (uint64_t addr = start; addr < end; addr = range.end) {
+		int ret;
+
+		range.start = addr;
+		range.end = end - addr > DM_CHUNK_BYTES ? addr + DM_CHUNK_BYTES : end;
+		ret = dmirror_range_locked(dm, &range, apply_install, NULL);
+		if (ret)
+			return ret;
+	}
+	return 0;
+}
+
+/* ---- READ / WRITE ---- */
+
+/*
+ * Copy one run of mapped pages between the device's bounce buffer and
+ * memory, under the lock. System pages go through uhmm_access_vm(), so a
+ * page unmapped behind the device's back is an error, not a crash.
+ */
+static int dmirror_copy_page(struct uhmm_dmirror *dm, uint64_t entry, uint64_t addr, char *bounce,
+			     bool write)
+{
+	if (entry & DPT_DEVPAGE)
+		return dmirror_devmem_copy(dm, entry >> DPT_PFN_SHIFT, bounce, write);
+	if (entry & DPT_ZERO) {
+		memset(bounce, 0, DM_PAGE_SIZE);
+		return 0;
+	}
+	return uhmm_access_vm(addr, bounce, DM_PAGE_SIZE, write ? UHMM_ACCESS_WRITE : 0) < 0 ? -EFAULT : 0;
+}
+
+/*
+ * Copy pages from *@done on until a page is not mapped (well enough):
+ * -ENOENT with *@done at that page, so the caller faults and resumes.
+ */
+static int dmirror_do_copy(struct uhmm_dmirror *dm, uint64_t start, uint64_t npages, char *bounce,
+			   uint64_t *done, bool write)
+{
+	int ret = 0;
+
+	pthread_mutex_lock(&dm->lock);
+	for (; *done < npages; (*done)++) {
+		uint64_t addr = start + (*done << DM_PAGE_SHIFT);
+		uint64_t entry = dpt_get(dm, addr);
+
+		if (!entry || (write && !(entry & DPT_WRITE))) {
+			ret = -ENOENT;
+			break;
+		}
+		ret = dmirror_copy_page(dm, entry, addr, bounce + (*done << DM_PAGE_SHIFT), write);
+		if (ret)
+			break;
+	}
+	pthread_mutex_unlock(&dm->lock);
+	return ret;
+}
+
+static int dmirror_rw(struct uhmm_dmirror *dm, struct uhmm_dmirror_cmd *cmd, bool write)
+{
+	uint64_t bytes = cmd->npages << DM_PAGE_SHIFT, done = 0, faults = 0;
+	char *bounce;
+	int ret;
+
+	bounce = malloc(bytes);
+	if (!bounce)
+		return -ENOMEM;
+	/* The caller's buffer is read (or written) whole, like copy_from_user(). */
+	if (write && uhmm_access_vm(cmd->ptr, bounce, bytes, 0) < 0) {
+		ret = -EFAULT;
+		goto out;
+	}
+	for (;;) {
+		ret = dmirror_do_copy(dm, cmd->addr, cmd->npages, bounce, &done, write);
+		if (ret != -ENOENT)
+			break;
+		ret = dmirror_fault(dm, cmd->addr + (done << DM_PAGE_SHIFT),
+				    cmd->addr + bytes, write);
+		if (ret)
+			break;
+		faults++;
+	}
+	if (!ret && !write && uhmm_access_vm(cmd->ptr, bounce, bytes, UHMM_ACCESS_WRITE) < 0)
+		ret = -EFAULT;
+	if (!ret) {
+		cmd->cpages = done;
+		cmd->faults = faults;
+	}
+out:
+	free(bounce);
+	return ret;
+}
+
+/* ---- SNAPSHOT ---- */
+
+static uint8_t dmirror_snapshot_byte(struct uhmm_dmirror *dm, uint64_t pfn)
+{
+	unsigned int order;
+	uint8_t perm;
+
+	if (pfn & UHMM_PFN_ERROR)
+		return UHMM_DMIRROR_PROT_ERROR;
+	if (!(pfn & UHMM_PFN_VALID))
+		return UHMM_DMIRROR_PROT_NONE;
+	if (uhmm_pfn_to_pfn(pfn) >= UHMM_DEVICE_PFN_BASE)
+		perm = dmirror_devmem_is_local(dm, uhmm_pfn_to_pfn(pfn))
+			       ? UHMM_DMIRROR_PROT_DEV_PRIVATE_LOCAL
+			       : UHMM_DMIRROR_PROT_DEV_PRIVATE_REMOTE;
+	else if (uhmm_pfn_is_zero(pfn))
+		perm = UHMM_DMIRROR_PROT_ZERO;
+	else
+		perm = UHMM_DMIRROR_PROT_NONE;
+	perm |= (pfn & UHMM_PFN_WRITE) ? UHMM_DMIRROR_PROT_WRITE : UHMM_DMIRROR_PROT_READ;
+	order = uhmm_pfn_to_map_order(pfn);
+	if (order + DM_PAGE_SHIFT == 21)
+		perm |= UHMM_DMIRROR_PROT_PMD;
+	else if (order + DM_PAGE_SHIFT == 30)
+		perm |= UHMM_DMIRROR_PROT_PUD;
+	return perm;
+}
+
+static int apply_snapshot(struct uhmm_dmirror *dm, const struct uhmm_range *range, void *arg)
+{
+	uint8_t *out = arg;
+	uint64_t n = (range->end - range->start) >> DM_PAGE_SHIFT;
+
+	for (uint64_t i = 0; i < n; i++)
+		out[i] = dmirror_snapshot_byte(dm, range->hmm_pfns[i]);
+	return 0;
+}
+
+static int dmirror_snapshot(struct uhmm_dmirror *dm, struct uhmm_dmirror_cmd *cmd)
+{
+	uint64_t pfns[DM_CHUNK_PAGES], end = cmd->addr + (cmd->npages << DM_PAGE_SHIFT);
+	struct uhmm_range range = {
+		.notifier = &dm->notifier, .hmm_pfns = pfns, .dev_private_owner = dm->owner,
+	};
+	uint8_t *bytes = malloc(cmd->npages);
+	int ret = bytes ? 0 : -ENOMEM;
+
+	for (uint64_t addr = cmd->addr; !ret && addr < end; addr = range.end) {
+		range.start = addr;
+		range.end = end - addr > DM_CHUNK_BYTES ? addr + DM_CHUNK_BYTES : end;
+		ret = dmirror_range_locked(dm, &range, apply_snapshot,
+					   bytes + ((addr - cmd->addr) >> DM_PAGE_SHIFT));
+	}
+	if (!ret && uhmm_access_vm(cmd->ptr, bytes, cmd->npages, UHMM_ACCESS_WRITE) < 0)
+		ret = -EFAULT;
+	if (!ret) {
+		cmd->cpages = cmd->npages;
+		cmd->faults = 0;
+	}
+	free(bytes);
+	return ret;
+}
+
+/* ---- open / close / dispatch ---- */
+
+__attribute__((visibility("default"))) int uhmm_dmirror_open(unsigned int device, struct uhmm_dmirror **out)
+{
+	struct uhmm_dmirror *dm;
+	int ret;
+
+	if (!out)
+		return -EINVAL;
+	if (device >= DM_NDEVICES)
+		return -ENODEV;
+	dm = calloc(1, sizeof(*dm));
+	if (!dm)
+		return -ENOMEM;
+	dm->device = device;
+	dm->owner = dmirror_device_owner(device);
+	dm->pid = getpid();
+	pthread_mutex_init(&dm->lock, NULL);
+	ret = uhmm_mm_get(&dm->mm);
+	if (ret)
+		goto err_free;
+	ret = uhmm_interval_notifier_insert(&dm->notifier, dm->mm, 0, DM_VA_LIMIT, &dmirror_notifier_ops);
+	if (ret)
+		goto err_put;
+	ret = dmirror_devmem_attach(dm);
+	if (ret)
+		goto err_remove;
+	*out = dm;
+	return 0;
+
+err_remove:
+	uhmm_interval_notifier_remove(&dm->notifier);
+err_put:
+	uhmm_mm_put(dm->mm);
+err_free:
+	pthread_mutex_destroy(&dm->lock);
+	free(dm);
+	return ret;
+}
+
+__attribute__((visibility("default"))) int uhmm_dmirror_close(struct uhmm_dmirror *dm)
+{
+	if (!dm)
+		return -EINVAL;
+	/* A forked child's copy of the parent's instance: only our memory to free. */
+	if (dmirror_owned_here(dm)) {
+		dmirror_devmem_detach(dm);
+		uhmm_interval_notifier_remove(&dm->notifier);
+		uhmm_mm_put(dm->mm);
+	}
+	uhmm_radix_free(&dm->pt);
+	pthread_mutex_destroy(&dm->lock);
+	free(dm);
+	return 0;
+}
+
+static int dmirror_check_cmd(const struct uhmm_dmirror_cmd *c)
+{
+	if ((c->addr & (DM_PAGE_SIZE - 1)) || c->npages == 0)
+		return -EINVAL;
+	if (c->npages > (UINT64_MAX - c->addr) >> DM_PAGE_SHIFT)
+		return -EINVAL;
+	if ((c->addr + (c->npages << DM_PAGE_SHIFT)) > DM_VA_LIMIT)
+		return -EINVAL;
+	return 0;
+}
+
+__attribute__((visibility("default"))) int uhmm_dmirror_cmd(struct uhmm_dmirror *dm, unsigned int cmd, struct uhmm_dmirror_cmd *c)
+{
+	int ret;
+
+	if (!dm || !c)
+		return -EINVAL;
+	ret = dmirror_check_cmd(c);
+	if (ret)
+		return ret;
+	if (!dmirror_owned_here(dm))
+		return -EBADF;
+	/* Changes reported after the fact reach our page table before we use it. */
+	uhmm_mm_sync(dm->mm);
+
+	switch (cmd) {
+	case UHMM_DMIRROR_READ:
+		return dmirror_rw(dm, c, false);
+	case UHMM_DMIRROR_WRITE:
+		return dmirror_rw(dm, c, true);
+	case UHMM_DMIRROR_SNAPSHOT:
+		return dmirror_snapshot(dm, c);
+	case UHMM_DMIRROR_FLAGS:
+		__atomic_store_n(&dm->flags, c->npages, __ATOMIC_RELAXED);
+		c->cpages = 0;
+		c->faults = 0;
+		return 0;
+	case UHMM_DMIRROR_MIGRATE_TO_DEV:
+	case UHMM_DMIRROR_MIGRATE_TO_SYS:
+	case UHMM_DMIRROR_EXCLUSIVE:
+	case UHMM_DMIRROR_CHECK_EXCLUSIVE:
+	case UHMM_DMIRROR_RELEASE:
+		return dmirror_migrate_cmd(dm, cmd, c);
+	default:
+		return -EINVAL;
+	}
+}

@@ -1,0 +1,63 @@
+/* SPDX-License-Identifier: MIT */
+/* The reference device's internals, shared between its files. */
+#ifndef UHMM_DMIRROR_INTERNAL_H
+#define UHMM_DMIRROR_INTERNAL_H
+
+#include <pthread.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <unistd.h>
+
+#include "uhmm.h"
+#include "uhmm/dmirror.h"
+#include "../src/lib/radix.h"
+
+#define DM_PAGE_SHIFT 12
+#define DM_PAGE_SIZE (1ULL << DM_PAGE_SHIFT)
+#define DM_CHUNK_PAGES 512			/* pages per uhmm_range_fault() call */
+#define DM_CHUNK_BYTES (DM_CHUNK_PAGES * DM_PAGE_SIZE)
+#define DM_VA_LIMIT (1ULL << 47)		/* user address space on x86-64 */
+#define DM_NDEVICES 2
+
+/* Device page-table entry bits */
+#define DPT_READ (1ULL << 0)
+#define DPT_WRITE (1ULL << 1)
+#define DPT_ATOMIC (1ULL << 2)
+#define DPT_ZERO (1ULL << 3)			/* the shared zero page */
+#define DPT_DEVPAGE (1ULL << 4)			/* device memory; pfn in the high bits */
+#define DPT_PFN_SHIFT 8
+
+struct dmirror_devmem;
+
+struct uhmm_dmirror {
+	unsigned int device;
+	pid_t pid;				/* the address space mirrored */
+	void *owner;				/* pagemap owner: one per device number */
+	struct uhmm_mm *mm;
+	struct uhmm_interval_notifier notifier;
+	pthread_mutex_t lock;			/* the device page table below */
+	struct uhmm_radix pt;			/* vpn -> DPT_* entry */
+	uint64_t flags;				/* UHMM_DMIRROR_FLAG_* (atomic) */
+	uint64_t invalidations;			/* under lock */
+	struct dmirror_devmem *devmem;		/* this device's memory */
+};
+
+static inline int dmirror_owned_here(const struct uhmm_dmirror *dm)
+{
+	return dm->pid == getpid();
+}
+
+/* dmirror.c */
+int dmirror_range_locked(struct uhmm_dmirror *dm, struct uhmm_range *range,
+			 int (*apply)(struct uhmm_dmirror *dm, const struct uhmm_range *range, void *arg),
+			 void *arg);
+
+/* devmem.c: device memory and migration */
+void *dmirror_device_owner(unsigned int device);
+int dmirror_devmem_attach(struct uhmm_dmirror *dm);
+void dmirror_devmem_detach(struct uhmm_dmirror *dm);
+int dmirror_devmem_copy(struct uhmm_dmirror *dm, uint64_t pfn, void *buf, int to_device);
+int dmirror_devmem_is_local(struct uhmm_dmirror *dm, uint64_t pfn);
+int dmirror_migrate_cmd(struct uhmm_dmirror *dm, unsigned int cmd, struct uhmm_dmirror_cmd *c);
+
+#endif

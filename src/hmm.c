@@ -1,0 +1,356 @@
+// SPDX-License-Identifier: MIT
+/*
+ * uhmm_range_fault(): the user-space hmm_range_fault() (mm/hmm.c).
+ *
+ * One pass: list the VMAs, check every request against them (so that an
+ * -EFAULT or -EPERM leaves memory untouched), read the page-table state
+ * from pagemap, fault in what is requested and missing with
+ * MADV_POPULATE_READ/WRITE, and go round again until nothing needs a fault;
+ * then fill hmm_pfns. The caller's notifier sequence is checked at the top
+ * of every pass and at the end (-EBUSY).
+ */
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include "internal.h"
+#include "../uapi/uhmm_uapi.h"
+
+#define RANGE_FAULT_MAX_PASSES 16
+#define REQ_BITS (UHMM_PFN_REQ_FAULT | UHMM_PFN_REQ_WRITE)
+
+struct fault_ctx {
+	struct uhmm_range *range;
+	uint64_t npages;
+	struct uhmm_vma *vmas;
+	int nvmas;
+	uint8_t *state;		/* UHMM_PTE_* per page */
+	int transient;		/* last transient error (-ENOMEM), if any */
+};
+
+static inline uint64_t req_of(const struct uhmm_range *r, uint64_t i)
+{
+	return ((r->hmm_pfns[i] & r->pfn_flags_mask) | r->default_flags) & REQ_BITS;
+}
+
+/* OR of the requests of pages [a, b) of the range. */
+static uint64_t req_any(const struct uhmm_range *r, uint64_t a, uint64_t b)
+{
+	uint64_t any = r->default_flags & REQ_BITS;
+
+	if (!(r->pfn_flags_mask & REQ_BITS))
+		return any;
+	for (uint64_t i = a; i < b && any != REQ_BITS; i++)
+		any |= req_of(r, i);
+	return any;
+}
+
+static uint64_t page_index(const struct uhmm_range *r, uint64_t addr)
+{
+	return (addr - r->start) >> UHMM_PAGE_SHIFT;
+}
+
+static bool vma_usable(const struct uhmm_vma *v)
+{
+	return (v->flags & UHMM_VMA_READ) && !(v->flags & UHMM_VMA_SPECIAL);
+}
+
+/* Return the VMAs of the range in ctx (allocated), or -errno. */
+static int ctx_load_vmas(struct fault_ctx *c)
+{
+	int n, max = 16;
+
+	for (;;) {
+		free(c->vmas);
+		c->vmas = malloc((size_t)max * sizeof(*c->vmas));
+		if (!c->vmas)
+			return -ENOMEM;
+		n = uhmm_vma_list(c->range->start, c->range->end, c->vmas, max);
+		if (n < 0)
+			return n;
+		if (n <= max)
+			break;
+		max = n + 16;
+	}
+	c->nvmas = n;
+	return 0;
+}
+
+/*
+ * Check every request against the VMAs before anything is faulted: no VMA,
+ * no read permission or a special mapping is -EFAULT where a fault is
+ * requested; a write request on a read-only VMA is -EPERM.
+ */
+static int ctx_check_requests(struct fault_ctx *c)
+{
+	struct uhmm_range *r = c->range;
+	uint64_t addr = r->start;
+
+	for (int i = 0; i <= c->nvmas; i++) {
+		uint64_t vs = i < c->nvmas ? c->vmas[i].start : r->end;
+		uint64_t hole_end = vs < r->end ? vs : r->end;
+
+		if (addr < hole_end && (req_any(r, page_index(r, addr), page_index(r, hole_end)) & UHMM_PFN_REQ_FAULT))
+			return -EFAULT;
+		if (i == c->nvmas)
+			break;
+		uint64_t s = c->vmas[i].start > r->start ? c->vmas[i].start : r->start;
+		uint64_t e = c->vmas[i].end < r->end ? c->vmas[i].end : r->end;
+		uint64_t req = req_any(r, page_index(r, s), page_index(r, e));
+
+		if (!vma_usable(&c->vmas[i]) && (req & UHMM_PFN_REQ_FAULT))
+			return -EFAULT;
+		if (!(c->vmas[i].flags & UHMM_VMA_WRITE) && (req & UHMM_PFN_REQ_WRITE))
+			return -EPERM;
+		addr = e;
+	}
+	return 0;
+}
+
+static bool page_writable(const struct uhmm_vma *v, uint8_t st)
+{
+	if (!(v->flags & UHMM_VMA_WRITE) || !(st & UHMM_PTE_PRESENT) || (st & UHMM_PTE_ZERO))
+		return false;
+	if (v->flags & UHMM_VMA_SHARED)
+		return true;
+	/* Private: only an anonymous page we alone map (not copy-on-write). */
+	return !(st & UHMM_PTE_FILE) && (st & UHMM_PTE_EXCLUSIVE);
+}
+
+static uint64_t page_need(uint64_t req, const struct uhmm_vma *v, uint8_t st)
+{
+	uint64_t need = 0;
+
+	if ((req & UHMM_PFN_REQ_FAULT) && !(st & UHMM_PTE_PRESENT))
+		need |= UHMM_PFN_REQ_FAULT;
+	if ((req & UHMM_PFN_REQ_WRITE) && !page_writable(v, st))
+		need |= UHMM_PFN_REQ_WRITE;
+	return need;
+}
+
+/* Is [start, end) entirely covered by VMAs right now? */
+static bool range_mapped(uint64_t start, uint64_t end)
+{
+	struct uhmm_vma v[8];
+	int n = uhmm_vma_list(start, end, v, UHMM_ARRAY_SIZE(v));
+
+	if (n <= 0 || n > (int)UHMM_ARRAY_SIZE(v) || v[0].start > start)
+		return false;
+	for (int i = 1; i < n; i++)
+		if (v[i].start != v[i - 1].end)
+			return false;
+	return v[n - 1].end >= end;
+}
+
+static int populate(uint64_t start, uint64_t end, bool write)
+{
+	for (;;) {
+		if (madvise((void *)(uintptr_t)start, end - start,
+			    write ? MADV_POPULATE_WRITE : MADV_POPULATE_READ) == 0)
+			return 0;
+		switch (errno) {
+		case EINTR:
+		case EAGAIN:
+			continue;
+		case EINVAL:	/* VM_PFNMAP / VM_IO, or changed under us */
+		case EFAULT:
+			return -EFAULT;
+		case ENOMEM:
+			/*
+			 * Also what a range unmapped under us gives. Mapped
+			 * again by now: it changed, go round (the pass loop
+			 * reports -ENOMEM if it keeps failing).
+			 */
+			return range_mapped(start, end) ? -EAGAIN : -EFAULT;
+		default:
+			return -errno;
+		}
+	}
+}
+
+/*
+ * Fault in the runs of pages of VMA @v that need it. Returns the number of
+ * runs faulted (0: nothing needed) or -errno.
+ */
+static int ctx_fault_vma(struct fault_ctx *c, const struct uhmm_vma *v, uint64_t s, uint64_t e)
+{
+	struct uhmm_range *r = c->range;
+	uint64_t run_start = 0, run_need = 0;
+	int runs = 0, ret;
+
+	for (uint64_t a = s; a <= e; a += UHMM_PAGE_SIZE) {
+		uint64_t need = 0, i = page_index(r, a);
+
+		if (a < e)
+			need = page_need(req_of(r, i), v, c->state[i]);
+		if (need && !run_need) {
+			run_start = a;
+			run_need = need;
+		} else if (run_need && (!need || a == e)) {
+			ret = populate(run_start, a, run_need & UHMM_PFN_REQ_WRITE);
+			if (ret)
+				return ret;
+			runs++;
+			run_need = 0;
+		} else {
+			run_need |= need;
+		}
+	}
+	return runs;
+}
+
+static uint64_t page_pfn(const struct uhmm_vma *v, uint64_t addr, uint8_t st)
+{
+	uint64_t f = UHMM_PFN_VALID, order = 0;
+
+	if (page_writable(v, st))
+		f |= UHMM_PFN_WRITE;
+	if (v->flags & UHMM_VMA_HUGETLB)
+		order = v->page_shift - UHMM_PAGE_SHIFT;
+	else if (st & UHMM_PTE_HUGE)
+		order = UHMM_PMD_SHIFT - UHMM_PAGE_SHIFT;
+	f |= order << UHMM_PFN_ORDER_SHIFT;
+	return f | ((st & UHMM_PTE_ZERO) ? UHMM_ZERO_PFN : addr >> UHMM_PAGE_SHIFT);
+}
+
+static void ctx_fill(struct fault_ctx *c)
+{
+	struct uhmm_range *r = c->range;
+	uint64_t addr = r->start;
+
+	for (int i = 0; i <= c->nvmas; i++) {
+		uint64_t hole_end = i < c->nvmas && c->vmas[i].start < r->end ? c->vmas[i].start : r->end;
+
+		for (; addr < hole_end; addr += UHMM_PAGE_SIZE)
+			r->hmm_pfns[page_index(r, addr)] = UHMM_PFN_ERROR;
+		if (i == c->nvmas)
+			break;
+		const struct uhmm_vma *v = &c->vmas[i];
+		uint64_t e = v->end < r->end ? v->end : r->end;
+
+		for (; addr < e; addr += UHMM_PAGE_SIZE) {
+			uint64_t idx = page_index(r, addr);
+			uint8_t st = c->state[idx];
+
+			if (!vma_usable(v))
+				r->hmm_pfns[idx] = UHMM_PFN_ERROR;
+			else if (!(st & UHMM_PTE_PRESENT))
+				r->hmm_pfns[idx] = 0;
+			else
+				r->hmm_pfns[idx] = page_pfn(v, addr, st);
+		}
+	}
+}
+
+/* One pass: returns 1 if something was faulted (go round again), 0, or -errno. */
+static int ctx_pass(struct fault_ctx *c)
+{
+	struct uhmm_range *r = c->range;
+	bool need_excl = false;
+	int ret, faulted = 0;
+
+	ret = ctx_load_vmas(c);
+	if (ret)
+		return ret;
+	ret = ctx_check_requests(c);
+	if (ret)
+		return ret;
+	for (int i = 0; i < c->nvmas; i++)
+		need_excl |= (c->vmas[i].flags & (UHMM_VMA_WRITE | UHMM_VMA_SHARED)) == UHMM_VMA_WRITE;
+	ret = uhmm_pagemap_read(r->start, r->end, c->state, need_excl);
+	if (ret)
+		return ret;
+	if (!(req_any(r, 0, c->npages) & REQ_BITS))
+		return 0;
+	for (int i = 0; i < c->nvmas; i++) {
+		uint64_t s = c->vmas[i].start > r->start ? c->vmas[i].start : r->start;
+		uint64_t e = c->vmas[i].end < r->end ? c->vmas[i].end : r->end;
+
+		if (!vma_usable(&c->vmas[i]))
+			continue;
+		ret = ctx_fault_vma(c, &c->vmas[i], s, e);
+		if (ret == -EAGAIN) {
+			c->transient = -ENOMEM;
+			return 1;
+		}
+		if (ret < 0)
+			return ret;
+		faulted += ret;
+	}
+	return faulted > 0;
+}
+
+static int range_validate(const struct uhmm_range *r)
+{
+	const struct uhmm_interval_notifier *n;
+
+	if (!r || !r->notifier || !r->hmm_pfns)
+		return -EINVAL;
+	if (uhmm_check_range(r->start, r->end))
+		return -EINVAL;
+	if (r->default_flags & ~REQ_BITS)
+		return -EINVAL;
+	n = r->notifier;
+	if (!n->mm || !uhmm_mm_is_current(n->mm))
+		return -EINVAL;
+	if (r->start < n->start || r->end - 1 > n->last)
+		return -EINVAL;
+	return 0;
+}
+
+UHMM_EXPORT int uhmm_range_fault(struct uhmm_range *range)
+{
+	struct fault_ctx c = { .range = range };
+	int ret, pass;
+
+	ret = range_validate(range);
+	if (ret)
+		return ret;
+	ret = uhmm_mm_register(range->notifier->mm, range->start, range->end);
+	if (ret)
+		return ret;
+	c.npages = (range->end - range->start) >> UHMM_PAGE_SHIFT;
+	c.state = malloc(c.npages);
+	if (!c.state)
+		return -ENOMEM;
+	for (pass = 0; pass < RANGE_FAULT_MAX_PASSES; pass++) {
+		if (uhmm_interval_check_retry(range->notifier, range->notifier_seq)) {
+			ret = -EBUSY;
+			break;
+		}
+		ret = ctx_pass(&c);
+		if (ret <= 0)
+			break;
+	}
+	if (ret == 0) {
+		ctx_fill(&c);
+		if (uhmm_interval_check_retry(range->notifier, range->notifier_seq))
+			ret = -EBUSY;
+	} else if (ret > 0) {
+		/* the pages kept changing under us, or memory ran short */
+		ret = c.transient ? c.transient : -EBUSY;
+	}
+	free(c.vmas);
+	free(c.state);
+	return ret;
+}
+
+UHMM_EXPORT ssize_t uhmm_access_vm(uint64_t addr, void *buf, size_t len, unsigned int flags)
+{
+	struct iovec local = { buf, len }, remote = { (void *)(uintptr_t)addr, len };
+	ssize_t n;
+
+	if (!buf || (flags & ~UHMM_ACCESS_WRITE) || addr + len < addr)
+		return -EINVAL;
+	if (len == 0)
+		return 0;
+	if (flags & UHMM_ACCESS_WRITE)
+		n = process_vm_writev(getpid(), &local, 1, &remote, 1, 0);
+	else
+		n = process_vm_readv(getpid(), &local, 1, &remote, 1, 0);
+	if (n < 0)
+		return -errno;
+	return (size_t)n == len ? n : -EFAULT;
+}

@@ -1,0 +1,194 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Internal interfaces between uhmm's modules. See docs/architecture.md for
+ * the picture and the lock order.
+ */
+#ifndef UHMM_INTERNAL_H
+#define UHMM_INTERNAL_H
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "uhmm.h"
+
+struct uffd_msg;
+
+#define UHMM_EXPORT __attribute__((visibility("default")))
+#define UHMM_ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
+
+#define UHMM_PAGE_SHIFT 12
+#define UHMM_PAGE_SIZE (1UL << UHMM_PAGE_SHIFT)
+#define UHMM_PMD_SHIFT 21
+#define UHMM_PMD_SIZE (1UL << UHMM_PMD_SHIFT)
+#define UHMM_PUD_SHIFT 30
+
+static inline bool uhmm_page_aligned(uint64_t x) { return (x & (UHMM_PAGE_SIZE - 1)) == 0; }
+static inline uint64_t uhmm_align_down(uint64_t x, uint64_t a) { return x & ~(a - 1); }
+static inline uint64_t uhmm_align_up(uint64_t x, uint64_t a) { return (x + a - 1) & ~(a - 1); }
+
+/* Validate a [start, end) byte range of whole pages: 0 or -EINVAL. */
+static inline int uhmm_check_range(uint64_t start, uint64_t end)
+{
+	if (!uhmm_page_aligned(start) || !uhmm_page_aligned(end) || end <= start)
+		return -EINVAL;
+	return 0;
+}
+
+/* ---- log.c ---- */
+void uhmm_log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* ---- kfeatures.c ---- */
+const struct uhmm_features *uhmm_kfeatures(void);
+static inline bool uhmm_has(uint32_t feat) { return (uhmm_kfeatures()->flags & feat) != 0; }
+/* PFN of the shared zero page, when PFNs are visible (else 0) */
+uint64_t uhmm_kfeatures_zero_pfn(void);
+
+/* ---- procfs.c: cached /proc descriptors, reopened after fork() ---- */
+enum uhmm_proc_file { UHMM_PROC_PAGEMAP, UHMM_PROC_MAPS, UHMM_PROC_KPAGEFLAGS };
+int uhmm_proc_fd(enum uhmm_proc_file which);	/* fd (do not close) or -errno */
+void uhmm_procfs_after_fork_child(void);
+
+/* ---- uffd.c: the userfaultfd itself ---- */
+/*
+ * Features uhmm asks the kernel for; the ones it lacks are left out. Not
+ * EVENT_FORK: it needs CAP_SYS_PTRACE and fork() is handled with atfork.
+ */
+#define UHMM_UFFD_WANT_FEATURES                                                          \
+	(UFFD_FEATURE_EVENT_REMOVE | UFFD_FEATURE_EVENT_UNMAP | UFFD_FEATURE_EVENT_REMAP | \
+	 UFFD_FEATURE_PAGEFAULT_FLAG_WP | UFFD_FEATURE_WP_HUGETLBFS_SHMEM |               \
+	 UFFD_FEATURE_MISSING_SHMEM | UFFD_FEATURE_MISSING_HUGETLBFS |                    \
+	 UFFD_FEATURE_THREAD_ID | UFFD_FEATURE_MOVE | UFFD_FEATURE_POISON)
+int uhmm_uffd_open_any(enum uhmm_uffd_source *src);
+int uhmm_uffd_open(uint64_t want_features, uint64_t *got_features);
+int uhmm_uffd_register(int uffd, uint64_t start, uint64_t end, uint64_t mode, uint64_t *ioctls);
+int uhmm_uffd_unregister(int uffd, uint64_t start, uint64_t end);
+
+/* ---- vma.c: the VMA list (PROCMAP_QUERY or /proc/self/maps) ---- */
+#define UHMM_VMA_READ (1u << 0)
+#define UHMM_VMA_WRITE (1u << 1)
+#define UHMM_VMA_EXEC (1u << 2)
+#define UHMM_VMA_SHARED (1u << 3)
+#define UHMM_VMA_FILE (1u << 4)		/* backed by a file (incl. shmem objects) */
+#define UHMM_VMA_SPECIAL (1u << 5)	/* [vvar], [vsyscall]...: VM_IO/PFNMAP-like */
+#define UHMM_VMA_HUGETLB (1u << 6)
+
+struct uhmm_vma {
+	uint64_t start;
+	uint64_t end;
+	uint32_t flags;		/* UHMM_VMA_* */
+	uint32_t page_shift;	/* 12, or the hugetlb page shift */
+};
+
+/*
+ * Fill @out with the VMAs that overlap [start, end), in address order.
+ * Return: the number found (may be more than @max: call again with a larger
+ * array), or -errno.
+ */
+int uhmm_vma_list(uint64_t start, uint64_t end, struct uhmm_vma *out, int max);
+
+/* ---- pagemap.c: per-page CPU page-table state ---- */
+#define UHMM_PTE_PRESENT (1u << 0)
+#define UHMM_PTE_ZERO (1u << 1)		/* the shared zero page */
+#define UHMM_PTE_HUGE (1u << 2)		/* mapped by a PMD (THP) or hugetlb */
+#define UHMM_PTE_SWAPPED (1u << 3)
+#define UHMM_PTE_FILE (1u << 4)		/* page-cache or shared-anon page */
+#define UHMM_PTE_EXCLUSIVE (1u << 5)	/* mapped by this process only */
+#define UHMM_PTE_UFFD_WP (1u << 6)
+
+/*
+ * One byte of UHMM_PTE_* per page of [start, end) into @state.
+ * @need_excl: also compute UHMM_PTE_EXCLUSIVE (costs a pread of pagemap
+ * on the fast path; only needed to decide write permission).
+ */
+int uhmm_pagemap_read(uint64_t start, uint64_t end, uint8_t *state, bool need_excl);
+
+/* ---- spanset.c: a sorted set of disjoint [start, end) spans ---- */
+struct uhmm_span {
+	uint64_t start;
+	uint64_t end;
+};
+struct uhmm_spanset {
+	struct uhmm_span *v;
+	size_t n;
+	size_t cap;
+};
+bool uhmm_spanset_covers(const struct uhmm_spanset *s, uint64_t start, uint64_t end);
+int uhmm_spanset_add(struct uhmm_spanset *s, uint64_t start, uint64_t end);
+int uhmm_spanset_remove(struct uhmm_spanset *s, uint64_t start, uint64_t end);
+void uhmm_spanset_free(struct uhmm_spanset *s);
+
+/* ---- mm.c / service.c / notifier.c: the address space ---- */
+struct uhmm_fork_inval;
+
+struct uhmm_mm {
+	pid_t pid;			/* the process this mm mirrors */
+	atomic_int refs;
+	int uffd;
+	uint64_t uffd_features;		/* features enabled on @uffd */
+	uint64_t uffd_ioctls;		/* ioctls usable on registered anon ranges */
+	int stop_efd;			/* eventfd: tells the service reader to stop */
+
+	/* service.c: reader + worker threads and the message queue between them */
+	pthread_t reader, worker;
+	bool reader_started, worker_started;
+	void *stacks[2];
+	struct uhmm_span service_mem[3];	/* reader stack, worker stack, queue */
+	struct uffd_msg *q;			/* ring of q_cap messages (under lock) */
+	size_t q_cap, q_head, q_len;
+	uint64_t ev_queued, ev_done;		/* messages queued / handled (under lock) */
+	bool reading;				/* the reader is in read() (under lock) */
+	bool stopping;				/* (under lock) */
+
+	/*
+	 * @lock protects the notifier list, the invalidation state, the
+	 * registration set and the service thread's batch generation. It is a
+	 * leaf lock: nothing else is taken while holding it, and no callback
+	 * runs under it.
+	 */
+	pthread_mutex_t lock;
+	pthread_cond_t cond;		/* invalidation ended / batch ended */
+	struct uhmm_interval_notifier *notifiers;
+	size_t n_notifiers;
+	unsigned long invalidate_seq;	/* odd while any invalidation runs */
+	unsigned int active_invalidations;
+	struct uhmm_spanset registered;	/* ranges registered with @uffd */
+
+	struct uhmm_fork_inval *fork_inval; /* invalidations held open across fork() */
+
+	atomic_ulong stat_events[8];	/* invalidations by enum uhmm_notifier_event */
+};
+
+/* The current process's mm if it exists (no reference taken), else NULL. */
+struct uhmm_mm *uhmm_mm_peek(void);
+bool uhmm_mm_is_current(const struct uhmm_mm *mm);
+
+int uhmm_service_start(struct uhmm_mm *mm);
+void uhmm_service_stop(struct uhmm_mm *mm);
+bool uhmm_in_service_thread(void);
+/* Does [start, end) touch memory of uhmm's own threads (never registered)? */
+bool uhmm_service_owns(struct uhmm_mm *mm, uint64_t start, uint64_t end);
+/* Wait until every userfaultfd event read so far has been handled. */
+void uhmm_service_sync(struct uhmm_mm *mm);
+
+/*
+ * Invalidate [start, end) for @event: every overlapping notifier's
+ * invalidate() runs; until uhmm_invalidate_end() readers wait.
+ */
+void uhmm_invalidate_start(struct uhmm_mm *mm, const struct uhmm_notifier_range *r);
+void uhmm_invalidate_end(struct uhmm_mm *mm);
+/* start + end in one call, for changes that already happened */
+void uhmm_invalidate(struct uhmm_mm *mm, uint64_t start, uint64_t end,
+		     enum uhmm_notifier_event event, void *owner);
+/* Does any notifier overlap [start, end)? (lock-free hint for hot paths) */
+bool uhmm_notifiers_overlap(struct uhmm_mm *mm, uint64_t start, uint64_t end);
+
+/* Make sure [start, end) is registered with the mm's userfaultfd (WP mode). */
+int uhmm_mm_register(struct uhmm_mm *mm, uint64_t start, uint64_t end);
+/* Forget registrations the kernel dropped (munmap) or moved (mremap). */
+void uhmm_mm_forget(struct uhmm_mm *mm, uint64_t start, uint64_t end);
+
+#endif /* UHMM_INTERNAL_H */

@@ -1,0 +1,178 @@
+// SPDX-License-Identifier: MIT
+/*
+ * Invalidate *before* the CPU page table changes, as the kernel does, for
+ * the calls uhmm can see: the program's own munmap(), mremap(), madvise(),
+ * mprotect(), pkey_mprotect() and mmap(MAP_FIXED) resolve to these
+ * definitions (the library, or the program it is linked into statically,
+ * precedes libc in symbol lookup). Each one opens an invalidation of the
+ * range, makes the system call, and closes the invalidation: a device that
+ * calls uhmm_interval_read_begin() meanwhile waits, so it can never map
+ * the old pages again, nor the new ones before they are in place.
+ *
+ * Calls libc makes internally (free() of a large block) do not come here;
+ * their userfaultfd events (UNMAP, REMOVE, REMAP) reach the notifiers from
+ * the service thread instead, after the change. mprotect() has no event: a
+ * libc-internal mprotect is not seen (see docs/architecture.md).
+ */
+#include <stdarg.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+#ifndef MADV_DONTNEED_LOCKED
+#define MADV_DONTNEED_LOCKED 24
+#endif
+#ifndef MADV_PAGEOUT
+#define MADV_PAGEOUT 21
+#endif
+#ifndef MADV_COLLAPSE
+#define MADV_COLLAPSE 25
+#endif
+
+struct inval_guard {
+	struct uhmm_mm *mm;
+	int opened;
+};
+
+/* Open an invalidation of [addr, addr + len) if any notifier watches it. */
+static void guard_open(struct inval_guard *g, const void *addr, size_t len,
+		       enum uhmm_notifier_event event)
+{
+	uint64_t start = uhmm_align_down((uintptr_t)addr, UHMM_PAGE_SIZE);
+	uint64_t end = uhmm_align_up((uintptr_t)addr + len, UHMM_PAGE_SIZE);
+	struct uhmm_notifier_range r = {
+		.start = start, .end = end, .event = event, .flags = UHMM_NOTIFIER_RANGE_BLOCKABLE,
+	};
+
+	if (!g->mm)
+		g->mm = uhmm_mm_peek();
+	if (!g->mm || len == 0 || end <= start || uhmm_in_service_thread())
+		return;
+	if (!uhmm_notifiers_overlap(g->mm, start, end))
+		return;
+	uhmm_invalidate_start(g->mm, &r);
+	g->opened++;
+}
+
+static void guard_close(struct inval_guard *g)
+{
+	while (g->opened-- > 0)
+		uhmm_invalidate_end(g->mm);
+}
+
+static void guard_forget(struct inval_guard *g, const void *addr, size_t len)
+{
+	if (g->opened > 0)
+		uhmm_mm_forget(g->mm, uhmm_align_down((uintptr_t)addr, UHMM_PAGE_SIZE),
+			       uhmm_align_up((uintptr_t)addr + len, UHMM_PAGE_SIZE));
+}
+
+UHMM_EXPORT int munmap(void *addr, size_t len)
+{
+	struct inval_guard g = { 0 };
+	long ret;
+
+	guard_open(&g, addr, len, UHMM_NOTIFY_UNMAP);
+	ret = syscall(SYS_munmap, addr, len);
+	if (ret == 0)
+		guard_forget(&g, addr, len);
+	guard_close(&g);
+	return (int)ret;
+}
+
+UHMM_EXPORT void *mremap(void *old, size_t old_size, size_t new_size, int flags, ...)
+{
+	struct inval_guard g = { 0 };
+	void *new_addr = NULL;
+	long ret;
+
+	if (flags & MREMAP_FIXED) {
+		va_list ap;
+
+		va_start(ap, flags);
+		new_addr = va_arg(ap, void *);
+		va_end(ap);
+		guard_open(&g, new_addr, new_size, UHMM_NOTIFY_UNMAP);
+	}
+	guard_open(&g, old, old_size, UHMM_NOTIFY_UNMAP);
+	ret = syscall(SYS_mremap, old, old_size, new_size, flags, new_addr);
+	guard_close(&g);
+	return (void *)ret;
+}
+
+static bool madvise_drops_pages(int advice)
+{
+	switch (advice) {
+	case MADV_DONTNEED:
+	case MADV_FREE:
+	case MADV_REMOVE:
+	case MADV_DONTNEED_LOCKED:
+	case MADV_PAGEOUT:
+	case MADV_COLLAPSE:
+		return true;
+	default:
+		return false;
+	}
+}
+
+UHMM_EXPORT int madvise(void *addr, size_t len, int advice)
+{
+	struct inval_guard g = { 0 };
+	long ret;
+
+	if (madvise_drops_pages(advice))
+		guard_open(&g, addr, len, UHMM_NOTIFY_CLEAR);
+	ret = syscall(SYS_madvise, addr, len, advice);
+	guard_close(&g);
+	return (int)ret;
+}
+
+/* Only a change that may remove a permission needs the devices told. */
+static bool prot_may_remove(int prot)
+{
+	return (prot & (PROT_READ | PROT_WRITE)) != (PROT_READ | PROT_WRITE);
+}
+
+UHMM_EXPORT int mprotect(void *addr, size_t len, int prot)
+{
+	struct inval_guard g = { 0 };
+	long ret;
+
+	if (prot_may_remove(prot))
+		guard_open(&g, addr, len, UHMM_NOTIFY_PROTECTION_VMA);
+	ret = syscall(SYS_mprotect, addr, len, prot);
+	guard_close(&g);
+	return (int)ret;
+}
+
+UHMM_EXPORT int pkey_mprotect(void *addr, size_t len, int prot, int pkey)
+{
+	struct inval_guard g = { 0 };
+	long ret;
+
+	/* A protection key can take away access whatever @prot says. */
+	guard_open(&g, addr, len, UHMM_NOTIFY_PROTECTION_VMA);
+	ret = syscall(SYS_pkey_mprotect, addr, len, prot, pkey);
+	guard_close(&g);
+	return (int)ret;
+}
+
+UHMM_EXPORT void *mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off)
+{
+	struct inval_guard g = { 0 };
+	long ret;
+
+	/* MAP_FIXED replaces whatever was mapped there: an unmap first. */
+	if (flags & MAP_FIXED)
+		guard_open(&g, addr, len, UHMM_NOTIFY_UNMAP);
+	ret = syscall(SYS_mmap, addr, len, prot, flags, fd, off);
+	if (ret != -1)
+		guard_forget(&g, addr, len);
+	guard_close(&g);
+	return (void *)ret;
+}
+
+UHMM_EXPORT void *mmap64(void *addr, size_t len, int prot, int flags, int fd, off_t off)
+	__attribute__((alias("mmap")));

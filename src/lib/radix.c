@@ -1,0 +1,139 @@
+// SPDX-License-Identifier: MIT
+#include <errno.h>
+#include <stdlib.h>
+
+#include "radix.h"
+
+#define FANOUT (1u << UHMM_RADIX_BITS)
+
+static unsigned int idx_at(uint64_t key, int level)
+{
+	return (unsigned int)(key >> (UHMM_RADIX_BITS * (UHMM_RADIX_LEVELS - 1 - level))) & (FANOUT - 1);
+}
+
+uint64_t *uhmm_radix_slot(struct uhmm_radix *t, uint64_t key, bool create)
+{
+	void ***pp = &t->root;
+
+	if (key > UHMM_RADIX_MAX_KEY)
+		return NULL;
+	for (int level = 0; level < UHMM_RADIX_LEVELS; level++) {
+		if (!*pp) {
+			if (!create)
+				return NULL;
+			*pp = calloc(FANOUT, sizeof(void *));
+			if (!*pp)
+				return NULL;
+		}
+		if (level == UHMM_RADIX_LEVELS - 1)
+			return (uint64_t *)*pp + idx_at(key, level);
+		pp = (void ***)&(*pp)[idx_at(key, level)];
+	}
+	return NULL;
+}
+
+uint64_t uhmm_radix_get(const struct uhmm_radix *t, uint64_t key)
+{
+	uint64_t *s = uhmm_radix_slot((struct uhmm_radix *)t, key, false);
+
+	return s ? *s : 0;
+}
+
+int uhmm_radix_set(struct uhmm_radix *t, uint64_t key, uint64_t val)
+{
+	uint64_t *s;
+
+	if (key > UHMM_RADIX_MAX_KEY)
+		return -EINVAL;
+	s = uhmm_radix_slot(t, key, val != 0);
+	if (!s)
+		return val ? -ENOMEM : 0;
+	t->count += (val != 0) - (*s != 0);
+	*s = val;
+	return 0;
+}
+
+struct walk {
+	struct uhmm_radix *t;
+	uint64_t first, last;
+	int (*fn)(void *arg, uint64_t key, uint64_t *val);
+	void *arg;
+	bool clear;
+};
+
+/* Returns the walk's stop code; *empty tells whether the node is now all zero. */
+static int walk_node(struct walk *w, void **node, int level, uint64_t base, bool *empty)
+{
+	int shift = UHMM_RADIX_BITS * (UHMM_RADIX_LEVELS - 1 - level);
+	int ret = 0;
+
+	*empty = true;
+	for (unsigned int i = 0; i < FANOUT; i++) {
+		uint64_t lo = base + ((uint64_t)i << shift);
+		uint64_t hi = lo + ((1ULL << shift) - 1);
+
+		if (hi < w->first || lo > w->last || ret) {
+			*empty &= level == UHMM_RADIX_LEVELS - 1 ? ((uint64_t *)node)[i] == 0 : node[i] == NULL;
+			continue;
+		}
+		if (level == UHMM_RADIX_LEVELS - 1) {
+			uint64_t *v = (uint64_t *)node + i;
+
+			if (*v && w->clear) {
+				*v = 0;
+				w->t->count--;
+			} else if (*v) {
+				uint64_t old = *v;
+
+				ret = w->fn(w->arg, lo, v);
+				w->t->count += (*v != 0) - (old != 0);
+			}
+			*empty &= *v == 0;
+		} else if (node[i]) {
+			bool child_empty;
+
+			ret = walk_node(w, node[i], level + 1, lo, &child_empty);
+			if (child_empty) {
+				free(node[i]);
+				node[i] = NULL;
+			}
+			*empty &= node[i] == NULL;
+		}
+	}
+	return ret;
+}
+
+static int radix_walk(struct walk *w)
+{
+	bool empty;
+	int ret;
+
+	if (!w->t->root || w->first > w->last)
+		return 0;
+	ret = walk_node(w, w->t->root, 0, 0, &empty);
+	if (empty) {
+		free(w->t->root);
+		w->t->root = NULL;
+	}
+	return ret;
+}
+
+int uhmm_radix_walk(struct uhmm_radix *t, uint64_t first, uint64_t last,
+		    int (*fn)(void *arg, uint64_t key, uint64_t *val), void *arg)
+{
+	struct walk w = { t, first, last > UHMM_RADIX_MAX_KEY ? UHMM_RADIX_MAX_KEY : last, fn, arg, false };
+
+	return radix_walk(&w);
+}
+
+void uhmm_radix_clear(struct uhmm_radix *t, uint64_t first, uint64_t last)
+{
+	struct walk w = { t, first, last > UHMM_RADIX_MAX_KEY ? UHMM_RADIX_MAX_KEY : last, NULL, NULL, true };
+
+	radix_walk(&w);
+}
+
+void uhmm_radix_free(struct uhmm_radix *t)
+{
+	uhmm_radix_clear(t, 0, UHMM_RADIX_MAX_KEY);
+}

@@ -1,0 +1,321 @@
+// SPDX-License-Identifier: MIT
+/*
+ * struct uhmm_mm: one per process, like the kernel's mm_struct. It owns the
+ * userfaultfd, the service thread, the notifier list and the set of ranges
+ * registered with the userfaultfd.
+ *
+ * fork(): the child inherits a copy of this memory but not the service
+ * thread, and its VMAs lose their userfaultfd registration (uhmm does not
+ * enable UFFD_FEATURE_EVENT_FORK). The child's copy is abandoned and a child
+ * that calls uhmm_mm_get() gets a fresh mm. In the parent, private writable
+ * memory becomes copy-on-write: the device must lose write access before
+ * the fork and must not regain it until the fork is over, so the prepare
+ * handler opens a PROTECTION_PAGE invalidation that the parent handler
+ * closes (readers wait in uhmm_interval_read_begin() meanwhile).
+ */
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include "internal.h"
+#include "../uapi/uhmm_uapi.h"
+
+static pthread_mutex_t mm_global_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct uhmm_mm *mm_current;
+static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
+
+struct uhmm_fork_inval {
+	size_t n;		/* invalidations opened by the prepare handler */
+	struct uhmm_mm *mm;	/* with a reference */
+};
+
+bool uhmm_mm_is_current(const struct uhmm_mm *mm)
+{
+	return mm && mm->pid == getpid();
+}
+
+struct uhmm_mm *uhmm_mm_peek(void)
+{
+	struct uhmm_mm *mm = __atomic_load_n(&mm_current, __ATOMIC_ACQUIRE);
+
+	return uhmm_mm_is_current(mm) ? mm : NULL;
+}
+
+/* Open PROTECTION_PAGE invalidations over the private writable VMAs. */
+static void mm_fork_prepare(void)
+{
+	struct uhmm_mm *mm;
+	struct uhmm_vma *v;
+	int n;
+
+	pthread_mutex_lock(&mm_global_lock);
+	mm = uhmm_mm_is_current(mm_current) ? mm_current : NULL;
+	if (mm)
+		atomic_fetch_add(&mm->refs, 1);
+	pthread_mutex_unlock(&mm_global_lock);
+	if (!mm)
+		return;
+
+	mm->fork_inval = calloc(1, sizeof(*mm->fork_inval));
+	n = uhmm_vma_list(0, UINT64_MAX, NULL, 0);
+	v = n > 0 ? calloc((size_t)n + 64, sizeof(*v)) : NULL;
+	if (v && mm->fork_inval)
+		n = uhmm_vma_list(0, UINT64_MAX, v, n + 64);
+	for (int i = 0; v && mm->fork_inval && i < n; i++) {
+		struct uhmm_notifier_range r = {
+			.start = v[i].start, .end = v[i].end,
+			.event = UHMM_NOTIFY_PROTECTION_PAGE, .flags = UHMM_NOTIFIER_RANGE_BLOCKABLE,
+		};
+
+		if ((v[i].flags & (UHMM_VMA_SHARED | UHMM_VMA_SPECIAL)) || !(v[i].flags & UHMM_VMA_WRITE))
+			continue;
+		if (!uhmm_notifiers_overlap(mm, r.start, r.end))
+			continue;
+		uhmm_invalidate_start(mm, &r);
+		mm->fork_inval->n++;
+	}
+	if (!v || !mm->fork_inval) {
+		/* Out of memory: invalidate everything rather than miss a range. */
+		struct uhmm_notifier_range all = { 0, UINT64_MAX, UHMM_NOTIFY_PROTECTION_PAGE,
+						   UHMM_NOTIFIER_RANGE_BLOCKABLE, NULL };
+
+		uhmm_invalidate_start(mm, &all);
+		uhmm_invalidate_end(mm);
+	}
+	free(v);
+	pthread_mutex_lock(&mm_global_lock);
+}
+
+static void mm_fork_parent(void)
+{
+	struct uhmm_mm *mm = uhmm_mm_is_current(mm_current) ? mm_current : NULL;
+
+	pthread_mutex_unlock(&mm_global_lock);
+	if (!mm)
+		return;
+	for (size_t i = 0; mm->fork_inval && i < mm->fork_inval->n; i++)
+		uhmm_invalidate_end(mm);
+	free(mm->fork_inval);
+	mm->fork_inval = NULL;
+	uhmm_mm_put(mm);
+}
+
+static void mm_fork_child(void)
+{
+	struct uhmm_mm *mm = mm_current;
+
+	/* The parent's mm lives on in the parent; our copy is never touched again. */
+	if (mm) {
+		close(mm->uffd);
+		close(mm->stop_efd);
+	}
+	mm_current = NULL;
+	pthread_mutex_unlock(&mm_global_lock);
+	uhmm_procfs_after_fork_child();
+}
+
+static void mm_install_atfork(void)
+{
+	pthread_atfork(mm_fork_prepare, mm_fork_parent, mm_fork_child);
+}
+
+static void mm_free(struct uhmm_mm *mm)
+{
+	if (mm->uffd >= 0)
+		close(mm->uffd);
+	if (mm->stop_efd >= 0)
+		close(mm->stop_efd);
+	uhmm_spanset_free(&mm->registered);
+	pthread_cond_destroy(&mm->cond);
+	pthread_mutex_destroy(&mm->lock);
+	free(mm);
+}
+
+static int mm_create(struct uhmm_mm **out)
+{
+	struct uhmm_mm *mm = calloc(1, sizeof(*mm));
+	int ret;
+
+	if (!mm)
+		return -ENOMEM;
+	mm->pid = getpid();
+	atomic_init(&mm->refs, 1);
+	mm->invalidate_seq = 2;
+	mm->stop_efd = -1;
+	pthread_mutex_init(&mm->lock, NULL);
+	pthread_cond_init(&mm->cond, NULL);
+	mm->uffd = uhmm_uffd_open(UHMM_UFFD_WANT_FEATURES, &mm->uffd_features);
+	if (mm->uffd < 0) {
+		ret = mm->uffd;
+		goto err_free;
+	}
+	mm->stop_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	if (mm->stop_efd < 0) {
+		ret = -errno;
+		goto err_free;
+	}
+	ret = uhmm_service_start(mm);
+	if (ret)
+		goto err_free;
+	*out = mm;
+	return 0;
+
+err_free:
+	mm_free(mm);
+	return ret;
+}
+
+UHMM_EXPORT int uhmm_mm_get(struct uhmm_mm **out)
+{
+	const struct uhmm_features *kf;
+	int ret = 0;
+
+	if (!out)
+		return -EINVAL;
+	kf = uhmm_kfeatures();
+	if (!(kf->flags & UHMM_FEAT_UFFD))
+		return kf->uffd_error ? kf->uffd_error : -ENOSYS;
+	pthread_once(&atfork_once, mm_install_atfork);
+
+	pthread_mutex_lock(&mm_global_lock);
+	/* A child created without fork() handlers (raw clone) drops the parent's. */
+	if (mm_current && !uhmm_mm_is_current(mm_current))
+		mm_current = NULL;
+	if (mm_current)
+		atomic_fetch_add(&mm_current->refs, 1);
+	else
+		ret = mm_create(&mm_current);
+	if (!ret)
+		*out = mm_current;
+	pthread_mutex_unlock(&mm_global_lock);
+	return ret;
+}
+
+/*
+ * Unregister first: once nothing is registered no thread can raise an event
+ * that only the (stopping) reader could complete. Then stop the threads.
+ * Notifiers hold references, so none is left.
+ */
+static void mm_destroy(struct uhmm_mm *mm)
+{
+	pthread_mutex_lock(&mm->lock);
+	for (size_t i = 0; i < mm->registered.n; i++)
+		uhmm_uffd_unregister(mm->uffd, mm->registered.v[i].start, mm->registered.v[i].end);
+	mm->registered.n = 0;
+	pthread_mutex_unlock(&mm->lock);
+	uhmm_service_stop(mm);
+	mm_free(mm);
+}
+
+UHMM_EXPORT void uhmm_mm_put(struct uhmm_mm *mm)
+{
+	if (!mm)
+		return;
+	if (!uhmm_mm_is_current(mm))
+		return;	/* the parent's mm seen from a child: abandoned */
+	pthread_mutex_lock(&mm_global_lock);
+	if (atomic_fetch_sub(&mm->refs, 1) != 1) {
+		pthread_mutex_unlock(&mm_global_lock);
+		return;
+	}
+	if (mm_current == mm)
+		mm_current = NULL;
+	pthread_mutex_unlock(&mm_global_lock);
+	mm_destroy(mm);
+}
+
+/*
+ * Process exit: like the kernel's mmu_notifier_release(), every notifier
+ * hears UHMM_NOTIFY_RELEASE. The mm itself stays: other threads may still
+ * run until exit_group().
+ */
+__attribute__((destructor)) static void mm_at_exit(void)
+{
+	struct uhmm_mm *mm = uhmm_mm_peek();
+
+	if (mm)
+		uhmm_invalidate(mm, 0, UINT64_MAX, UHMM_NOTIFY_RELEASE, NULL);
+}
+
+/* ---- registration ---- */
+
+static int mm_register_vma(struct uhmm_mm *mm, const struct uhmm_vma *v, uint64_t s, uint64_t e)
+{
+	int ret;
+
+	if ((v->flags & UHMM_VMA_SPECIAL) || uhmm_service_owns(mm, s, e))
+		return 0;
+	/* Under the lock, so that teardown's unregister-all cannot miss it. */
+	pthread_mutex_lock(&mm->lock);
+	ret = uhmm_uffd_register(mm->uffd, s, e, UFFDIO_REGISTER_MODE_WP, NULL);
+	if (ret == 0)
+		ret = uhmm_spanset_add(&mm->registered, s, e);
+	pthread_mutex_unlock(&mm->lock);
+	if (ret == 0)
+		return 0;
+	/*
+	 * EBUSY: another userfaultfd (the application's own) has this VMA.
+	 * EINVAL: a kind of memory userfaultfd cannot watch (a regular file
+	 * mapping): changes to it reach uhmm only through the interposed calls.
+	 */
+	if (ret == -EBUSY)
+		return -EEXIST;
+	return 0;
+}
+
+/*
+ * Register exactly the mapped parts of [start, end). Rounding out (to keep
+ * VMA splits down) was tried and dropped: anonymous VMAs merge, so a
+ * rounded span can reach memory nobody asked uhmm to watch (a malloc
+ * arena, a sanitizer's shadow), whose later munmap would then wait on
+ * uhmm's reader. Adjacent registrations merge back into one VMA.
+ */
+int uhmm_mm_register(struct uhmm_mm *mm, uint64_t start, uint64_t end)
+{
+	uint64_t cursor = start;
+	struct uhmm_vma v[32];
+	bool covered;
+	int n, ret;
+
+	/* The set is exact only once the events read so far are handled. */
+	uhmm_service_sync(mm);
+	pthread_mutex_lock(&mm->lock);
+	covered = uhmm_spanset_covers(&mm->registered, start, end);
+	pthread_mutex_unlock(&mm->lock);
+	if (covered)
+		return 0;
+
+	while (cursor < end) {
+		n = uhmm_vma_list(cursor, end, v, UHMM_ARRAY_SIZE(v));
+		if (n <= 0)
+			return n;
+		for (int i = 0; i < n && i < (int)UHMM_ARRAY_SIZE(v); i++) {
+			uint64_t s = v[i].start > start ? v[i].start : start;
+			uint64_t e = v[i].end < end ? v[i].end : end;
+
+			ret = mm_register_vma(mm, &v[i], s, e);
+			if (ret)
+				return ret;
+			cursor = v[i].end;
+		}
+		if (n <= (int)UHMM_ARRAY_SIZE(v))
+			break;
+	}
+	return 0;
+}
+
+void uhmm_mm_forget(struct uhmm_mm *mm, uint64_t start, uint64_t end)
+{
+	pthread_mutex_lock(&mm->lock);
+	uhmm_spanset_remove(&mm->registered, start, end);
+	pthread_mutex_unlock(&mm->lock);
+}
+
+UHMM_EXPORT int uhmm_mm_sync(struct uhmm_mm *mm)
+{
+	if (!mm || !uhmm_mm_is_current(mm))
+		return -EINVAL;
+	uhmm_service_sync(mm);
+	return 0;
+}

@@ -1,0 +1,342 @@
+// SPDX-License-Identifier: MIT
+/*
+ * The service threads (the shape of QEMU's postcopy and CRIU's lazy-pages
+ * handlers, split in two):
+ *
+ *  - the reader polls the userfaultfd and the stop eventfd, reads messages
+ *    in batches into a queue, and does nothing else: it never allocates,
+ *    frees, or takes a driver lock;
+ *  - the worker takes batches off the queue and dispatches them: events
+ *    to the interval notifiers (driver callbacks), faults to their handlers.
+ *
+ * Why two: a thread that raises an event on a registered range (madvise,
+ * munmap, a free() that trims a heap, a thread stack released at exit)
+ * blocks until the event is *read*. The worker runs driver code and frees
+ * memory, so it may raise events; the reader, which never does, always
+ * unblocks it. Both run on stacks uhmm maps itself and never registers.
+ *
+ * Synchronisation with the rest of uhmm (mm->lock): @reading is set just
+ * before read(); the kernel wakes the thread that caused an event during
+ * that read(); @ev_queued counts messages queued, @ev_done those handled.
+ * uhmm_service_sync() waits until every message read so far is handled,
+ * so a thread that saw munmap() return and then syncs knows its event was
+ * handled.
+ */
+#include <poll.h>
+#include <signal.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include "internal.h"
+#include "../uapi/uhmm_uapi.h"
+
+#define QUEUE_MSGS 4096			/* grows by doubling when full */
+#define STACK_SIZE (1UL << 20)
+#define GUARD_SIZE UHMM_PAGE_SIZE
+
+static __thread bool in_service;
+
+bool uhmm_in_service_thread(void)
+{
+	return in_service;
+}
+
+/* ---- memory the service threads use, mapped outside libc ---- */
+
+/* A guarded anonymous mapping: PROT_NONE pages on both sides keep it a VMA of its own. */
+static void *service_map(size_t size)
+{
+	long p = syscall(SYS_mmap, NULL, size + 2 * GUARD_SIZE, PROT_NONE,
+			 MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+
+	if (p == -1)
+		return NULL;
+	if (syscall(SYS_mprotect, p + GUARD_SIZE, size, PROT_READ | PROT_WRITE)) {
+		syscall(SYS_munmap, p, size + 2 * GUARD_SIZE);
+		return NULL;
+	}
+	return (char *)p + GUARD_SIZE;
+}
+
+static void service_unmap(void *p, size_t size)
+{
+	if (p)
+		syscall(SYS_munmap, (char *)p - GUARD_SIZE, size + 2 * GUARD_SIZE);
+}
+
+bool uhmm_service_owns(struct uhmm_mm *mm, uint64_t start, uint64_t end)
+{
+	const struct uhmm_span *own = mm->service_mem;
+
+	for (size_t i = 0; i < UHMM_ARRAY_SIZE(mm->service_mem); i++)
+		if (own[i].start < end && own[i].end > start)
+			return true;
+	return false;
+}
+
+static void own_span(struct uhmm_mm *mm, int slot, void *p, size_t size)
+{
+	mm->service_mem[slot].start = (uintptr_t)p - GUARD_SIZE;
+	mm->service_mem[slot].end = (uintptr_t)p + size + GUARD_SIZE;
+}
+
+/* Double the queue. Called by the reader with mm->lock held. */
+static int queue_grow(struct uhmm_mm *mm)
+{
+	size_t cap = mm->q_cap * 2;
+	struct uffd_msg *q = service_map(cap * sizeof(*q));
+
+	if (!q)
+		return -ENOMEM;
+	for (size_t i = 0; i < mm->q_len; i++)
+		q[i] = mm->q[(mm->q_head + i) % mm->q_cap];
+	service_unmap(mm->q, mm->q_cap * sizeof(*q));
+	mm->q = q;
+	mm->q_cap = cap;
+	mm->q_head = 0;
+	own_span(mm, 2, q, cap * sizeof(*q));
+	return 0;
+}
+
+/* ---- the reader ---- */
+
+/*
+ * Wait for messages. On the stop signal keep reading until the userfaultfd
+ * is empty: a thread may still be waiting for its event to be read.
+ */
+static bool reader_poll(struct uhmm_mm *mm)
+{
+	struct pollfd p[2] = { { .fd = mm->uffd, .events = POLLIN },
+			       { .fd = mm->stop_efd, .events = POLLIN } };
+
+	while (poll(p, 2, -1) < 0)
+		if (errno != EINTR)
+			return false;
+	if (p[0].revents & (POLLERR | POLLNVAL))
+		return false;
+	return (p[0].revents & POLLIN) || !p[1].revents;
+}
+
+static void reader_enqueue(struct uhmm_mm *mm, const struct uffd_msg *msgs, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		if (mm->q_len == mm->q_cap && queue_grow(mm)) {
+			uhmm_log(UHMM_LOG_ERR, "uhmm: event queue full and cannot grow: event lost");
+			continue;
+		}
+		mm->q[(mm->q_head + mm->q_len) % mm->q_cap] = msgs[i];
+		mm->q_len++;
+		mm->ev_queued++;
+	}
+}
+
+static void *reader_main(void *arg)
+{
+	struct uhmm_mm *mm = arg;
+	struct uffd_msg msgs[64];
+
+	in_service = true;
+	while (reader_poll(mm)) {
+		ssize_t n;
+
+		pthread_mutex_lock(&mm->lock);
+		mm->reading = true;
+		pthread_mutex_unlock(&mm->lock);
+
+		n = read(mm->uffd, msgs, sizeof(msgs));
+
+		pthread_mutex_lock(&mm->lock);
+		if (n > 0)
+			reader_enqueue(mm, msgs, (size_t)n / sizeof(msgs[0]));
+		mm->reading = false;
+		pthread_cond_broadcast(&mm->cond);
+		pthread_mutex_unlock(&mm->lock);
+		if (n < 0 && errno != EAGAIN && errno != EINTR)
+			break;
+	}
+	pthread_mutex_lock(&mm->lock);
+	mm->stopping = true;
+	pthread_cond_broadcast(&mm->cond);
+	pthread_mutex_unlock(&mm->lock);
+	return NULL;
+}
+
+/* ---- the worker ---- */
+
+static void handle_remove(struct uhmm_mm *mm, const struct uffd_msg *m)
+{
+	uhmm_invalidate(mm, m->arg.remove.start, m->arg.remove.end, UHMM_NOTIFY_CLEAR, NULL);
+}
+
+static void handle_unmap(struct uhmm_mm *mm, const struct uffd_msg *m)
+{
+	uhmm_mm_forget(mm, m->arg.remove.start, m->arg.remove.end);
+	uhmm_invalidate(mm, m->arg.remove.start, m->arg.remove.end, UHMM_NOTIFY_UNMAP, NULL);
+}
+
+/* mremap() moved a registered range: the registration moved with it. */
+static void handle_remap(struct uhmm_mm *mm, const struct uffd_msg *m)
+{
+	uint64_t from = m->arg.remap.from, to = m->arg.remap.to, len = m->arg.remap.len;
+
+	uhmm_mm_forget(mm, from, from + len);
+	pthread_mutex_lock(&mm->lock);
+	uhmm_spanset_add(&mm->registered, to, to + len);
+	pthread_mutex_unlock(&mm->lock);
+	uhmm_invalidate(mm, from, from + len, UHMM_NOTIFY_UNMAP, NULL);
+}
+
+/*
+ * A page fault in a registered range. Mirrored ranges are registered for
+ * write-protection only and nothing is write-protected outside a
+ * migration, so a fault here is a stray one: resolve it and wake the
+ * thread, which retries the access.
+ */
+static void handle_fault(struct uhmm_mm *mm, const struct uffd_msg *m)
+{
+	uint64_t page = uhmm_align_down(m->arg.pagefault.address, UHMM_PAGE_SIZE);
+	struct uffdio_range r = { .start = page, .len = UHMM_PAGE_SIZE };
+
+	if (m->arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WP) {
+		struct uffdio_writeprotect wp = { .range = r, .mode = 0 };
+
+		if (ioctl(mm->uffd, UFFDIO_WRITEPROTECT, &wp) == 0)
+			return;
+	}
+	ioctl(mm->uffd, UFFDIO_WAKE, &r);
+}
+
+static void worker_dispatch(struct uhmm_mm *mm, const struct uffd_msg *m)
+{
+	switch (m->event) {
+	case UFFD_EVENT_PAGEFAULT:
+		handle_fault(mm, m);
+		break;
+	case UFFD_EVENT_REMOVE:
+		handle_remove(mm, m);
+		break;
+	case UFFD_EVENT_UNMAP:
+		handle_unmap(mm, m);
+		break;
+	case UFFD_EVENT_REMAP:
+		handle_remap(mm, m);
+		break;
+	default:
+		uhmm_log(UHMM_LOG_WARN, "uhmm: unexpected userfaultfd event %u", m->event);
+		break;
+	}
+}
+
+static void *worker_main(void *arg)
+{
+	struct uhmm_mm *mm = arg;
+
+	in_service = true;
+	pthread_mutex_lock(&mm->lock);
+	for (;;) {
+		struct uffd_msg m;
+
+		while (!mm->q_len && !mm->stopping)
+			pthread_cond_wait(&mm->cond, &mm->lock);
+		if (!mm->q_len)
+			break;
+		m = mm->q[mm->q_head];
+		mm->q_head = (mm->q_head + 1) % mm->q_cap;
+		mm->q_len--;
+		pthread_mutex_unlock(&mm->lock);
+
+		worker_dispatch(mm, &m);
+
+		pthread_mutex_lock(&mm->lock);
+		mm->ev_done++;
+		pthread_cond_broadcast(&mm->cond);
+	}
+	pthread_mutex_unlock(&mm->lock);
+	return NULL;
+}
+
+void uhmm_service_sync(struct uhmm_mm *mm)
+{
+	uint64_t target;
+
+	if (in_service)
+		return;
+	pthread_mutex_lock(&mm->lock);
+	while (mm->reading && !mm->stopping)
+		pthread_cond_wait(&mm->cond, &mm->lock);
+	target = mm->ev_queued;
+	while (mm->ev_done < target && !mm->stopping)
+		pthread_cond_wait(&mm->cond, &mm->lock);
+	pthread_mutex_unlock(&mm->lock);
+}
+
+/* ---- start and stop ---- */
+
+static int start_thread(struct uhmm_mm *mm, int slot, pthread_t *t, void *(*fn)(void *))
+{
+	pthread_attr_t attr;
+	void *stack = service_map(STACK_SIZE);
+	int ret;
+
+	if (!stack)
+		return -ENOMEM;
+	own_span(mm, slot, stack, STACK_SIZE);
+	mm->stacks[slot] = stack;
+	pthread_attr_init(&attr);
+	pthread_attr_setstack(&attr, stack, STACK_SIZE);
+	ret = -pthread_create(t, &attr, fn, mm);
+	pthread_attr_destroy(&attr);
+	return ret;
+}
+
+int uhmm_service_start(struct uhmm_mm *mm)
+{
+	sigset_t all, old;
+	int ret;
+
+	mm->q_cap = QUEUE_MSGS;
+	mm->q = service_map(mm->q_cap * sizeof(*mm->q));
+	if (!mm->q)
+		return -ENOMEM;
+	own_span(mm, 2, mm->q, mm->q_cap * sizeof(*mm->q));
+
+	/* The threads must never take the application's signals. */
+	sigfillset(&all);
+	pthread_sigmask(SIG_SETMASK, &all, &old);
+	ret = start_thread(mm, 0, &mm->reader, reader_main);
+	if (!ret) {
+		mm->reader_started = true;
+		ret = start_thread(mm, 1, &mm->worker, worker_main);
+		mm->worker_started = !ret;
+	}
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	if (ret)
+		uhmm_service_stop(mm);
+	return ret;
+}
+
+void uhmm_service_stop(struct uhmm_mm *mm)
+{
+	uint64_t one = 1;
+
+	if (mm->reader_started) {
+		if (write(mm->stop_efd, &one, sizeof(one)) != sizeof(one))
+			uhmm_log(UHMM_LOG_ERR, "uhmm: cannot signal the service reader");
+		pthread_join(mm->reader, NULL);
+	}
+	pthread_mutex_lock(&mm->lock);
+	mm->stopping = true;
+	pthread_cond_broadcast(&mm->cond);
+	pthread_mutex_unlock(&mm->lock);
+	if (mm->worker_started)
+		pthread_join(mm->worker, NULL);
+	mm->reader_started = mm->worker_started = false;
+	service_unmap(mm->stacks[0], STACK_SIZE);
+	service_unmap(mm->stacks[1], STACK_SIZE);
+	service_unmap(mm->q, mm->q_cap * sizeof(*mm->q));
+	mm->stacks[0] = mm->stacks[1] = NULL;
+	mm->q = NULL;
+}

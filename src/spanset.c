@@ -1,0 +1,111 @@
+// SPDX-License-Identifier: MIT
+/*
+ * A sorted array of disjoint, non-adjacent [start, end) spans. Used for the
+ * set of ranges registered with the userfaultfd; it stays small because
+ * registration is done in coarse 2 MiB aligned pieces.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+
+/* Index of the first span whose end is > @addr. */
+static size_t spanset_find(const struct uhmm_spanset *s, uint64_t addr)
+{
+	size_t lo = 0, hi = s->n;
+
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+
+		if (s->v[mid].end <= addr)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return lo;
+}
+
+bool uhmm_spanset_covers(const struct uhmm_spanset *s, uint64_t start, uint64_t end)
+{
+	size_t i = spanset_find(s, start);
+
+	return i < s->n && s->v[i].start <= start && s->v[i].end >= end;
+}
+
+static int spanset_reserve(struct uhmm_spanset *s, size_t extra)
+{
+	struct uhmm_span *v;
+	size_t cap;
+
+	if (s->n + extra <= s->cap)
+		return 0;
+	cap = s->cap ? s->cap * 2 : 16;
+	while (cap < s->n + extra)
+		cap *= 2;
+	v = realloc(s->v, cap * sizeof(*v));
+	if (!v)
+		return -ENOMEM;
+	s->v = v;
+	s->cap = cap;
+	return 0;
+}
+
+int uhmm_spanset_add(struct uhmm_spanset *s, uint64_t start, uint64_t end)
+{
+	size_t i, j;
+
+	if (spanset_reserve(s, 1))
+		return -ENOMEM;
+	/* Merge with every span that overlaps or touches [start, end). */
+	i = spanset_find(s, start ? start - 1 : 0);
+	for (j = i; j < s->n && s->v[j].start <= end; j++) {
+		start = s->v[j].start < start ? s->v[j].start : start;
+		end = s->v[j].end > end ? s->v[j].end : end;
+	}
+	if (j == i) {
+		memmove(&s->v[i + 1], &s->v[i], (s->n - i) * sizeof(*s->v));
+		s->n++;
+	} else if (j > i + 1) {
+		memmove(&s->v[i + 1], &s->v[j], (s->n - j) * sizeof(*s->v));
+		s->n -= j - i - 1;
+	}
+	s->v[i].start = start;
+	s->v[i].end = end;
+	return 0;
+}
+
+int uhmm_spanset_remove(struct uhmm_spanset *s, uint64_t start, uint64_t end)
+{
+	size_t i, j;
+
+	if (s->n == 0)
+		return 0;
+	i = spanset_find(s, start);
+	if (i < s->n && s->v[i].start < start && s->v[i].end > end) {
+		/* Punching a hole splits one span in two. */
+		if (spanset_reserve(s, 1))
+			return -ENOMEM;
+		memmove(&s->v[i + 1], &s->v[i], (s->n - i) * sizeof(*s->v));
+		s->n++;
+		s->v[i].end = start;
+		s->v[i + 1].start = end;
+		return 0;
+	}
+	if (i < s->n && s->v[i].start < start) {
+		s->v[i].end = start;	/* trim the span that straddles @start */
+		i++;
+	}
+	for (j = i; j < s->n && s->v[j].end <= end; j++)
+		;			/* spans wholly inside: dropped */
+	if (j < s->n && s->v[j].start < end)
+		s->v[j].start = end;	/* trim the span that straddles @end */
+	memmove(&s->v[i], &s->v[j], (s->n - j) * sizeof(*s->v));
+	s->n -= j - i;
+	return 0;
+}
+
+void uhmm_spanset_free(struct uhmm_spanset *s)
+{
+	free(s->v);
+	memset(s, 0, sizeof(*s));
+}

@@ -1,0 +1,401 @@
+// SPDX-License-Identifier: MIT
+/*
+ * The mirroring scenarios of the kernel's HMM self-test
+ * (tools/testing/selftests/mm/hmm-tests.c), on the reference device, each
+ * on device 0 and device 1.
+ */
+#include <sys/wait.h>
+
+#include "../harness.h"
+
+#define BUF_SIZE (1024 * PAGE)		/* 4 MiB, as in the kernel's tests */
+#define NPAGES (BUF_SIZE / PAGE)
+
+static void open_close(unsigned int dev)
+{
+	struct uhmm_dmirror *d = dmirror(dev);
+
+	ASSERT_OK(uhmm_dmirror_close(d));
+}
+TEST(open_close) { open_close(0); open_close(1); }
+
+TEST(open_bad_device)
+{
+	struct uhmm_dmirror *d = NULL;
+
+	ASSERT_EQ(uhmm_dmirror_open(2, &d), -ENODEV);
+	ASSERT_EQ(uhmm_dmirror_open(3, &d), -ENODEV);
+	ASSERT_EQ(uhmm_dmirror_open(7, &d), -ENODEV);
+	ASSERT_EQ(uhmm_dmirror_open(0, NULL), -EINVAL);
+	ASSERT_EQ(uhmm_dmirror_close(NULL), -EINVAL);
+	ASSERT_TRUE(d == NULL);
+}
+
+/* Read private anonymous memory: two untouched pages (none, zero page), rest data. */
+static void anon_read(unsigned int dev)
+{
+	struct uhmm_dmirror *d = dmirror(dev);
+	struct uhmm_dmirror_cmd c;
+	int *ptr = map_anon(BUF_SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE);
+	int *mirror = malloc(BUF_SIZE);
+	size_t i;
+
+	for (i = 2 * PAGE / sizeof(int); i < BUF_SIZE / sizeof(int); i++)
+		ptr[i] = (int)i;
+	ASSERT_OK(mprotect(ptr, BUF_SIZE, PROT_READ));
+	ASSERT_EQ(*(volatile int *)((char *)ptr + PAGE), 0);	/* map the zero page */
+	memset(mirror, 0xa5, BUF_SIZE);
+
+	ASSERT_OK(dmcmd(d, UHMM_DMIRROR_READ, ptr, mirror, NPAGES, &c));
+	ASSERT_EQ(c.cpages, NPAGES);
+	ASSERT_EQ(c.faults, 1);
+	for (i = 0; i < 2 * PAGE / sizeof(int); i++)
+		ASSERT_EQ(mirror[i], 0);
+	for (; i < BUF_SIZE / sizeof(int); i++)
+		ASSERT_EQ(mirror[i], (int)i);
+	/* Everything is mapped on the device now: no fault the second time. */
+	ASSERT_OK(dmcmd(d, UHMM_DMIRROR_READ, ptr, mirror, NPAGES, &c));
+	ASSERT_EQ(c.faults, 0);
+	uhmm_dmirror_close(d);
+}
+TEST(anon_read) { anon_read(0); anon_read(1); }
+
+static void anon_read_prot(unsigned int dev)
+{
+	struct uhmm_dmirror *d = dmirror(dev);
+	struct uhmm_dmirror_cmd c;
+	int *ptr = map_anon(BUF_SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE);
+	int *mirror = malloc(BUF_SIZE);
+
+	for (size_t i = 0; i < BUF_SIZE / sizeof(int); i++) {
+		ptr[i] = (int)i;
+		mirror[i] = -(int)i;
+	}
+	ASSERT_OK(mprotect(ptr, BUF_SIZE, PROT_NONE));
+	ASSERT_EQ(dmcmd(d, UHMM_DMIRROR_READ, ptr, mirror, NPAGES, &c), -EFAULT);
+	ASSERT_EQ(c.cpages, 0xdead);	/* untouched on error */
+	ASSERT_EQ(c.faults, 0xbeef);
+	ASSERT_OK(mprotect(ptr, BUF_SIZE, PROT_READ));
+	for (size_t i = 0; i < BUF_SIZE / sizeof(int); i++) {
+		ASSERT_EQ(ptr[i], (int)i);
+		ASSERT_EQ(mirror[i], -(int)i);
+	}
+	uhmm_dmirror_close(d);
+}
+TEST(anon_read_prot) { anon_read_prot(0); anon_read_prot(1); }
+
+static void anon_write(unsigned int dev)
+{
+	struct uhmm_dmirror *d = dmirror(dev);
+	struct uhmm_dmirror_cmd c;
+	int *ptr = map_anon(BUF_SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE);
+	int *mirror = malloc(BUF_SIZE);
+
+	for (size_t i = 0; i < BUF_SIZE / sizeof(int); i++)
+		mirror[i] = (int)i;
+	ASSERT_OK(dmcmd(d, UHMM_DMIRROR_WRITE, ptr, mirror, NPAGES, &c));
+	ASSERT_EQ(c.cpages, NPAGES);
+	ASSERT_EQ(c.faults, 1);
+	for (size_t i = 0; i < BUF_SIZE / sizeof(int); i++)
+		ASSERT_EQ(ptr[i], (int)i);
+	uhmm_dmirror_close(d);
+}
+TEST(anon_write) { anon_write(0); anon_write(1); }
+
+static void anon_write_prot(unsigned int dev)
+{
+	struct uhmm_dmirror *d = dmirror(dev);
+	struct uhmm_dmirror_cmd c;
+	int *ptr = map_anon(BUF_SIZE, PROT_READ, MAP_PRIVATE);
+	int *mirror = malloc(BUF_SIZE);
+
+	ASSERT_OK(dmcmd(d, UHMM_DMIRROR_READ, ptr, mirror, 1, &c));
+	ASSERT_EQ(c.cpages, 1);
+	ASSERT_EQ(c.faults, 1);
+	for (size_t i = 0; i < BUF_SIZE / sizeof(int); i++)
+		mirror[i] = (int)i;
+	ASSERT_EQ(dmcmd(d, UHMM_DMIRROR_WRITE, ptr, mirror, NPAGES, &c), -EPERM);
+	for (size_t i = 0; i < BUF_SIZE / sizeof(int); i++)
+		ASSERT_EQ(ptr[i], 0);
+	ASSERT_OK(mprotect(ptr, BUF_SIZE, PROT_READ | PROT_WRITE));
+	ASSERT_OK(dmcmd(d, UHMM_DMIRROR_WRITE, ptr, mirror, NPAGES, &c));
+	ASSERT_EQ(c.cpages, NPAGES);
+	ASSERT_EQ(c.faults, 1);
+	for (size_t i = 0; i < BUF_SIZE / sizeof(int); i++)
+		ASSERT_EQ(ptr[i], (int)i);
+	uhmm_dmirror_close(d);
+}
+TEST(anon_write_prot) { anon_write_prot(0); anon_write_prot(1); }
+
+struct child_shared_arg {
+	int *ptr;
+	unsigned int dev;
+};
+
+/* The child checks the parent's data, then writes -i through its own device. */
+static void child_shared_body(void *p)
+{
+	struct child_shared_arg *a = p;
+	struct uhmm_dmirror *d = dmirror(a->dev);
+	struct uhmm_dmirror_cmd c;
+	int *mirror = malloc(BUF_SIZE);
+
+	for (size_t i = 0; i < BUF_SIZE / sizeof(int); i++)
+		ASSERT_EQ(a->ptr[i], (int)i);
+	ASSERT_OK(dmcmd(d, UHMM_DMIRROR_READ, a->ptr, mirror, NPAGES, &c));
+	ASSERT_EQ(c.cpages, NPAGES);
+	for (size_t i = 0; i < BUF_SIZE / sizeof(int); i++) {
+		ASSERT_EQ(mirror[i], (int)i);
+		mirror[i] = -(int)i;
+	}
+	ASSERT_OK(dmcmd(d, UHMM_DMIRROR_WRITE, a->ptr, mirror, NPAGES, &c));
+	ASSERT_EQ(c.cpages, NPAGES);
+	uhmm_dmirror_close(d);
+}
+
+static void anon_write_child_shared(unsigned int dev)
+{
+	struct uhmm_dmirror *d = dmirror(dev);	/* the parent mirrors too */
+	struct child_shared_arg a = { map_anon(BUF_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED), dev };
+	struct uhmm_dmirror_cmd c;
+	int *mirror = malloc(BUF_SIZE);
+
+	for (size_t i = 0; i < BUF_SIZE / sizeof(int); i++)
+		a.ptr[i] = (int)i;
+	ASSERT_OK(dmcmd(d, UHMM_DMIRROR_READ, a.ptr, mirror, NPAGES, &c));
+	ASSERT_EQ(run_child(child_shared_body, &a), 0);
+	for (size_t i = 0; i < BUF_SIZE / sizeof(int); i++)
+		ASSERT_EQ(a.ptr[i], -(int)i);
+	/* The parent's device sees the child's writes too: shared pages. */
+	ASSERT_OK(dmcmd(d, UHMM_DMIRROR_READ, a.ptr, mirror, NPAGES, &c));
+	for (size_t i = 0; i < BUF_SIZE / sizeof(int); i++)
+		ASSERT_EQ(mirror[i], -(int)i);
+	uhmm_dmirror_close(d);
+}
+TEST(anon_write_child_shared) { anon_write_child_shared(0); anon_write_child_shared(1); }
+
+static void anon_write_huge(unsigned int dev)
+{
+	struct uhmm_dmirror *d = dmirror(dev);
+	struct uhmm_dmirror_cmd c;
+	int *ptr = map_anon_aligned(TWO_MB, TWO_MB);
+	int *mirror = malloc(TWO_MB);
+
+	madvise(ptr, TWO_MB, MADV_HUGEPAGE);
+	for (size_t i = 0; i < TWO_MB / sizeof(int); i++)
+		mirror[i] = (int)i;
+	ASSERT_OK(dmcmd(d, UHMM_DMIRROR_WRITE, ptr, mirror, TWO_MB / PAGE, &c));
+	ASSERT_EQ(c.cpages, TWO_MB / PAGE);
+	ASSERT_EQ(c.faults, 1);
+	for (size_t i = 0; i < TWO_MB / sizeof(int); i++)
+		ASSERT_EQ(ptr[i], (int)i);
+	uhmm_dmirror_close(d);
+}
+TEST(anon_write_huge) { anon_write_huge(0); anon_write_huge(1); }
+
+static void *map_hugetlb(size_t size)
+{
+	void *p;
+
+	if (hugetlb_free_pages() < (long)(size / TWO_MB))
+		SKIP("no free hugetlb pages (vm.nr_hugepages)");
+	p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB, -1, 0);
+	if (p == MAP_FAILED)
+		SKIP("MAP_HUGETLB failed: %s", strerror(errno));
+	return p;
+}
+
+static void anon_write_hugetlbfs(unsigned int dev)
+{
+	struct uhmm_dmirror *d = dmirror(dev);
+	struct uhmm_dmirror_cmd c;
+	int *ptr = map_hugetlb(TWO_MB);
+	int *mirror = malloc(TWO_MB);
+
+	for (size_t i = 0; i < TWO_MB / sizeof(int); i++)
+		mirror[i] = (int)i;
+	ASSERT_OK(dmcmd(d, UHMM_DMIRROR_WRITE, ptr, mirror, TWO_MB / PAGE, &c));
+	ASSERT_EQ(c.cpages, TWO_MB / PAGE);
+	ASSERT_EQ(c.faults, 1);
+	for (size_t i = 0; i < TWO_MB / sizeof(int); i++)
+		ASSERT_EQ(ptr[i], (int)i);
+	munmap(ptr, TWO_MB);
+	uhmm_dmirror_close(d);
+}
+TEST(anon_write_hugetlbfs) { anon_write_hugetlbfs(0); anon_write_hugetlbfs(1); }
+
+static void file_read(unsigned int dev)
+{
+	struct uhmm_dmirror *d = dmirror(dev);
+	struct uhmm_dmirror_cmd c;
+	int fd = make_tmpfile(0);
+	int *data = malloc(BUF_SIZE), *mirror = malloc(BUF_SIZE), *ptr;
+
+	for (size_t i = 0; i < BUF_SIZE / sizeof(int); i++)
+		data[i] = (int)i;
+	ASSERT_EQ(pwrite(fd, data, BUF_SIZE, 0), (ssize_t)BUF_SIZE);
+	ptr = mmap(NULL, BUF_SIZE, PROT_READ, MAP_SHARED, fd, 0);
+	ASSERT_TRUE(ptr != MAP_FAILED);
+	ASSERT_OK(dmcmd(d, UHMM_DMIRROR_READ, ptr, mirror, NPAGES, &c));
+	ASSERT_EQ(c.cpages, NPAGES);
+	ASSERT_EQ(c.faults, 1);
+	for (size_t i = 0; i < BUF_SIZE / sizeof(int); i++)
+		ASSERT_EQ(mirror[i], (int)i);
+	close(fd);
+	uhmm_dmirror_close(d);
+}
+TEST(file_read) { file_read(0); file_read(1); }
+
+static void file_write(unsigned int dev)
+{
+	struct uhmm_dmirror *d = dmirror(dev);
+	struct uhmm_dmirror_cmd c;
+	int fd = make_tmpfile(BUF_SIZE);
+	int *data = malloc(BUF_SIZE), *mirror = malloc(BUF_SIZE), *ptr;
+
+	ptr = mmap(NULL, BUF_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	ASSERT_TRUE(ptr != MAP_FAILED);
+	for (size_t i = 0; i < BUF_SIZE / sizeof(int); i++)
+		mirror[i] = (int)i;
+	ASSERT_OK(dmcmd(d, UHMM_DMIRROR_WRITE, ptr, mirror, NPAGES, &c));
+	ASSERT_EQ(c.cpages, NPAGES);
+	ASSERT_EQ(c.faults, 1);
+	for (size_t i = 0; i < BUF_SIZE / sizeof(int); i++)
+		ASSERT_EQ(ptr[i], (int)i);
+	ASSERT_EQ(pread(fd, data, BUF_SIZE, 0), (ssize_t)BUF_SIZE);
+	for (size_t i = 0; i < BUF_SIZE / sizeof(int); i++)
+		ASSERT_EQ(data[i], (int)i);
+	close(fd);
+	uhmm_dmirror_close(d);
+}
+TEST(file_write) { file_write(0); file_write(1); }
+
+/* hugetlb: the snapshot reports PMD order everywhere, WRITE then READ. */
+static void compound(unsigned int dev)
+{
+	struct uhmm_dmirror *d = dmirror(dev);
+	struct uhmm_dmirror_cmd c;
+	size_t size = 2 * TWO_MB, npages = size / PAGE;
+	int *ptr = map_hugetlb(size);
+	uint8_t *snap = malloc(npages);
+
+	for (size_t i = 0; i < size / sizeof(int); i++)
+		ptr[i] = (int)i;
+	ASSERT_OK(dmcmd(d, UHMM_DMIRROR_SNAPSHOT, ptr, snap, npages, &c));
+	ASSERT_EQ(c.cpages, npages);
+	for (size_t i = 0; i < npages; i++)
+		ASSERT_EQ(snap[i], UHMM_DMIRROR_PROT_WRITE | UHMM_DMIRROR_PROT_PMD);
+	ASSERT_OK(mprotect(ptr, size, PROT_READ));
+	ASSERT_OK(dmcmd(d, UHMM_DMIRROR_SNAPSHOT, ptr, snap, npages, &c));
+	for (size_t i = 0; i < npages; i++)
+		ASSERT_EQ(snap[i], UHMM_DMIRROR_PROT_READ | UHMM_DMIRROR_PROT_PMD);
+	munmap(ptr, size);
+	uhmm_dmirror_close(d);
+}
+TEST(compound) { compound(0); compound(1); }
+
+/* A THP mapped by a PMD: PMD order in the snapshot. */
+TEST(snapshot_thp)
+{
+	struct uhmm_dmirror *d = dmirror(0);
+	struct uhmm_dmirror_cmd c;
+	char *ptr = map_anon_aligned(TWO_MB, TWO_MB);
+	uint8_t snap[TWO_MB / PAGE];
+	struct uhmm_features f;
+
+	if (!thp_available())
+		SKIP("transparent huge pages are off");
+	uhmm_query_features(&f);
+	if ((f.flags & UHMM_FEAT_FALLBACK_FORCED) && !(f.flags & UHMM_FEAT_KPAGEFLAGS))
+		SKIP("fallback path without /proc/kpageflags cannot see THP (needs CAP_SYS_ADMIN)");
+	ASSERT_OK(madvise(ptr, TWO_MB, MADV_HUGEPAGE));
+	memset(ptr, 1, TWO_MB);
+	ASSERT_OK(dmcmd(d, UHMM_DMIRROR_SNAPSHOT, ptr, snap, TWO_MB / PAGE, &c));
+	for (size_t i = 0; i < TWO_MB / PAGE; i++)
+		ASSERT_EQ(snap[i], UHMM_DMIRROR_PROT_WRITE | UHMM_DMIRROR_PROT_PMD);
+	uhmm_dmirror_close(d);
+}
+
+/* Every kind of page in one snapshot (CONFORMANCE.md section 2). */
+TEST(snapshot_mixed)
+{
+	struct uhmm_dmirror *d = dmirror(0);
+	struct uhmm_dmirror_cmd c;
+	char *p = map_anon(6 * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE);
+	uint8_t snap[6];
+	struct uhmm_features f;
+
+	uhmm_query_features(&f);
+	ASSERT_OK(munmap(p, PAGE));				/* 0: no VMA */
+	ASSERT_OK(mprotect(p + PAGE, PAGE, PROT_NONE));		/* 1: PROT_NONE */
+	ASSERT_EQ(*(volatile char *)(p + 2 * PAGE), 0);		/* 2: zero page */
+	p[3 * PAGE] = 3;
+	ASSERT_OK(mprotect(p + 3 * PAGE, PAGE, PROT_READ));	/* 3: read-only data */
+	p[4 * PAGE] = 4;					/* 4: read-write data */
+								/* 5: untouched */
+	ASSERT_OK(dmcmd(d, UHMM_DMIRROR_SNAPSHOT, p, snap, 6, &c));
+	ASSERT_EQ(c.cpages, 6);
+	ASSERT_EQ(snap[0], UHMM_DMIRROR_PROT_ERROR);
+	ASSERT_EQ(snap[1], UHMM_DMIRROR_PROT_ERROR);
+	/* The fallback sees the zero page only where PFNs are visible. */
+	if (!(f.flags & UHMM_FEAT_FALLBACK_FORCED) || (f.flags & UHMM_FEAT_PFN_VISIBLE))
+		ASSERT_EQ(snap[2], UHMM_DMIRROR_PROT_ZERO | UHMM_DMIRROR_PROT_READ);
+	else
+		ASSERT_EQ(snap[2] & UHMM_DMIRROR_PROT_READ, UHMM_DMIRROR_PROT_READ);
+	ASSERT_EQ(snap[3], UHMM_DMIRROR_PROT_READ);
+	ASSERT_EQ(snap[4], UHMM_DMIRROR_PROT_WRITE);
+	ASSERT_EQ(snap[5], UHMM_DMIRROR_PROT_NONE);
+	uhmm_dmirror_close(d);
+}
+
+TEST(dmirror_bad_commands)
+{
+	struct uhmm_dmirror *d = dmirror(0);
+	struct uhmm_dmirror_cmd c;
+	char *p = map_anon(PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE);
+	char buf[PAGE];
+
+	ASSERT_EQ(dmcmd(d, UHMM_DMIRROR_READ, p + 1, buf, 1, &c), -EINVAL);
+	ASSERT_EQ(c.cpages, 0xdead);
+	ASSERT_EQ(dmcmd(d, UHMM_DMIRROR_READ, p, buf, 0, &c), -EINVAL);
+	ASSERT_EQ(dmcmd(d, UHMM_DMIRROR_READ, p, buf, UINT64_MAX / 2, &c), -EINVAL);
+	ASSERT_EQ(dmcmd(d, 99, p, buf, 1, &c), -EINVAL);
+	ASSERT_EQ(uhmm_dmirror_cmd(d, UHMM_DMIRROR_READ, NULL), -EINVAL);
+	ASSERT_EQ(uhmm_dmirror_cmd(NULL, UHMM_DMIRROR_READ, &c), -EINVAL);
+	/* A bad destination buffer is -EFAULT, like copy_to_user(). */
+	ASSERT_EQ(dmcmd(d, UHMM_DMIRROR_READ, p, NULL, 1, &c), -EFAULT);
+	ASSERT_EQ(c.cpages, 0xdead);
+	uhmm_dmirror_close(d);
+}
+
+static void child_uses_parent_instance(void *arg)
+{
+	struct uhmm_dmirror *parent = arg;
+	struct uhmm_dmirror *own = dmirror(0);
+	struct uhmm_dmirror_cmd c;
+	char *p = map_anon(PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE);
+	char buf[PAGE];
+
+	p[0] = 42;
+	ASSERT_EQ(dmcmd(parent, UHMM_DMIRROR_READ, p, buf, 1, &c), -EBADF);
+	ASSERT_OK(dmcmd(own, UHMM_DMIRROR_READ, p, buf, 1, &c));
+	ASSERT_EQ(buf[0], 42);
+	uhmm_dmirror_close(own);
+	uhmm_dmirror_close(parent);	/* frees the child's copy only */
+}
+
+TEST(fork_child_own_instance)
+{
+	struct uhmm_dmirror *d = dmirror(0);
+	struct uhmm_dmirror_cmd c;
+	char *p = map_anon(PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE);
+	char buf[PAGE];
+
+	p[0] = 7;
+	ASSERT_OK(dmcmd(d, UHMM_DMIRROR_READ, p, buf, 1, &c));
+	ASSERT_EQ(run_child(child_uses_parent_instance, d), 0);
+	/* The parent's instance still works after the child closed its copy. */
+	ASSERT_OK(dmcmd(d, UHMM_DMIRROR_READ, p, buf, 1, &c));
+	ASSERT_EQ(buf[0], 7);
+	uhmm_dmirror_close(d);
+}

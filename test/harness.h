@@ -1,0 +1,77 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Test harness: every TEST() runs in a forked child with a timeout, in
+ * each mode (fast paths, UHMM_FORCE_FALLBACK=1, and as an unprivileged user
+ * when started as root). A test fails by a failed ASSERT, a signal or the
+ * timeout; SKIP() says why it cannot run here (exit 77). The run ends with
+ * "N passed, N failed, N skipped".
+ */
+#ifndef UHMM_TEST_HARNESS_H
+#define UHMM_TEST_HARNESS_H
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "uhmm.h"
+#include "uhmm/dmirror.h"
+
+#define TEST_SKIP_CODE 77
+
+void test_register(const char *name, void (*fn)(void), const char *file);
+void test_fail(const char *file, int line, const char *fmt, ...) __attribute__((noreturn, format(printf, 3, 4)));
+void test_skip(const char *fmt, ...) __attribute__((noreturn, format(printf, 1, 2)));
+const char *test_mode(void);	/* "fast", "fallback" or "user" */
+
+#define TEST(name)                                                                  \
+	static void test_##name(void);                                              \
+	__attribute__((constructor)) static void test_register_##name(void)         \
+	{                                                                           \
+		test_register(#name, test_##name, __FILE__);                        \
+	}                                                                           \
+	static void test_##name(void)
+
+#define SKIP(...) test_skip(__VA_ARGS__)
+
+#define ASSERT_TRUE(c)                                                              \
+	do {                                                                        \
+		if (!(c))                                                           \
+			test_fail(__FILE__, __LINE__, "expected %s", #c);           \
+	} while (0)
+#define ASSERT_FALSE(c) ASSERT_TRUE(!(c))
+#define ASSERT_CMP(a, op, b)                                                        \
+	do {                                                                        \
+		long long _a = (long long)(a), _b = (long long)(b);                 \
+		if (!(_a op _b))                                                    \
+			test_fail(__FILE__, __LINE__, "%s %s %s: %lld vs %lld", #a, #op, #b, _a, _b); \
+	} while (0)
+#define ASSERT_EQ(a, b) ASSERT_CMP(a, ==, b)
+#define ASSERT_NE(a, b) ASSERT_CMP(a, !=, b)
+#define ASSERT_GE(a, b) ASSERT_CMP(a, >=, b)
+#define ASSERT_GT(a, b) ASSERT_CMP(a, >, b)
+#define ASSERT_LE(a, b) ASSERT_CMP(a, <=, b)
+#define ASSERT_OK(x) ASSERT_EQ((x), 0)
+
+/* ---- helpers (test/util.c) ---- */
+#define PAGE 4096UL
+#define TWO_MB (2UL << 20)
+
+void *map_anon(size_t size, int prot, int flags);	/* asserts success */
+void *map_anon_aligned(size_t size, size_t align);	/* private RW, aligned */
+struct uhmm_dmirror *dmirror(unsigned int dev);		/* open, asserts */
+int dmcmd(struct uhmm_dmirror *d, unsigned int cmd, void *addr, void *ptr, uint64_t npages,
+	  struct uhmm_dmirror_cmd *out);
+void fill_pattern(void *p, size_t bytes, uint32_t seed);
+void check_pattern(const void *p, size_t bytes, uint32_t seed);	/* asserts */
+int make_tmpfile(size_t size);				/* unlinked file of @size zero bytes */
+long hugetlb_free_pages(void);
+bool thp_available(void);
+/* Run @fn in a forked child and return its exit status (asserts it exited). */
+int run_child(void (*fn)(void *), void *arg);
+
+#endif

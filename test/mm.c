@@ -1,0 +1,105 @@
+// SPDX-License-Identifier: MIT
+#include <sys/wait.h>
+
+#include "harness.h"
+
+static bool noop_invalidate(struct uhmm_interval_notifier *s, const struct uhmm_notifier_range *r,
+			    unsigned long seq)
+{
+	uhmm_interval_set_seq(s, seq);
+	return true;
+}
+static const struct uhmm_interval_notifier_ops noop_ops = { .invalidate = noop_invalidate };
+
+TEST(mm_get_put)
+{
+	struct uhmm_mm *a = NULL, *b = NULL;
+
+	ASSERT_EQ(uhmm_mm_get(NULL), -EINVAL);
+	ASSERT_OK(uhmm_mm_get(&a));
+	ASSERT_OK(uhmm_mm_get(&b));
+	ASSERT_TRUE(a == b);		/* one per process */
+	uhmm_mm_put(b);
+	uhmm_mm_put(a);
+	uhmm_mm_put(NULL);
+	ASSERT_OK(uhmm_mm_get(&a));	/* and a fresh one after the last put */
+	uhmm_mm_put(a);
+}
+
+static void child_gets_own_mm(void *arg)
+{
+	struct uhmm_mm *parent = arg, *mine = NULL;
+	struct uhmm_interval_notifier n = { 0 };
+
+	ASSERT_OK(uhmm_mm_get(&mine));
+	/* The parent's mm is not ours: inserting into it is refused. */
+	ASSERT_EQ(uhmm_interval_notifier_insert(&n, parent, 0, PAGE, &noop_ops), -EINVAL);
+	ASSERT_OK(uhmm_interval_notifier_insert(&n, mine, 0, PAGE, &noop_ops));
+	ASSERT_OK(uhmm_interval_notifier_remove(&n));
+	uhmm_mm_put(mine);
+}
+
+TEST(mm_fork_child_fresh)
+{
+	struct uhmm_mm *mm = NULL;
+
+	ASSERT_OK(uhmm_mm_get(&mm));
+	ASSERT_EQ(run_child(child_gets_own_mm, mm), 0);
+	uhmm_mm_put(mm);
+}
+
+/* Process exit sends UHMM_NOTIFY_RELEASE to every notifier still inserted. */
+static int release_pipe = -1;
+static bool release_invalidate(struct uhmm_interval_notifier *s, const struct uhmm_notifier_range *r,
+			       unsigned long seq)
+{
+	uhmm_interval_set_seq(s, seq);
+	if (r->event == UHMM_NOTIFY_RELEASE && write(release_pipe, "R", 1) != 1)
+		_exit(3);
+	return true;
+}
+static const struct uhmm_interval_notifier_ops release_ops = { .invalidate = release_invalidate };
+
+TEST(mm_release_at_exit)
+{
+	int fds[2], status;
+	char x = 0;
+	pid_t pid;
+
+	ASSERT_OK(pipe(fds));
+	pid = fork();
+	ASSERT_GE(pid, 0);
+	if (pid == 0) {
+		static struct uhmm_interval_notifier n;
+		struct uhmm_mm *mm;
+
+		release_pipe = fds[1];
+		ASSERT_OK(uhmm_mm_get(&mm));
+		ASSERT_OK(uhmm_interval_notifier_insert(&n, mm, 4096, 1 << 20, &release_ops));
+		exit(0);	/* runs the library's destructor */
+	}
+	close(fds[1]);
+	ASSERT_EQ(waitpid(pid, &status, 0), pid);
+	ASSERT_EQ(WEXITSTATUS(status), 0);
+	ASSERT_EQ(read(fds[0], &x, 1), 1);
+	ASSERT_EQ(x, 'R');
+}
+
+TEST(access_vm)
+{
+	char *p = map_anon(2 * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE);
+	char buf[PAGE];
+
+	memset(p, 'a', PAGE);
+	ASSERT_EQ(uhmm_access_vm((uintptr_t)p, buf, PAGE, 0), PAGE);
+	ASSERT_EQ(buf[PAGE - 1], 'a');
+	memset(buf, 'b', PAGE);
+	ASSERT_EQ(uhmm_access_vm((uintptr_t)p, buf, PAGE, UHMM_ACCESS_WRITE), PAGE);
+	ASSERT_EQ(p[0], 'b');
+	ASSERT_EQ(uhmm_access_vm((uintptr_t)p, NULL, PAGE, 0), -EINVAL);
+	ASSERT_EQ(uhmm_access_vm((uintptr_t)p, buf, PAGE, 0x8), -EINVAL);
+	ASSERT_OK(munmap(p + PAGE, PAGE));
+	ASSERT_EQ(uhmm_access_vm((uintptr_t)p + PAGE, buf, PAGE, 0), -EFAULT);
+	ASSERT_OK(mprotect(p, PAGE, PROT_READ));
+	ASSERT_EQ(uhmm_access_vm((uintptr_t)p, buf, PAGE, UHMM_ACCESS_WRITE), -EFAULT);
+}

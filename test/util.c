@@ -1,0 +1,137 @@
+// SPDX-License-Identifier: MIT
+#include <fcntl.h>
+#include <sys/wait.h>
+
+#include "harness.h"
+
+/*
+ * Test mappings go to a region of their own, far below where libc and the
+ * sanitizers map (top-down from near 128 TiB), with gaps between them: a
+ * hole a test punches stays a hole, instead of being reused by the next
+ * allocation somewhere in the process.
+ */
+#define TEST_MAP_BASE 0x300000000000UL
+static uintptr_t next_map = TEST_MAP_BASE;
+
+void *map_anon(size_t size, int prot, int flags)
+{
+	void *hint = (void *)next_map, *p;
+
+	next_map += (size + 2 * TWO_MB + TWO_MB - 1) & ~(TWO_MB - 1);
+	p = mmap(hint, size, prot, flags | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
+	if (p == MAP_FAILED)
+		p = mmap(NULL, size, prot, flags | MAP_ANONYMOUS, -1, 0);
+	ASSERT_TRUE(p != MAP_FAILED);
+	return p;
+}
+
+void *map_anon_aligned(size_t size, size_t align)
+{
+	char *p = map_anon(size + align, PROT_READ | PROT_WRITE, MAP_PRIVATE);
+	char *a = (char *)(((uintptr_t)p + align - 1) & ~(uintptr_t)(align - 1));
+
+	if (a > p)
+		munmap(p, (size_t)(a - p));
+	if (a + size < p + size + align)
+		munmap(a + size, (size_t)(p + size + align - (a + size)));
+	return a;
+}
+
+struct uhmm_dmirror *dmirror(unsigned int dev)
+{
+	struct uhmm_dmirror *d = NULL;
+	int ret = uhmm_dmirror_open(dev, &d);
+
+	if (ret == -EPERM || ret == -ENOSYS)
+		SKIP("no userfaultfd here (%s)", strerror(-ret));
+	ASSERT_OK(ret);
+	return d;
+}
+
+int dmcmd(struct uhmm_dmirror *d, unsigned int cmd, void *addr, void *ptr, uint64_t npages,
+	  struct uhmm_dmirror_cmd *out)
+{
+	struct uhmm_dmirror_cmd c = {
+		.addr = (uintptr_t)addr, .ptr = (uintptr_t)ptr, .npages = npages,
+		.cpages = 0xdead, .faults = 0xbeef,
+	};
+	int ret = uhmm_dmirror_cmd(d, cmd, &c);
+
+	if (out)
+		*out = c;
+	return ret;
+}
+
+static uint32_t pattern_word(uint32_t seed, size_t i)
+{
+	uint32_t x = seed * 2654435761u ^ (uint32_t)i * 40503u;
+
+	return x ^ (x >> 13);
+}
+
+void fill_pattern(void *p, size_t bytes, uint32_t seed)
+{
+	uint32_t *w = p;
+
+	for (size_t i = 0; i < bytes / 4; i++)
+		w[i] = pattern_word(seed, i);
+}
+
+void check_pattern(const void *p, size_t bytes, uint32_t seed)
+{
+	const uint32_t *w = p;
+
+	for (size_t i = 0; i < bytes / 4; i++)
+		if (w[i] != pattern_word(seed, i))
+			test_fail(__FILE__, __LINE__, "pattern mismatch at byte %zu: %08x != %08x",
+				  i * 4, w[i], pattern_word(seed, i));
+}
+
+int make_tmpfile(size_t size)
+{
+	char path[] = "/tmp/uhmm-test-XXXXXX";
+	int fd = mkstemp(path);
+
+	ASSERT_GE(fd, 0);
+	unlink(path);
+	ASSERT_OK(ftruncate(fd, (off_t)size));
+	return fd;
+}
+
+long hugetlb_free_pages(void)
+{
+	FILE *f = fopen("/proc/meminfo", "r");
+	char line[128];
+	long n = 0;
+
+	if (!f)
+		return 0;
+	while (fgets(line, sizeof(line), f))
+		if (sscanf(line, "HugePages_Free: %ld", &n) == 1)
+			break;
+	fclose(f);
+	return n;
+}
+
+bool thp_available(void)
+{
+	struct uhmm_features f;
+
+	uhmm_query_features(&f);
+	return (f.flags & UHMM_FEAT_THP) != 0;
+}
+
+int run_child(void (*fn)(void *), void *arg)
+{
+	int status;
+	pid_t pid = fork();
+
+	ASSERT_GE(pid, 0);
+	if (pid == 0) {
+		fn(arg);
+		_exit(0);
+	}
+	ASSERT_EQ(waitpid(pid, &status, 0), pid);
+	ASSERT_TRUE(WIFEXITED(status));
+	return WEXITSTATUS(status);
+}
