@@ -1,12 +1,38 @@
 // SPDX-License-Identifier: MIT
 /*
  * The reference device's memory and the commands that migrate to and from
- * it. Device memory arrives with the migration API; until then the device
- * mirrors system memory only.
+ * it (after lib/test_hmm.c). Device memory is host memory that is not
+ * mapped at any mirrored address: chunks of DM_CHUNK_DEV_PAGES pages, each
+ * a uhmm pagemap, allocated on demand. Free pages sit on a free list;
+ * page_free() puts them back.
+ *
+ * Lock order: dm->lock (device page table) is never held across a uhmm
+ * migration call; dm->mem_lock (chunks, free list) is a leaf.
  */
 #include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
 
 #include "dmirror_internal.h"
+
+#define DM_CHUNK_DEV_PAGES 16384	/* 64 MiB of device memory per chunk */
+#define DM_MAX_CHUNKS 64
+#define DM_MIGRATE_PAGES 512		/* pages per migrate_vma call */
+
+struct dmirror_chunk {
+	struct uhmm_pagemap *pgmap;
+	char *mem;			/* backing store, DM_CHUNK_DEV_PAGES pages */
+};
+
+struct dmirror_devmem {
+	pthread_mutex_t mem_lock;
+	struct dmirror_chunk chunks[DM_MAX_CHUNKS];
+	unsigned int nchunks;
+	struct uhmm_page **free;	/* free-list stack */
+	size_t nfree;
+};
 
 static char device_owners[DM_NDEVICES];
 
@@ -15,37 +41,431 @@ void *dmirror_device_owner(unsigned int device)
 	return &device_owners[device];
 }
 
-int dmirror_devmem_attach(struct uhmm_dmirror *dm)
+static struct uhmm_dmirror *page_dmirror(const struct uhmm_page *page)
 {
-	dm->devmem = NULL;
+	return uhmm_pagemap_driver_data(uhmm_page_pgmap(page));
+}
+
+/* The backing store of a device page. */
+static char *page_mem(struct uhmm_page *page)
+{
+	struct uhmm_dmirror *dm = page_dmirror(page);
+	struct uhmm_pagemap *pgmap = uhmm_page_pgmap(page);
+
+	for (unsigned int i = 0; i < dm->devmem->nchunks; i++)
+		if (dm->devmem->chunks[i].pgmap == pgmap)
+			return dm->devmem->chunks[i].mem + (uhmm_page_index(page) << DM_PAGE_SHIFT);
+	return NULL;
+}
+
+static void dmirror_page_free(struct uhmm_page *page)
+{
+	struct dmirror_devmem *mem = page_dmirror(page)->devmem;
+
+	pthread_mutex_lock(&mem->mem_lock);
+	mem->free[mem->nfree++] = page;
+	pthread_mutex_unlock(&mem->mem_lock);
+}
+
+static int dmirror_migrate_to_ram(struct uhmm_vm_fault *vmf);
+
+static const struct uhmm_pagemap_ops dmirror_pagemap_ops = {
+	.page_free = dmirror_page_free,
+	.migrate_to_ram = dmirror_migrate_to_ram,
+};
+
+/* Add a chunk of device memory; caller holds mem_lock. */
+static int devmem_add_chunk(struct uhmm_dmirror *dm)
+{
+	struct dmirror_devmem *mem = dm->devmem;
+	struct dmirror_chunk *c = &mem->chunks[mem->nchunks];
+	struct uhmm_page **grown;
+	int ret;
+
+	if (mem->nchunks == DM_MAX_CHUNKS)
+		return -ENOMEM;
+	grown = realloc(mem->free, (mem->nchunks + 1) * DM_CHUNK_DEV_PAGES * sizeof(*grown));
+	if (!grown)
+		return -ENOMEM;
+	mem->free = grown;
+	/* raw mmap: device memory is not the program's, no notifier cares */
+	c->mem = (char *)syscall(SYS_mmap, NULL, DM_CHUNK_DEV_PAGES * DM_PAGE_SIZE, PROT_READ | PROT_WRITE,
+				 MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	if (c->mem == MAP_FAILED)
+		return -ENOMEM;
+	ret = uhmm_pagemap_add(dm->mm, DM_CHUNK_DEV_PAGES, dm->owner, &dmirror_pagemap_ops, dm, &c->pgmap);
+	if (ret) {
+		syscall(SYS_munmap, c->mem, DM_CHUNK_DEV_PAGES * DM_PAGE_SIZE);
+		return ret;
+	}
+	for (uint64_t i = DM_CHUNK_DEV_PAGES; i-- > 0;)
+		mem->free[mem->nfree++] = uhmm_pagemap_page(c->pgmap, i);
+	mem->nchunks++;
 	return 0;
 }
 
-void dmirror_devmem_detach(struct uhmm_dmirror *dm)
+/* A device page with one reference, or NULL (out of memory, or FAIL_ALLOC). */
+static struct uhmm_page *devmem_alloc(struct uhmm_dmirror *dm)
 {
-	(void)dm;
+	struct dmirror_devmem *mem = dm->devmem;
+	struct uhmm_page *page = NULL;
+
+	if (__atomic_fetch_and(&dm->flags, ~UHMM_DMIRROR_FLAG_FAIL_ALLOC, __ATOMIC_RELAXED) &
+	    UHMM_DMIRROR_FLAG_FAIL_ALLOC)
+		return NULL;
+	pthread_mutex_lock(&mem->mem_lock);
+	if (mem->nfree || devmem_add_chunk(dm) == 0)
+		page = mem->free[--mem->nfree];
+	pthread_mutex_unlock(&mem->mem_lock);
+	if (page && uhmm_page_init(page)) {
+		dmirror_page_free(page);	/* cannot happen: free pages have no reference */
+		page = NULL;
+	}
+	return page;
+}
+
+/* A system page to migrate into (or NULL: out of memory, or FAIL_ALLOC). */
+static void *sysmem_alloc(struct uhmm_dmirror *dm, uint64_t *dst)
+{
+	if (__atomic_fetch_and(&dm->flags, ~UHMM_DMIRROR_FLAG_FAIL_ALLOC, __ATOMIC_RELAXED) &
+	    UHMM_DMIRROR_FLAG_FAIL_ALLOC)
+		return NULL;
+	return uhmm_migrate_alloc_system_page(dst);
+}
+
+int dmirror_devmem_attach(struct uhmm_dmirror *dm)
+{
+	dm->devmem = calloc(1, sizeof(*dm->devmem));
+	if (!dm->devmem)
+		return -ENOMEM;
+	pthread_mutex_init(&dm->devmem->mem_lock, NULL);
+	return 0;
 }
 
 int dmirror_devmem_copy(struct uhmm_dmirror *dm, uint64_t pfn, void *buf, int to_device)
 {
+	struct uhmm_page *page = uhmm_pfn_to_page(pfn);
+	char *p = page ? page_mem(page) : NULL;
+
 	(void)dm;
-	(void)pfn;
-	(void)buf;
-	(void)to_device;
-	return -EFAULT;
+	if (!p)
+		return -EFAULT;
+	if (to_device)
+		memcpy(p, buf, DM_PAGE_SIZE);
+	else
+		memcpy(buf, p, DM_PAGE_SIZE);
+	return 0;
 }
 
 int dmirror_devmem_is_local(struct uhmm_dmirror *dm, uint64_t pfn)
 {
+	struct uhmm_page *page = uhmm_pfn_to_page(pfn);
+
+	return page && uhmm_pagemap_owner(uhmm_page_pgmap(page)) == dm->owner;
+}
+
+/* ---- system -> device ---- */
+
+/* Allocate device pages for the collected entries and copy the data in. */
+static void migrate_alloc_and_copy(struct uhmm_dmirror *dm, struct uhmm_migrate_vma *m)
+{
+	for (uint64_t i = 0; i < m->npages; i++) {
+		uint64_t addr = m->start + (i << DM_PAGE_SHIFT);
+		struct uhmm_page *dpage;
+		char *dst;
+
+		if (!(m->src[i] & UHMM_MIGRATE_PFN_MIGRATE))
+			continue;
+		dpage = devmem_alloc(dm);
+		if (!dpage)
+			continue;	/* stays in system memory */
+		dst = page_mem(dpage);
+		if (!(m->src[i] & UHMM_MIGRATE_PFN_VALID))
+			memset(dst, 0, DM_PAGE_SIZE);		/* a hole or the zero page */
+		else if (uhmm_access_vm(addr, dst, DM_PAGE_SIZE, 0) < 0) {
+			uhmm_page_put(dpage);			/* unmapped under us */
+			continue;
+		}
+		m->dst[i] = uhmm_migrate_pfn(uhmm_page_to_pfn(dpage)) | (m->src[i] & UHMM_MIGRATE_PFN_WRITE);
+	}
+}
+
+/* Map what migrated in the device page table (the kernel's finalize_and_map). */
+static void migrate_map(struct uhmm_dmirror *dm, const struct uhmm_migrate_vma *m)
+{
+	pthread_mutex_lock(&dm->lock);
+	for (uint64_t i = 0; i < m->npages; i++) {
+		uint64_t addr = m->start + (i << DM_PAGE_SHIFT);
+
+		if (!(m->src[i] & UHMM_MIGRATE_PFN_MIGRATE) || !(m->dst[i] & UHMM_MIGRATE_PFN_VALID))
+			continue;
+		uhmm_radix_set(&dm->pt, addr >> DM_PAGE_SHIFT,
+			       DPT_READ | DPT_WRITE | DPT_DEVPAGE |
+				       (uhmm_migrate_pfn_to_pfn(m->dst[i]) << DPT_PFN_SHIFT));
+	}
+	pthread_mutex_unlock(&dm->lock);
+}
+
+static int migrate_chunk_to_dev(struct uhmm_dmirror *dm, uint64_t start, uint64_t end)
+{
+	uint64_t src[DM_MIGRATE_PAGES], dst[DM_MIGRATE_PAGES];
+	struct uhmm_migrate_vma m = {
+		.mm = dm->mm, .src = src, .dst = dst, .start = start, .end = end,
+		.pgmap_owner = dm->owner, .flags = UHMM_MIGRATE_VMA_SELECT_SYSTEM,
+	};
+	int ret = uhmm_migrate_vma_setup(&m);
+
+	if (ret)
+		return ret;
+	migrate_alloc_and_copy(dm, &m);
+	uhmm_migrate_vma_pages(&m);
+	migrate_map(dm, &m);
+	uhmm_migrate_vma_finalize(&m);
+	return 0;
+}
+
+/* Every page of the range must have a VMA with read permission. */
+static int apply_check_readable(struct uhmm_dmirror *dm, const struct uhmm_range *range, void *arg)
+{
 	(void)dm;
-	(void)pfn;
+	(void)arg;
+	for (uint64_t i = 0; i < (range->end - range->start) >> DM_PAGE_SHIFT; i++)
+		if (range->hmm_pfns[i] & UHMM_PFN_ERROR)
+			return -EINVAL;
+	return 0;
+}
+
+static int check_range_readable(struct uhmm_dmirror *dm, uint64_t start, uint64_t end)
+{
+	uint64_t pfns[DM_CHUNK_PAGES];
+	struct uhmm_range range = { .notifier = &dm->notifier, .hmm_pfns = pfns, .dev_private_owner = dm->owner };
+
+	for (uint64_t a = start; a < end; a = range.end) {
+		int ret;
+
+		range.start = a;
+		range.end = end - a > DM_CHUNK_BYTES ? a + DM_CHUNK_BYTES : end;
+		ret = dmirror_range_locked(dm, &range, apply_check_readable, NULL);
+		if (ret)
+			return ret;
+	}
+	return 0;
+}
+
+/* Read the range back through the device page table: device pages of ours only. */
+static int read_back_device(struct uhmm_dmirror *dm, struct uhmm_dmirror_cmd *c)
+{
+	uint64_t bytes = c->npages << DM_PAGE_SHIFT;
+	char *bounce = malloc(bytes);
+	int ret = bounce ? 0 : -ENOMEM;
+
+	pthread_mutex_lock(&dm->lock);
+	for (uint64_t i = 0; !ret && i < c->npages; i++) {
+		uint64_t e = uhmm_radix_get(&dm->pt, (c->addr >> DM_PAGE_SHIFT) + i);
+
+		if (!(e & DPT_DEVPAGE) || !dmirror_devmem_is_local(dm, e >> DPT_PFN_SHIFT))
+			ret = -ENOENT;
+		else
+			ret = dmirror_devmem_copy(dm, e >> DPT_PFN_SHIFT, bounce + (i << DM_PAGE_SHIFT), 0);
+	}
+	pthread_mutex_unlock(&dm->lock);
+	if (!ret && uhmm_access_vm(c->ptr, bounce, bytes, UHMM_ACCESS_WRITE) < 0)
+		ret = -EFAULT;
+	free(bounce);
+	if (!ret) {
+		c->cpages = c->npages;
+		c->faults = 0;
+	}
+	return ret;
+}
+
+static int migrate_to_dev(struct uhmm_dmirror *dm, struct uhmm_dmirror_cmd *c)
+{
+	uint64_t end = c->addr + (c->npages << DM_PAGE_SHIFT);
+	int ret = check_range_readable(dm, c->addr, end);
+
+	for (uint64_t a = c->addr; !ret && a < end; a += DM_MIGRATE_PAGES * DM_PAGE_SIZE)
+		ret = migrate_chunk_to_dev(dm, a, end - a > DM_MIGRATE_PAGES * DM_PAGE_SIZE
+							  ? a + DM_MIGRATE_PAGES * DM_PAGE_SIZE : end);
+	return ret ? ret : read_back_device(dm, c);
+}
+
+/* ---- device -> system ---- */
+
+/* Copy device pages into system pages; drop them from the device page table. */
+static void migrate_copy_to_sys(struct uhmm_dmirror *dm, struct uhmm_migrate_vma *m)
+{
+	for (uint64_t i = 0; i < m->npages; i++) {
+		struct uhmm_page *spage = uhmm_migrate_pfn_to_page(m->src[i]);
+		void *sys;
+
+		if (!spage || !(m->src[i] & UHMM_MIGRATE_PFN_MIGRATE))
+			continue;
+		sys = sysmem_alloc(dm, &m->dst[i]);
+		if (!sys)
+			continue;
+		memcpy(sys, page_mem(spage), DM_PAGE_SIZE);
+	}
+	/* The data is leaving the device: its mappings go (our own MIGRATE events were skipped). */
+	pthread_mutex_lock(&dm->lock);
+	for (uint64_t i = 0; i < m->npages; i++)
+		if (m->dst[i] & UHMM_MIGRATE_PFN_VALID)
+			uhmm_radix_set(&dm->pt, (m->start >> DM_PAGE_SHIFT) + i, 0);
+	pthread_mutex_unlock(&dm->lock);
+}
+
+static uint64_t count_migrated(const struct uhmm_migrate_vma *m)
+{
+	uint64_t n = 0;
+
+	for (uint64_t i = 0; i < m->npages; i++)
+		n += (m->src[i] & UHMM_MIGRATE_PFN_MIGRATE) && (m->dst[i] & UHMM_MIGRATE_PFN_VALID);
+	return n;
+}
+
+static int migrate_range_to_sys(struct uhmm_dmirror *dm, void *owner, uint64_t start, uint64_t end,
+				struct uhmm_page *fault_page, uint64_t *migrated)
+{
+	uint64_t src[DM_MIGRATE_PAGES], dst[DM_MIGRATE_PAGES];
+	struct uhmm_migrate_vma m = {
+		.mm = dm->mm, .src = src, .dst = dst, .start = start, .end = end, .pgmap_owner = owner,
+		.flags = UHMM_MIGRATE_VMA_SELECT_DEVICE_PRIVATE, .fault_page = fault_page,
+	};
+	int ret = uhmm_migrate_vma_setup(&m);
+
+	if (ret)
+		return ret;
+	migrate_copy_to_sys(dm, &m);
+	uhmm_migrate_vma_pages(&m);
+	*migrated += count_migrated(&m);
+	uhmm_migrate_vma_finalize(&m);
+	return 0;
+}
+
+static int migrate_to_sys(struct uhmm_dmirror *dm, struct uhmm_dmirror_cmd *c)
+{
+	uint64_t end = c->addr + (c->npages << DM_PAGE_SHIFT), migrated = 0;
+	int ret = 0;
+
+	for (uint64_t a = c->addr; !ret && a < end; a += DM_MIGRATE_PAGES * DM_PAGE_SIZE)
+		ret = migrate_range_to_sys(dm, dm->owner, a,
+					   end - a > DM_MIGRATE_PAGES * DM_PAGE_SIZE ? a + DM_MIGRATE_PAGES * DM_PAGE_SIZE : end,
+					   NULL, &migrated);
+	if (!ret) {
+		c->cpages = migrated;
+		c->faults = 0;
+	}
+	return ret;
+}
+
+/* The CPU touched one of our pages: bring that page back. */
+static int dmirror_migrate_to_ram(struct uhmm_vm_fault *vmf)
+{
+	struct uhmm_dmirror *dm = page_dmirror(vmf->page);
+	uint64_t migrated = 0;
+	int ret;
+
+	ret = migrate_range_to_sys(dm, uhmm_pagemap_owner(uhmm_page_pgmap(vmf->page)), vmf->address,
+				   vmf->address + DM_PAGE_SIZE, vmf->page, &migrated);
+	if (ret)
+		return ret;
+	return migrated == 1 ? 0 : -ENOMEM;
+}
+
+/* ---- eviction ---- */
+
+/* Evict one chunk with migrate_device_range (no addresses needed). */
+static int evict_chunk(struct uhmm_dmirror *dm, struct dmirror_chunk *chunk)
+{
+	uint64_t n = DM_CHUNK_DEV_PAGES, first = uhmm_page_to_pfn(uhmm_pagemap_page(chunk->pgmap, 0));
+	uint64_t *src = calloc(n, sizeof(*src)), *dst = calloc(n, sizeof(*dst));
+	int ret = src && dst ? uhmm_migrate_device_range(src, first, n) : -ENOMEM;
+
+	for (uint64_t i = 0; !ret && i < n; i++) {
+		void *sys;
+
+		if (!(src[i] & UHMM_MIGRATE_PFN_MIGRATE))
+			continue;
+		sys = uhmm_migrate_alloc_system_page(&dst[i]);
+		if (sys)
+			memcpy(sys, chunk->mem + (i << DM_PAGE_SHIFT), DM_PAGE_SIZE);
+	}
+	if (!ret) {
+		uhmm_migrate_device_pages(src, dst, n);
+		uhmm_migrate_device_finalize(src, dst, n);
+	}
+	free(src);
+	free(dst);
+	return ret;
+}
+
+static int dmirror_release(struct uhmm_dmirror *dm)
+{
+	int ret = 0;
+
+	pthread_mutex_lock(&dm->lock);
+	/* Every device-page mapping goes: the pages are leaving. */
+	uhmm_radix_free(&dm->pt);
+	pthread_mutex_unlock(&dm->lock);
+	for (unsigned int i = 0; i < dm->devmem->nchunks && !ret; i++)
+		ret = evict_chunk(dm, &dm->devmem->chunks[i]);
+	return ret;
+}
+
+void dmirror_devmem_detach(struct uhmm_dmirror *dm)
+{
+	struct dmirror_devmem *mem = dm->devmem;
+
+	dmirror_release(dm);
+	for (unsigned int i = 0; i < mem->nchunks; i++) {
+		/* Evicts anything left (pages migrated meanwhile), then frees. */
+		if (uhmm_pagemap_remove(mem->chunks[i].pgmap) == 0)
+			syscall(SYS_munmap, mem->chunks[i].mem, DM_CHUNK_DEV_PAGES * DM_PAGE_SIZE);
+	}
+	free(mem->free);
+	pthread_mutex_destroy(&mem->mem_lock);
+	free(mem);
+	dm->devmem = NULL;
+}
+
+__attribute__((visibility("default"))) int uhmm_dmirror_memstats(struct uhmm_dmirror *dm,
+								 struct uhmm_pagemap_stats *out)
+{
+	struct uhmm_pagemap_stats one;
+
+	if (!dm || !out || !dm->devmem)
+		return -EINVAL;
+	memset(out, 0, sizeof(*out));
+	pthread_mutex_lock(&dm->devmem->mem_lock);
+	for (unsigned int i = 0; i < dm->devmem->nchunks; i++) {
+		uhmm_pagemap_stats(dm->devmem->chunks[i].pgmap, &one);
+		out->npages += one.npages;
+		out->allocated += one.allocated;
+		out->free += one.free;
+		out->mapped += one.mapped;
+		out->poisoned += one.poisoned;
+	}
+	pthread_mutex_unlock(&dm->devmem->mem_lock);
 	return 0;
 }
 
 int dmirror_migrate_cmd(struct uhmm_dmirror *dm, unsigned int cmd, struct uhmm_dmirror_cmd *c)
 {
-	(void)dm;
-	(void)cmd;
-	(void)c;
-	return -EOPNOTSUPP;
+	int ret;
+
+	switch (cmd) {
+	case UHMM_DMIRROR_MIGRATE_TO_DEV:
+		return migrate_to_dev(dm, c);
+	case UHMM_DMIRROR_MIGRATE_TO_SYS:
+		return migrate_to_sys(dm, c);
+	case UHMM_DMIRROR_RELEASE:
+		ret = dmirror_release(dm);
+		if (!ret) {
+			c->cpages = 0;
+			c->faults = 0;
+		}
+		return ret;
+	default:
+		return -EOPNOTSUPP;	/* EXCLUSIVE, CHECK_EXCLUSIVE: the next issue */
+	}
 }

@@ -123,6 +123,8 @@ static uint64_t page_need(uint64_t req, const struct uhmm_vma *v, uint8_t st)
 {
 	uint64_t need = 0;
 
+	if (st & UHMM_PTE_DEVICE)
+		return 0;	/* the owner's device page: valid and writable */
 	if ((req & UHMM_PFN_REQ_FAULT) && !(st & UHMM_PTE_PRESENT))
 		need |= UHMM_PFN_REQ_FAULT;
 	if ((req & UHMM_PFN_REQ_WRITE) && !page_writable(v, st))
@@ -171,6 +173,22 @@ static int populate(uint64_t start, uint64_t end, bool write)
 }
 
 /*
+ * In a span that traps missing pages, a kernel-mode fault would go to the
+ * worker (and, in user-mode-only mode, fail): fill the holes ourselves,
+ * then let MADV_POPULATE do the rest (copy-on-write of zero pages).
+ */
+static int fault_run(struct uhmm_mm *mm, uint64_t start, uint64_t end, bool write)
+{
+	if (uhmm_mm_is_missing(mm, start)) {
+		int ret = uhmm_fill_missing(mm, start, end, write);
+
+		if (ret)
+			return ret == -ENOENT ? -EFAULT : ret;
+	}
+	return populate(start, end, write);
+}
+
+/*
  * Fault in the runs of pages of VMA @v that need it. Returns the number of
  * runs faulted (0: nothing needed) or -errno.
  */
@@ -189,7 +207,7 @@ static int ctx_fault_vma(struct fault_ctx *c, const struct uhmm_vma *v, uint64_t
 			run_start = a;
 			run_need = need;
 		} else if (run_need && (!need || a == e)) {
-			ret = populate(run_start, a, run_need & UHMM_PFN_REQ_WRITE);
+			ret = fault_run(r->notifier->mm, run_start, a, run_need & UHMM_PFN_REQ_WRITE);
 			if (ret)
 				return ret;
 			runs++;
@@ -215,6 +233,14 @@ static uint64_t page_pfn(const struct uhmm_vma *v, uint64_t addr, uint8_t st)
 	return f | ((st & UHMM_PTE_ZERO) ? UHMM_ZERO_PFN : addr >> UHMM_PAGE_SHIFT);
 }
 
+static uint64_t device_pfn(struct uhmm_mm *mm, uint64_t addr)
+{
+	struct uhmm_page *page = DP_PAGE(uhmm_dp_get(mm, addr));
+
+	/* Gone since the pass looked: not present (the sequence check catches it). */
+	return page ? UHMM_PFN_VALID | UHMM_PFN_WRITE | uhmm_page_to_pfn(page) : 0;
+}
+
 static void ctx_fill(struct fault_ctx *c)
 {
 	struct uhmm_range *r = c->range;
@@ -236,12 +262,57 @@ static void ctx_fill(struct fault_ctx *c)
 
 			if (!vma_usable(v))
 				r->hmm_pfns[idx] = UHMM_PFN_ERROR;
+			else if (st & UHMM_PTE_DEVICE)
+				r->hmm_pfns[idx] = device_pfn(r->notifier->mm, addr);
 			else if (!(st & UHMM_PTE_PRESENT))
 				r->hmm_pfns[idx] = 0;
 			else
 				r->hmm_pfns[idx] = page_pfn(v, addr, st);
 		}
 	}
+}
+
+/*
+ * Pages that are not in the CPU page table may be device-private. Those of
+ * the range's owner are reported as theirs (VALID, WRITE, device pfn);
+ * another owner's are migrated back where a fault is requested (like
+ * do_swap_page() calling migrate_to_ram()), from this thread so that
+ * user-mode-only userfaultfd works too. A page a migration holds: -EBUSY.
+ * Returns 1 if a page came back (go round again), 0, or -errno.
+ */
+static int ctx_device_pages(struct fault_ctx *c)
+{
+	struct uhmm_range *r = c->range;
+	struct uhmm_mm *mm = r->notifier->mm;
+	int back = 0;
+
+	if (!uhmm_dp_any(mm))
+		return 0;
+	for (uint64_t i = 0; i < c->npages; i++) {
+		uint64_t addr = r->start + (i << UHMM_PAGE_SHIFT), v;
+		struct uhmm_page *page;
+		int ret;
+
+		if (c->state[i] & UHMM_PTE_PRESENT)
+			continue;
+		v = uhmm_dp_get(mm, addr);
+		page = DP_PAGE(v);
+		if (v & DP_BUSY)
+			return -EBUSY;
+		if (!page)
+			continue;
+		if (page->pgmap->owner == r->dev_private_owner && r->dev_private_owner) {
+			c->state[i] |= UHMM_PTE_DEVICE;
+			continue;
+		}
+		if (!(req_of(r, i) & UHMM_PFN_REQ_FAULT))
+			continue;
+		ret = uhmm_dp_fault(mm, addr, (req_of(r, i) & UHMM_PFN_REQ_WRITE) ? UHMM_FAULT_WRITE : 0, 0);
+		if (ret)
+			return ret == -EBUSY ? -EBUSY : -EFAULT;
+		back = 1;
+	}
+	return back;
 }
 
 /* One pass: returns 1 if something was faulted (go round again), 0, or -errno. */
@@ -260,6 +331,9 @@ static int ctx_pass(struct fault_ctx *c)
 	for (int i = 0; i < c->nvmas; i++)
 		need_excl |= (c->vmas[i].flags & (UHMM_VMA_WRITE | UHMM_VMA_SHARED)) == UHMM_VMA_WRITE;
 	ret = uhmm_pagemap_read(r->start, r->end, c->state, need_excl);
+	if (ret)
+		return ret;
+	ret = ctx_device_pages(c);
 	if (ret)
 		return ret;
 	if (!(req_any(r, 0, c->npages) & REQ_BITS))

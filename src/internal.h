@@ -14,6 +14,7 @@
 #include <sys/types.h>
 
 #include "uhmm.h"
+#include "lib/radix.h"
 
 struct uffd_msg;
 
@@ -98,6 +99,7 @@ int uhmm_vma_list(uint64_t start, uint64_t end, struct uhmm_vma *out, int max);
 #define UHMM_PTE_FILE (1u << 4)		/* page-cache or shared-anon page */
 #define UHMM_PTE_EXCLUSIVE (1u << 5)	/* mapped by this process only */
 #define UHMM_PTE_UFFD_WP (1u << 6)
+#define UHMM_PTE_DEVICE (1u << 7)	/* device-private, of the range's owner */
 
 /*
  * One byte of UHMM_PTE_* per page of [start, end) into @state.
@@ -120,6 +122,8 @@ bool uhmm_spanset_covers(const struct uhmm_spanset *s, uint64_t start, uint64_t 
 int uhmm_spanset_add(struct uhmm_spanset *s, uint64_t start, uint64_t end);
 int uhmm_spanset_remove(struct uhmm_spanset *s, uint64_t start, uint64_t end);
 void uhmm_spanset_free(struct uhmm_spanset *s);
+bool uhmm_spanset_next_gap(const struct uhmm_spanset *s, uint64_t start, uint64_t end,
+			   uint64_t *gs, uint64_t *ge);
 
 /* ---- mm.c / service.c / notifier.c: the address space ---- */
 struct uhmm_fork_inval;
@@ -159,6 +163,13 @@ struct uhmm_mm {
 
 	struct uhmm_fork_inval *fork_inval; /* invalidations held open across fork() */
 
+	struct uhmm_spanset missing;	/* spans registered MISSING|WP (under lock) */
+	struct uhmm_spanset self_zap;	/* zaps uhmm makes itself (under lock) */
+
+	/* device-private table (devpriv.c); dp_lock is a leaf lock */
+	pthread_mutex_t dp_lock;
+	struct uhmm_radix devpriv;
+
 	atomic_ulong stat_events[8];	/* invalidations by enum uhmm_notifier_event */
 };
 
@@ -190,5 +201,62 @@ bool uhmm_notifiers_overlap(struct uhmm_mm *mm, uint64_t start, uint64_t end);
 int uhmm_mm_register(struct uhmm_mm *mm, uint64_t start, uint64_t end);
 /* Forget registrations the kernel dropped (munmap) or moved (mremap). */
 void uhmm_mm_forget(struct uhmm_mm *mm, uint64_t start, uint64_t end);
+
+/* ---- devmem.c: pagemaps and device pages (memremap.c) ---- */
+struct uhmm_page {
+	struct uhmm_pagemap *pgmap;
+	atomic_uint refs;
+	uint64_t vaddr;			/* CPU address whose data it holds (mm->dp_lock) */
+	uint64_t claim_addr;		/* where migrate_device_range() claimed it */
+	void *zone_device_data;
+};
+
+struct uhmm_pagemap {
+	struct uhmm_mm *mm;
+	uint64_t npages;
+	uint64_t pfn_first;		/* device pfn of pages[0] */
+	void *owner;
+	const struct uhmm_pagemap_ops *ops;
+	void *driver_data;
+	struct uhmm_page *pages;
+	atomic_ulong allocated, mapped, poisoned;
+};
+
+/* ---- devpriv.c: the device-private table and the CPU fault path ---- */
+/*
+ * mm->devpriv maps a virtual page number to the device page holding its
+ * data (pointer), or marks it DP_BUSY while a migration owns it (with or
+ * without a page). Under mm->dp_lock, a leaf lock.
+ */
+#define DP_BUSY 1ULL
+#define DP_PAGE(v) ((struct uhmm_page *)(uintptr_t)((v) & ~DP_BUSY))
+
+uint64_t uhmm_dp_get(struct uhmm_mm *mm, uint64_t addr);
+/* Mark @addr busy if it is not; returns its value before, or DP_BUSY if it was busy. */
+uint64_t uhmm_dp_claim(struct uhmm_mm *mm, uint64_t addr);
+void uhmm_dp_release(struct uhmm_mm *mm, uint64_t addr);	/* drop the busy mark */
+int uhmm_dp_install(struct uhmm_mm *mm, uint64_t addr, struct uhmm_page *page); /* takes a ref */
+struct uhmm_page *uhmm_dp_remove(struct uhmm_mm *mm, uint64_t addr); /* returns the table's ref */
+bool uhmm_dp_any(struct uhmm_mm *mm);
+void uhmm_dp_drop_range(struct uhmm_mm *mm, uint64_t start, uint64_t end);
+void uhmm_dp_move_range(struct uhmm_mm *mm, uint64_t from, uint64_t to, uint64_t len);
+/* Bring @addr's device page back with its pagemap's migrate_to_ram(); poison on failure. */
+int uhmm_dp_fault(struct uhmm_mm *mm, uint64_t addr, unsigned int flags, pid_t tid);
+/* Evict every device page of [start, end) (all of them for 0, UINT64_MAX). */
+int uhmm_dp_evict_range(struct uhmm_mm *mm, uint64_t start, uint64_t end);
+void uhmm_fault_missing(struct uhmm_mm *mm, uint64_t addr, unsigned int uffd_flags, pid_t tid);
+void uhmm_fault_wp(struct uhmm_mm *mm, uint64_t addr);
+/* Fill missing pages of a trapping span ourselves (kernel-mode access would EFAULT in user mode). */
+int uhmm_fill_missing(struct uhmm_mm *mm, uint64_t start, uint64_t end, bool write);
+
+/* ---- migrate.c ---- */
+/* Register [start, end) so that missing pages trap (spans that hold device pages). */
+int uhmm_mm_register_missing(struct uhmm_mm *mm, uint64_t start, uint64_t end);
+bool uhmm_mm_is_missing(struct uhmm_mm *mm, uint64_t addr);
+/* Zap [start, end) without the worker treating it as an application madvise. */
+int uhmm_mm_self_zap(struct uhmm_mm *mm, uint64_t start, uint64_t end);
+bool uhmm_mm_take_self_zap(struct uhmm_mm *mm, uint64_t start, uint64_t end);
+void uhmm_wake(struct uhmm_mm *mm, uint64_t start, uint64_t end);
+int uhmm_install_page(struct uhmm_mm *mm, uint64_t addr, const void *data);
 
 #endif /* UHMM_INTERNAL_H */

@@ -57,6 +57,13 @@ static void mm_fork_prepare(void)
 	if (!mm)
 		return;
 
+	/*
+	 * The child must see the data of device-resident pages, which it
+	 * cannot fault back (its copy of the mm is abandoned): bring them all
+	 * back first.
+	 */
+	if (uhmm_dp_any(mm))
+		uhmm_dp_evict_range(mm, 0, UINT64_MAX);
 	mm->fork_inval = calloc(1, sizeof(*mm->fork_inval));
 	n = uhmm_vma_list(0, UINT64_MAX, NULL, 0);
 	v = n > 0 ? calloc((size_t)n + 64, sizeof(*v)) : NULL;
@@ -127,6 +134,10 @@ static void mm_free(struct uhmm_mm *mm)
 	if (mm->stop_efd >= 0)
 		close(mm->stop_efd);
 	uhmm_spanset_free(&mm->registered);
+	uhmm_spanset_free(&mm->missing);
+	uhmm_spanset_free(&mm->self_zap);
+	uhmm_radix_free(&mm->devpriv);
+	pthread_mutex_destroy(&mm->dp_lock);
 	pthread_cond_destroy(&mm->cond);
 	pthread_mutex_destroy(&mm->lock);
 	free(mm);
@@ -144,6 +155,7 @@ static int mm_create(struct uhmm_mm **out)
 	mm->invalidate_seq = 2;
 	mm->stop_efd = -1;
 	pthread_mutex_init(&mm->lock, NULL);
+	pthread_mutex_init(&mm->dp_lock, NULL);
 	pthread_cond_init(&mm->cond, NULL);
 	mm->uffd = uhmm_uffd_open(UHMM_UFFD_WANT_FEATURES, &mm->uffd_features);
 	if (mm->uffd < 0) {
@@ -246,11 +258,17 @@ static int mm_register_vma(struct uhmm_mm *mm, const struct uhmm_vma *v, uint64_
 
 	if ((v->flags & UHMM_VMA_SPECIAL) || uhmm_service_owns(mm, s, e))
 		return 0;
-	/* Under the lock, so that teardown's unregister-all cannot miss it. */
+	/*
+	 * Under the lock, so that teardown's unregister-all cannot miss it;
+	 * only the gaps, so that a MISSING|WP span is never downgraded.
+	 */
 	pthread_mutex_lock(&mm->lock);
-	ret = uhmm_uffd_register(mm->uffd, s, e, UFFDIO_REGISTER_MODE_WP, NULL);
-	if (ret == 0)
-		ret = uhmm_spanset_add(&mm->registered, s, e);
+	ret = 0;
+	for (uint64_t gs = s, ge; !ret && uhmm_spanset_next_gap(&mm->registered, gs, e, &gs, &ge); gs = ge) {
+		ret = uhmm_uffd_register(mm->uffd, gs, ge, UFFDIO_REGISTER_MODE_WP, NULL);
+		if (ret == 0)
+			ret = uhmm_spanset_add(&mm->registered, gs, ge);
+	}
 	pthread_mutex_unlock(&mm->lock);
 	if (ret == 0)
 		return 0;
@@ -309,6 +327,7 @@ void uhmm_mm_forget(struct uhmm_mm *mm, uint64_t start, uint64_t end)
 {
 	pthread_mutex_lock(&mm->lock);
 	uhmm_spanset_remove(&mm->registered, start, end);
+	uhmm_spanset_remove(&mm->missing, start, end);
 	pthread_mutex_unlock(&mm->lock);
 }
 

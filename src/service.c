@@ -166,15 +166,28 @@ static void *reader_main(void *arg)
 
 /* ---- the worker ---- */
 
+/*
+ * madvise(DONTNEED/FREE/REMOVE): devices drop their mappings, then the
+ * device pages of the range are released (their data went with the zap).
+ * A zap uhmm made itself (committing a migration) is not the program's.
+ */
 static void handle_remove(struct uhmm_mm *mm, const struct uffd_msg *m)
 {
-	uhmm_invalidate(mm, m->arg.remove.start, m->arg.remove.end, UHMM_NOTIFY_CLEAR, NULL);
+	uint64_t start = m->arg.remove.start, end = m->arg.remove.end;
+
+	if (uhmm_mm_take_self_zap(mm, start, end))
+		return;
+	uhmm_invalidate(mm, start, end, UHMM_NOTIFY_CLEAR, NULL);
+	uhmm_dp_drop_range(mm, start, end);
 }
 
 static void handle_unmap(struct uhmm_mm *mm, const struct uffd_msg *m)
 {
-	uhmm_mm_forget(mm, m->arg.remove.start, m->arg.remove.end);
-	uhmm_invalidate(mm, m->arg.remove.start, m->arg.remove.end, UHMM_NOTIFY_UNMAP, NULL);
+	uint64_t start = m->arg.remove.start, end = m->arg.remove.end;
+
+	uhmm_mm_forget(mm, start, end);
+	uhmm_invalidate(mm, start, end, UHMM_NOTIFY_UNMAP, NULL);
+	uhmm_dp_drop_range(mm, start, end);
 }
 
 /* mremap() moved a registered range: the registration moved with it. */
@@ -182,31 +195,26 @@ static void handle_remap(struct uhmm_mm *mm, const struct uffd_msg *m)
 {
 	uint64_t from = m->arg.remap.from, to = m->arg.remap.to, len = m->arg.remap.len;
 
+	bool trapping = uhmm_mm_is_missing(mm, from);
+
 	uhmm_mm_forget(mm, from, from + len);
 	pthread_mutex_lock(&mm->lock);
 	uhmm_spanset_add(&mm->registered, to, to + len);
+	if (trapping)
+		uhmm_spanset_add(&mm->missing, to, to + len);
 	pthread_mutex_unlock(&mm->lock);
 	uhmm_invalidate(mm, from, from + len, UHMM_NOTIFY_UNMAP, NULL);
+	uhmm_dp_move_range(mm, from, to, len);	/* device pages move with the mapping */
 }
 
-/*
- * A page fault in a registered range. Mirrored ranges are registered for
- * write-protection only and nothing is write-protected outside a
- * migration, so a fault here is a stray one: resolve it and wake the
- * thread, which retries the access.
- */
+/* A page fault: a write to a page a migration protects, or a missing page of a trapping span. */
 static void handle_fault(struct uhmm_mm *mm, const struct uffd_msg *m)
 {
-	uint64_t page = uhmm_align_down(m->arg.pagefault.address, UHMM_PAGE_SIZE);
-	struct uffdio_range r = { .start = page, .len = UHMM_PAGE_SIZE };
-
-	if (m->arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WP) {
-		struct uffdio_writeprotect wp = { .range = r, .mode = 0 };
-
-		if (ioctl(mm->uffd, UFFDIO_WRITEPROTECT, &wp) == 0)
-			return;
-	}
-	ioctl(mm->uffd, UFFDIO_WAKE, &r);
+	if (m->arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WP)
+		uhmm_fault_wp(mm, m->arg.pagefault.address);
+	else
+		uhmm_fault_missing(mm, m->arg.pagefault.address, (unsigned int)m->arg.pagefault.flags,
+				   (pid_t)m->arg.pagefault.feat.ptid);
 }
 
 static void worker_dispatch(struct uhmm_mm *mm, const struct uffd_msg *m)

@@ -109,3 +109,20 @@ void uhmm_spanset_free(struct uhmm_spanset *s)
 	free(s->v);
 	memset(s, 0, sizeof(*s));
 }
+
+/* The first part of [start, end) not in @s: true and [*gs, *ge), or false. */
+bool uhmm_spanset_next_gap(const struct uhmm_spanset *s, uint64_t start, uint64_t end,
+			   uint64_t *gs, uint64_t *ge)
+{
+	size_t i = spanset_find(s, start);
+
+	while (start < end && i < s->n && s->v[i].start <= start) {
+		start = s->v[i].end;
+		i++;
+	}
+	if (start >= end)
+		return false;
+	*gs = start;
+	*ge = i < s->n && s->v[i].start < end ? s->v[i].start : end;
+	return true;
+}

@@ -336,6 +336,208 @@ int uhmm_range_fault(struct uhmm_range *range);
  */
 ssize_t uhmm_access_vm(uint64_t addr, void *buf, size_t len, unsigned int flags);
 
+/* ------------------------------------------------------------------------ */
+/* Device memory (memremap_pages / dev_pagemap)                             */
+/* ------------------------------------------------------------------------ */
+
+struct uhmm_pagemap;	/* opaque: a driver's pool of device-private pages */
+struct uhmm_page;	/* opaque: one device page (the kernel's struct page) */
+
+/* struct uhmm_vm_fault.flags */
+#define UHMM_FAULT_WRITE	(1u << 0)	/* the CPU access was a write */
+#define UHMM_FAULT_EVICT	(1u << 1)	/* not a CPU access: uhmm is evicting */
+
+/* The CPU touched a device-private page (the kernel's struct vm_fault). */
+struct uhmm_vm_fault {
+	struct uhmm_mm *mm;
+	uint64_t address;		/* page aligned */
+	struct uhmm_page *page;		/* the device page that holds it */
+	unsigned int flags;		/* UHMM_FAULT_* */
+};
+
+struct uhmm_pagemap_ops {
+	/* The last reference to @page is gone: return it to the free list. */
+	void (*page_free)(struct uhmm_page *page);
+	/*
+	 * Migrate vmf->page (and, if you like, its neighbours) back to
+	 * system memory with uhmm_migrate_vma_setup/pages/finalize, select
+	 * UHMM_MIGRATE_VMA_SELECT_DEVICE_PRIVATE, fault_page = vmf->page.
+	 * Runs on uhmm's worker thread for a CPU access, or on the thread
+	 * that needs the page. Return 0, or a negative errno: the page is then
+	 * poisoned (the CPU access gets SIGBUS) rather than left to read zeros.
+	 */
+	int (*migrate_to_ram)(struct uhmm_vm_fault *vmf);
+};
+
+struct uhmm_pagemap_stats {
+	uint64_t npages;	/* pages in the pool */
+	uint64_t allocated;	/* pages with a reference (driver or mapping) */
+	uint64_t free;		/* npages - allocated */
+	uint64_t mapped;	/* pages holding a CPU address's data */
+	uint64_t poisoned;	/* pages lost because migrate_to_ram failed */
+};
+
+/**
+ * uhmm_pagemap_add() - create a pool of @npages device-private pages
+ * @mm: the address space the pages will hold data of
+ * @npages: > 0
+ * @owner: the pagemap owner (migrate_vma pgmap_owner, range dev_private_owner)
+ * @ops: page_free and migrate_to_ram must be set
+ * @driver_data: returned by uhmm_pagemap_driver_data()
+ * @out: the pagemap
+ *
+ * All pages start free (reference count 0); the driver keeps its own free
+ * list and takes a page with uhmm_page_init(). The backing store is the
+ * driver's business.
+ *
+ * Return: 0; -EINVAL for a NULL argument, zero @npages, a missing op, or
+ * an @mm that is not this process's; -ENOMEM; -ENOSPC when the device pfn
+ * space is exhausted.
+ */
+int uhmm_pagemap_add(struct uhmm_mm *mm, uint64_t npages, void *owner,
+		     const struct uhmm_pagemap_ops *ops, void *driver_data,
+		     struct uhmm_pagemap **out);
+
+/**
+ * uhmm_pagemap_remove() - evict every mapped page, then free the pool
+ *
+ * Pages still holding data are migrated back through the pagemap's own
+ * migrate_to_ram() first: nothing is lost. Return: 0; -EINVAL for NULL;
+ * -EBUSY if the driver still holds references to pages after eviction (the
+ * pool is then left in place).
+ */
+int uhmm_pagemap_remove(struct uhmm_pagemap *pgmap);
+
+void *uhmm_pagemap_driver_data(const struct uhmm_pagemap *pgmap);
+void *uhmm_pagemap_owner(const struct uhmm_pagemap *pgmap);
+/** uhmm_pagemap_stats() - counters; 0, or -EINVAL for NULL */
+int uhmm_pagemap_stats(const struct uhmm_pagemap *pgmap, struct uhmm_pagemap_stats *out);
+/** uhmm_pagemap_page() - page @index of the pool, NULL if out of range */
+struct uhmm_page *uhmm_pagemap_page(struct uhmm_pagemap *pgmap, uint64_t index);
+
+/** uhmm_page_init() - take a free page (reference 1). 0, or -EBUSY if in use */
+int uhmm_page_init(struct uhmm_page *page);
+void uhmm_page_get(struct uhmm_page *page);
+/** uhmm_page_put() - drop a reference; the last one calls ops->page_free */
+void uhmm_page_put(struct uhmm_page *page);
+uint64_t uhmm_page_to_pfn(const struct uhmm_page *page);
+/** uhmm_pfn_to_page() - the device page of a pfn, NULL for a system pfn */
+struct uhmm_page *uhmm_pfn_to_page(uint64_t pfn);
+struct uhmm_pagemap *uhmm_page_pgmap(const struct uhmm_page *page);
+uint64_t uhmm_page_index(const struct uhmm_page *page);
+void *uhmm_page_zone_device_data(const struct uhmm_page *page);
+void uhmm_page_set_zone_device_data(struct uhmm_page *page, void *data);
+
+/* ------------------------------------------------------------------------ */
+/* Migration (mm/migrate_device.c)                                          */
+/* ------------------------------------------------------------------------ */
+
+#define UHMM_MIGRATE_PFN_VALID		(1ULL << 0)
+#define UHMM_MIGRATE_PFN_MIGRATE	(1ULL << 1)
+#define UHMM_MIGRATE_PFN_WRITE		(1ULL << 3)
+#define UHMM_MIGRATE_PFN_COMPOUND	(1ULL << 4)
+#define UHMM_MIGRATE_PFN_SHIFT		6
+
+static inline uint64_t uhmm_migrate_pfn(uint64_t pfn) { return (pfn << UHMM_MIGRATE_PFN_SHIFT) | UHMM_MIGRATE_PFN_VALID; }
+static inline uint64_t uhmm_migrate_pfn_to_pfn(uint64_t mpfn) { return mpfn >> UHMM_MIGRATE_PFN_SHIFT; }
+/* The device page of a src/dst entry, or NULL (a system page or no page). */
+static inline struct uhmm_page *uhmm_migrate_pfn_to_page(uint64_t mpfn)
+{
+	return (mpfn & UHMM_MIGRATE_PFN_VALID) ? uhmm_pfn_to_page(uhmm_migrate_pfn_to_pfn(mpfn)) : NULL;
+}
+
+enum uhmm_migrate_vma_select {
+	UHMM_MIGRATE_VMA_SELECT_SYSTEM = 1 << 0,
+	UHMM_MIGRATE_VMA_SELECT_DEVICE_PRIVATE = 1 << 1,
+	UHMM_MIGRATE_VMA_SELECT_DEVICE_COHERENT = 1 << 2,
+	UHMM_MIGRATE_VMA_SELECT_COMPOUND = 1 << 3,
+};
+
+struct uhmm_migrate_vma {
+	struct uhmm_mm *mm;		/* the kernel's vma: the address space */
+	uint64_t *dst;			/* npages entries, zeroed by setup */
+	uint64_t *src;			/* npages entries, filled by setup */
+	uint64_t cpages;		/* out: entries collected (MIGRATE set) */
+	uint64_t npages;		/* out: (end - start) / page size */
+	uint64_t start;			/* page aligned */
+	uint64_t end;			/* page aligned, > start */
+	void *pgmap_owner;		/* device pages of this owner are collected */
+	unsigned long flags;		/* UHMM_MIGRATE_VMA_SELECT_* */
+	struct uhmm_page *fault_page;	/* the page migrate_to_ram() is for */
+	void *priv;			/* private to uhmm */
+};
+
+/**
+ * uhmm_migrate_vma_setup() - collect and isolate pages to migrate
+ * @args: mm, src, dst, start, end, pgmap_owner, flags (and fault_page)
+ *
+ * For SELECT_SYSTEM: pages of private anonymous memory (including the
+ * anonymous copy-on-write pages of a private file mapping), holes and zero
+ * pages of anonymous VMAs (src without VALID: nothing to copy); never
+ * MAP_SHARED memory, page-cache pages, or another owner's device pages. For
+ * SELECT_DEVICE_PRIVATE: device pages of @pgmap_owner. Collected pages are
+ * write-protected (a CPU write waits until finalize; reads go on), device
+ * mappings of the range are invalidated with UHMM_NOTIFY_MIGRATE and
+ * @pgmap_owner, and src[i] = uhmm_migrate_pfn(pfn) | MIGRATE (| WRITE). A
+ * system page's pfn is its virtual page number: read its data with
+ * uhmm_access_vm() at start + i * page size. A page another migration holds
+ * is not collected.
+ *
+ * The driver then sets dst[i] for the entries it migrates: a device page
+ * it took with uhmm_page_init() and filled (system -> device), or a system
+ * page from uhmm_migrate_alloc_system_page() that it filled (device ->
+ * system); and calls uhmm_migrate_vma_pages() and _finalize(), always both,
+ * even if it migrates nothing.
+ *
+ * Return: 0; -EINVAL: NULL mm/src/dst, unaligned or empty range, no or
+ * unknown select flags, no VMA (or a special one) at @start; -EEXIST: the
+ * range belongs to another userfaultfd; -ENOMEM.
+ */
+int uhmm_migrate_vma_setup(struct uhmm_migrate_vma *args);
+
+/**
+ * uhmm_migrate_vma_pages() - commit each entry whose dst is set
+ *
+ * Moves the CPU's view of each page to its destination. An entry that
+ * cannot be committed has MIGRATE cleared in src and stays where it was.
+ */
+void uhmm_migrate_vma_pages(struct uhmm_migrate_vma *migrate);
+
+/**
+ * uhmm_migrate_vma_finalize() - restore what did not move, release what did
+ *
+ * Pages that did not migrate are write-enabled again; the device pages
+ * left behind (old sources, unused destinations) lose a reference; waiting
+ * CPU threads are woken.
+ */
+void uhmm_migrate_vma_finalize(struct uhmm_migrate_vma *migrate);
+
+/**
+ * uhmm_migrate_alloc_system_page() - a system page to migrate into
+ * @dst: receives the dst entry to store (uhmm_migrate_pfn(pfn))
+ *
+ * Returns a page-aligned page of memory the driver copies device data into
+ * (the kernel's alloc_page() for migrate_to_ram); uhmm installs it at the
+ * address in uhmm_migrate_*_pages() and frees it in _finalize(). NULL when
+ * out of memory.
+ */
+void *uhmm_migrate_alloc_system_page(uint64_t *dst);
+
+/**
+ * uhmm_migrate_device_range() - collect device pages for eviction
+ * @src: npages entries, filled like uhmm_migrate_vma_setup()'s
+ * @start_pfn: first device pfn (uhmm_page_to_pfn() of a pagemap's page)
+ * @npages: how many
+ *
+ * For evicting a driver's memory without knowing the addresses (the
+ * kernel's migrate_device_range()). The driver fills dst with system pages
+ * and calls uhmm_migrate_device_pages() and uhmm_migrate_device_finalize().
+ * Return: 0; -EINVAL for NULL or pfns that are not one pagemap's.
+ */
+int uhmm_migrate_device_range(uint64_t *src, uint64_t start_pfn, uint64_t npages);
+void uhmm_migrate_device_pages(uint64_t *src, uint64_t *dst, uint64_t npages);
+void uhmm_migrate_device_finalize(uint64_t *src, uint64_t *dst, uint64_t npages);
+
 #ifdef __cplusplus
 }
 #endif

@@ -55,6 +55,14 @@ enum {
 int uhmm_dmirror_cmd(struct uhmm_dmirror *dmirror, unsigned int cmd,
 		     struct uhmm_dmirror_cmd *c);
 
+/**
+ * uhmm_dmirror_memstats() - the device memory counters, summed over the
+ * instance's pagemaps (a uhmm extension: tests check that no device page
+ * leaks). Return: 0, or -EINVAL for NULL.
+ */
+struct uhmm_pagemap_stats;
+int uhmm_dmirror_memstats(struct uhmm_dmirror *dmirror, struct uhmm_pagemap_stats *out);
+
 #define UHMM_DMIRROR_FLAG_FAIL_ALLOC		(1ULL << 0)
 
 /* SNAPSHOT writes one byte per page to ptr */

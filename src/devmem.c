@@ -1,0 +1,211 @@
+// SPDX-License-Identifier: MIT
+/*
+ * Device memory: pagemaps (the kernel's dev_pagemap / memremap_pages) and
+ * their pages. Every pagemap gets a range of device pfns from one
+ * process-wide space starting at UHMM_DEVICE_PFN_BASE; ranges are never
+ * reused, so a stale pfn can never name a page of another pagemap.
+ */
+#include <pthread.h>
+#include <stdlib.h>
+
+#include "internal.h"
+
+#define PGMAP_MAX 4096
+
+static struct {
+	pthread_rwlock_t lock;
+	struct uhmm_pagemap *maps[PGMAP_MAX];	/* NULL once removed */
+	uint64_t first[PGMAP_MAX];		/* first pfn of each slot, increasing, kept */
+	size_t n;
+	uint64_t next_pfn;
+} reg = { PTHREAD_RWLOCK_INITIALIZER, { NULL }, { 0 }, 0, UHMM_DEVICE_PFN_BASE };
+
+static int registry_add(struct uhmm_pagemap *pgmap)
+{
+	int ret = 0;
+
+	pthread_rwlock_wrlock(&reg.lock);
+	if (reg.n == PGMAP_MAX || reg.next_pfn + pgmap->npages > (1ULL << 53) - 1) {
+		ret = -ENOSPC;
+	} else {
+		pgmap->pfn_first = reg.next_pfn;
+		reg.next_pfn += pgmap->npages;
+		reg.first[reg.n] = pgmap->pfn_first;
+		reg.maps[reg.n++] = pgmap;
+	}
+	pthread_rwlock_unlock(&reg.lock);
+	return ret;
+}
+
+static void registry_del(struct uhmm_pagemap *pgmap)
+{
+	pthread_rwlock_wrlock(&reg.lock);
+	for (size_t i = 0; i < reg.n; i++)
+		if (reg.maps[i] == pgmap)
+			reg.maps[i] = NULL;
+	pthread_rwlock_unlock(&reg.lock);
+}
+
+UHMM_EXPORT struct uhmm_page *uhmm_pfn_to_page(uint64_t pfn)
+{
+	struct uhmm_page *page = NULL;
+	struct uhmm_pagemap *m;
+	size_t lo = 0, hi;
+
+	if (pfn < UHMM_DEVICE_PFN_BASE)
+		return NULL;
+	pthread_rwlock_rdlock(&reg.lock);
+	hi = reg.n;
+	while (lo < hi) {	/* lo = number of slots starting at or below pfn */
+		size_t mid = lo + (hi - lo) / 2;
+
+		if (reg.first[mid] <= pfn)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	m = lo ? reg.maps[lo - 1] : NULL;
+	if (m && pfn < m->pfn_first + m->npages)
+		page = &m->pages[pfn - m->pfn_first];
+	pthread_rwlock_unlock(&reg.lock);
+	return page;
+}
+
+UHMM_EXPORT int uhmm_pagemap_add(struct uhmm_mm *mm, uint64_t npages, void *owner,
+				 const struct uhmm_pagemap_ops *ops, void *driver_data,
+				 struct uhmm_pagemap **out)
+{
+	struct uhmm_pagemap *pgmap;
+	int ret;
+
+	if (!mm || !ops || !out || !npages || !ops->page_free || !ops->migrate_to_ram)
+		return -EINVAL;
+	if (!uhmm_mm_is_current(mm) || npages > (1ULL << 40))
+		return -EINVAL;
+	pgmap = calloc(1, sizeof(*pgmap));
+	if (!pgmap)
+		return -ENOMEM;
+	pgmap->pages = calloc(npages, sizeof(*pgmap->pages));
+	if (!pgmap->pages) {
+		free(pgmap);
+		return -ENOMEM;
+	}
+	pgmap->mm = mm;
+	pgmap->npages = npages;
+	pgmap->owner = owner;
+	pgmap->ops = ops;
+	pgmap->driver_data = driver_data;
+	for (uint64_t i = 0; i < npages; i++)
+		pgmap->pages[i].pgmap = pgmap;
+	ret = registry_add(pgmap);
+	if (ret) {
+		free(pgmap->pages);
+		free(pgmap);
+		return ret;
+	}
+	atomic_fetch_add(&mm->refs, 1);
+	*out = pgmap;
+	return 0;
+}
+
+UHMM_EXPORT int uhmm_pagemap_remove(struct uhmm_pagemap *pgmap)
+{
+	if (!pgmap)
+		return -EINVAL;
+	/* Every page still holding data goes back through migrate_to_ram(). */
+	for (uint64_t i = 0; i < pgmap->npages; i++) {
+		uint64_t addr;
+
+		pthread_mutex_lock(&pgmap->mm->dp_lock);
+		addr = pgmap->pages[i].vaddr;
+		pthread_mutex_unlock(&pgmap->mm->dp_lock);
+		if (addr)
+			uhmm_dp_fault(pgmap->mm, addr, UHMM_FAULT_EVICT, 0);
+	}
+	if (atomic_load(&pgmap->allocated) != 0)
+		return -EBUSY;
+	registry_del(pgmap);
+	uhmm_mm_put(pgmap->mm);
+	free(pgmap->pages);
+	free(pgmap);
+	return 0;
+}
+
+UHMM_EXPORT void *uhmm_pagemap_driver_data(const struct uhmm_pagemap *pgmap)
+{
+	return pgmap ? pgmap->driver_data : NULL;
+}
+
+UHMM_EXPORT void *uhmm_pagemap_owner(const struct uhmm_pagemap *pgmap)
+{
+	return pgmap ? pgmap->owner : NULL;
+}
+
+UHMM_EXPORT int uhmm_pagemap_stats(const struct uhmm_pagemap *pgmap, struct uhmm_pagemap_stats *out)
+{
+	if (!pgmap || !out)
+		return -EINVAL;
+	out->npages = pgmap->npages;
+	out->allocated = atomic_load(&pgmap->allocated);
+	out->free = out->npages - out->allocated;
+	out->mapped = atomic_load(&pgmap->mapped);
+	out->poisoned = atomic_load(&pgmap->poisoned);
+	return 0;
+}
+
+UHMM_EXPORT struct uhmm_page *uhmm_pagemap_page(struct uhmm_pagemap *pgmap, uint64_t index)
+{
+	return pgmap && index < pgmap->npages ? &pgmap->pages[index] : NULL;
+}
+
+UHMM_EXPORT int uhmm_page_init(struct uhmm_page *page)
+{
+	unsigned int zero = 0;
+
+	if (!page)
+		return -EINVAL;
+	if (!atomic_compare_exchange_strong(&page->refs, &zero, 1))
+		return -EBUSY;
+	atomic_fetch_add(&page->pgmap->allocated, 1);
+	return 0;
+}
+
+UHMM_EXPORT void uhmm_page_get(struct uhmm_page *page)
+{
+	atomic_fetch_add(&page->refs, 1);
+}
+
+UHMM_EXPORT void uhmm_page_put(struct uhmm_page *page)
+{
+	if (!page)
+		return;
+	if (atomic_fetch_sub(&page->refs, 1) != 1)
+		return;
+	atomic_fetch_sub(&page->pgmap->allocated, 1);
+	page->pgmap->ops->page_free(page);
+}
+
+UHMM_EXPORT uint64_t uhmm_page_to_pfn(const struct uhmm_page *page)
+{
+	return page->pgmap->pfn_first + (uint64_t)(page - page->pgmap->pages);
+}
+
+UHMM_EXPORT struct uhmm_pagemap *uhmm_page_pgmap(const struct uhmm_page *page)
+{
+	return page->pgmap;
+}
+
+UHMM_EXPORT uint64_t uhmm_page_index(const struct uhmm_page *page)
+{
+	return (uint64_t)(page - page->pgmap->pages);
+}
+
+UHMM_EXPORT void *uhmm_page_zone_device_data(const struct uhmm_page *page)
+{
+	return page->zone_device_data;
+}
+
+UHMM_EXPORT void uhmm_page_set_zone_device_data(struct uhmm_page *page, void *data)
+{
+	page->zone_device_data = data;
+}

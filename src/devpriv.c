@@ -1,0 +1,390 @@
+// SPDX-License-Identifier: MIT
+/*
+ * The device-private table and the CPU fault path.
+ *
+ * A page whose data lives in device memory is absent from the CPU page
+ * table, inside a span registered MISSING|WP, and mm->devpriv says which
+ * device page holds it (the kernel keeps a device-private swap entry in the
+ * page table instead). A CPU touch traps to the worker, which calls the
+ * pagemap's migrate_to_ram(). The table holds one reference on each page it
+ * maps. An entry marked DP_BUSY belongs to a migration in flight: faults on
+ * it wait (the migration wakes them), other migrations skip it.
+ */
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include "internal.h"
+#include "../uapi/uhmm_uapi.h"
+
+#define FAULT_TRIES 3
+
+static uint64_t vpn(uint64_t addr) { return addr >> UHMM_PAGE_SHIFT; }
+
+uint64_t uhmm_dp_get(struct uhmm_mm *mm, uint64_t addr)
+{
+	uint64_t v;
+
+	pthread_mutex_lock(&mm->dp_lock);
+	v = uhmm_radix_get(&mm->devpriv, vpn(addr));
+	pthread_mutex_unlock(&mm->dp_lock);
+	return v;
+}
+
+bool uhmm_dp_any(struct uhmm_mm *mm)
+{
+	bool any;
+
+	pthread_mutex_lock(&mm->dp_lock);
+	any = mm->devpriv.count != 0;
+	pthread_mutex_unlock(&mm->dp_lock);
+	return any;
+}
+
+uint64_t uhmm_dp_claim(struct uhmm_mm *mm, uint64_t addr)
+{
+	uint64_t *slot, v;
+
+	pthread_mutex_lock(&mm->dp_lock);
+	slot = uhmm_radix_slot(&mm->devpriv, vpn(addr), true);
+	if (!slot) {
+		v = DP_BUSY;	/* no memory for the node: report busy, skip it */
+	} else {
+		v = *slot;
+		if (!(v & DP_BUSY)) {
+			mm->devpriv.count += v == 0;
+			*slot = v | DP_BUSY;
+		}
+	}
+	pthread_mutex_unlock(&mm->dp_lock);
+	return v;
+}
+
+void uhmm_dp_release(struct uhmm_mm *mm, uint64_t addr)
+{
+	uint64_t *slot;
+
+	pthread_mutex_lock(&mm->dp_lock);
+	slot = uhmm_radix_slot(&mm->devpriv, vpn(addr), false);
+	if (slot && *slot) {
+		*slot &= ~DP_BUSY;
+		mm->devpriv.count -= *slot == 0;
+	}
+	pthread_mutex_unlock(&mm->dp_lock);
+}
+
+/* Map @addr to @page (the entry must be claimed); the table takes a reference. */
+int uhmm_dp_install(struct uhmm_mm *mm, uint64_t addr, struct uhmm_page *page)
+{
+	uint64_t *slot;
+
+	pthread_mutex_lock(&mm->dp_lock);
+	slot = uhmm_radix_slot(&mm->devpriv, vpn(addr), true);
+	if (!slot) {
+		pthread_mutex_unlock(&mm->dp_lock);
+		return -ENOMEM;
+	}
+	mm->devpriv.count += *slot == 0;
+	*slot = (uintptr_t)page | (*slot & DP_BUSY);
+	page->vaddr = addr;
+	uhmm_page_get(page);
+	atomic_fetch_add(&page->pgmap->mapped, 1);
+	pthread_mutex_unlock(&mm->dp_lock);
+	return 0;
+}
+
+/* Unmap @addr's page, keeping a busy mark; the caller owns the returned reference. */
+struct uhmm_page *uhmm_dp_remove(struct uhmm_mm *mm, uint64_t addr)
+{
+	struct uhmm_page *page = NULL;
+	uint64_t *slot;
+
+	pthread_mutex_lock(&mm->dp_lock);
+	slot = uhmm_radix_slot(&mm->devpriv, vpn(addr), false);
+	if (slot && DP_PAGE(*slot)) {
+		page = DP_PAGE(*slot);
+		page->vaddr = 0;
+		atomic_fetch_sub(&page->pgmap->mapped, 1);
+		*slot &= DP_BUSY;
+		mm->devpriv.count -= *slot == 0;
+	}
+	pthread_mutex_unlock(&mm->dp_lock);
+	return page;
+}
+
+struct drop_ctx {
+	struct uhmm_page **pages;
+	size_t n, cap;
+};
+
+/* Collect the pages to release; entries a migration owns are left to it. */
+static int drop_one(void *arg, uint64_t key, uint64_t *val)
+{
+	struct drop_ctx *d = arg;
+	struct uhmm_page *page = DP_PAGE(*val);
+
+	(void)key;
+	if ((*val & DP_BUSY) || !page)
+		return 0;
+	if (d->n == d->cap) {
+		size_t cap = d->cap ? 2 * d->cap : 64;
+		struct uhmm_page **p = realloc(d->pages, cap * sizeof(*p));
+
+		if (!p)
+			return -ENOMEM;
+		d->pages = p;
+		d->cap = cap;
+	}
+	page->vaddr = 0;
+	atomic_fetch_sub(&page->pgmap->mapped, 1);
+	d->pages[d->n++] = page;
+	*val = 0;
+	return 0;
+}
+
+/*
+ * munmap / madvise(DONTNEED) of device-resident memory: the data is gone
+ * with the mapping, as in the kernel; the device pages are released
+ * (page_free is called outside the lock).
+ */
+void uhmm_dp_drop_range(struct uhmm_mm *mm, uint64_t start, uint64_t end)
+{
+	struct drop_ctx d = { 0 };
+
+	if (end <= start)
+		return;
+	do {
+		d.n = 0;
+		pthread_mutex_lock(&mm->dp_lock);
+		int ret = uhmm_radix_walk(&mm->devpriv, vpn(start), vpn(end - 1), drop_one, &d);
+		pthread_mutex_unlock(&mm->dp_lock);
+		for (size_t i = 0; i < d.n; i++)
+			uhmm_page_put(d.pages[i]);
+		if (ret != -ENOMEM || d.n == 0)
+			break;	/* ENOMEM after progress: go again for the rest */
+	} while (1);
+	free(d.pages);
+}
+
+struct move_ctx {
+	uint64_t *keys, *vals;
+	size_t n, cap;
+};
+
+static int move_collect(void *arg, uint64_t key, uint64_t *val)
+{
+	struct move_ctx *m = arg;
+
+	if (m->n == m->cap) {
+		size_t cap = m->cap ? 2 * m->cap : 64;
+		uint64_t *k = realloc(m->keys, cap * sizeof(*k)), *v;
+
+		if (!k)
+			return -ENOMEM;
+		m->keys = k;
+		v = realloc(m->vals, cap * sizeof(*v));
+		if (!v)
+			return -ENOMEM;
+		m->vals = v;
+		m->cap = cap;
+	}
+	m->keys[m->n] = key;
+	m->vals[m->n++] = *val;
+	*val = 0;
+	return 0;
+}
+
+/* mremap() moved a span: its device pages move with it. */
+void uhmm_dp_move_range(struct uhmm_mm *mm, uint64_t from, uint64_t to, uint64_t len)
+{
+	struct move_ctx m = { 0 };
+
+	if (!len)
+		return;
+	pthread_mutex_lock(&mm->dp_lock);
+	uhmm_radix_walk(&mm->devpriv, vpn(from), vpn(from + len - 1), move_collect, &m);
+	for (size_t i = 0; i < m.n; i++) {
+		uint64_t key = m.keys[i] - vpn(from) + vpn(to);
+		struct uhmm_page *page = DP_PAGE(m.vals[i]);
+
+		if (uhmm_radix_set(&mm->devpriv, key, m.vals[i]) == 0) {
+			if (page)
+				page->vaddr = key << UHMM_PAGE_SHIFT;
+			continue;
+		}
+		/* No memory for the new node: the data is lost, release the page. */
+		mm->devpriv.count--;
+		if (page) {
+			page->vaddr = 0;
+			atomic_fetch_sub(&page->pgmap->mapped, 1);
+			uhmm_page_put(page);
+		}
+	}
+	mm->devpriv.count += 0;
+	pthread_mutex_unlock(&mm->dp_lock);
+	free(m.keys);
+	free(m.vals);
+}
+
+/* The device cannot give @addr back: the CPU gets SIGBUS there, never zeros. */
+static void dp_poison(struct uhmm_mm *mm, uint64_t addr, pid_t tid)
+{
+	struct uffdio_poison p = { .range = { .start = addr, .len = UHMM_PAGE_SIZE } };
+	struct uhmm_page *page;
+
+	if (uhmm_dp_claim(mm, addr) & DP_BUSY)
+		return;
+	page = uhmm_dp_remove(mm, addr);
+	if (page) {
+		atomic_fetch_add(&page->pgmap->poisoned, 1);
+		uhmm_page_put(page);
+	}
+	if (ioctl(mm->uffd, UFFDIO_POISON, &p) < 0 && errno != EEXIST) {
+		/* No UFFDIO_POISON (before 6.6): signal the faulting thread. */
+		uhmm_log(UHMM_LOG_ERR, "uhmm: cannot poison %#llx: %s", (unsigned long long)addr,
+			 strerror(errno));
+		if (tid > 0)
+			syscall(SYS_tgkill, mm->pid, tid, SIGBUS);
+	}
+	uhmm_dp_release(mm, addr);
+	uhmm_log(UHMM_LOG_WARN, "uhmm: device could not return page %#llx: poisoned",
+		 (unsigned long long)addr);
+}
+
+/*
+ * Bring @addr's device page back. Returns 0 when the page is back (or was
+ * never device-private), -EBUSY when a migration holds it (the caller
+ * waits for its wake-up), or the driver's error after poisoning the page.
+ */
+int uhmm_dp_fault(struct uhmm_mm *mm, uint64_t addr, unsigned int flags, pid_t tid)
+{
+	int ret = 0;
+
+	addr = uhmm_align_down(addr, UHMM_PAGE_SIZE);
+	for (int i = 0; i < FAULT_TRIES; i++) {
+		uint64_t v;
+		struct uhmm_page *page;
+		struct uhmm_vm_fault vmf;
+
+		pthread_mutex_lock(&mm->dp_lock);
+		v = uhmm_radix_get(&mm->devpriv, vpn(addr));
+		page = DP_PAGE(v);
+		if (page && !(v & DP_BUSY))
+			uhmm_page_get(page);	/* keep it alive across the callback */
+		pthread_mutex_unlock(&mm->dp_lock);
+		if (!page)
+			return (v & DP_BUSY) ? -EBUSY : 0;
+		if (v & DP_BUSY)
+			return -EBUSY;
+		vmf = (struct uhmm_vm_fault){ .mm = mm, .address = addr, .page = page, .flags = flags };
+		ret = page->pgmap->ops->migrate_to_ram(&vmf);
+		uhmm_page_put(page);
+		if (ret)
+			break;
+		ret = -EAGAIN;	/* still there: the driver left it; try again */
+	}
+	if (ret == -EAGAIN)
+		ret = -EIO;
+	dp_poison(mm, addr, tid);
+	return ret;
+}
+
+/* Evict every device page of [start, end). */
+int uhmm_dp_evict_range(struct uhmm_mm *mm, uint64_t start, uint64_t end)
+{
+	struct move_ctx m = { 0 };
+	int ret = 0;
+
+	if (end <= start)
+		return 0;
+	pthread_mutex_lock(&mm->dp_lock);
+	uhmm_radix_walk(&mm->devpriv, vpn(start), vpn(end - 1), move_collect, &m);
+	/* move_collect cleared the entries: put them back, we only wanted the keys */
+	for (size_t i = 0; i < m.n; i++)
+		uhmm_radix_set(&mm->devpriv, m.keys[i], m.vals[i]);
+	pthread_mutex_unlock(&mm->dp_lock);
+	for (size_t i = 0; i < m.n; i++) {
+		int r;
+
+		if (!DP_PAGE(m.vals[i]))
+			continue;
+		r = uhmm_dp_fault(mm, m.keys[i] << UHMM_PAGE_SHIFT, UHMM_FAULT_EVICT, 0);
+		if (r && r != -EBUSY && !ret)
+			ret = r;
+	}
+	free(m.keys);
+	free(m.vals);
+	return ret;
+}
+
+void uhmm_wake(struct uhmm_mm *mm, uint64_t start, uint64_t end)
+{
+	struct uffdio_range r = { .start = start, .len = end - start };
+
+	ioctl(mm->uffd, UFFDIO_WAKE, &r);
+}
+
+/* Zero pages for [start, end), read-only zero page or a writable zeroed copy. */
+int uhmm_fill_missing(struct uhmm_mm *mm, uint64_t start, uint64_t end, bool write)
+{
+	static const char zeros[UHMM_PAGE_SIZE] __attribute__((aligned(4096)));
+
+	for (uint64_t a = start; a < end; a += UHMM_PAGE_SIZE) {
+		int ret;
+
+		if (uhmm_dp_get(mm, a))
+			continue;	/* device-private or busy: not ours to fill */
+		if (write) {
+			ret = uhmm_install_page(mm, a, zeros);
+		} else {
+			struct uffdio_zeropage z = { .range = { .start = a, .len = UHMM_PAGE_SIZE } };
+
+			ret = ioctl(mm->uffd, UFFDIO_ZEROPAGE, &z) < 0 ? -errno : 0;
+		}
+		if (ret && ret != -EEXIST)
+			return ret;
+	}
+	return 0;
+}
+
+/*
+ * A missing page in a trapping span. Device-private: migrate it back (a
+ * busy one is woken by the migration that holds it). Otherwise it is an
+ * ordinary first touch: the zero page, and the CPU takes it from there.
+ */
+void uhmm_fault_missing(struct uhmm_mm *mm, uint64_t addr, unsigned int uffd_flags, pid_t tid)
+{
+	uint64_t page = uhmm_align_down(addr, UHMM_PAGE_SIZE);
+	uint64_t v = uhmm_dp_get(mm, page);
+	struct uffdio_zeropage z = { .range = { .start = page, .len = UHMM_PAGE_SIZE } };
+
+	if (v & DP_BUSY)
+		return;
+	if (v) {
+		if (uhmm_dp_fault(mm, page, (uffd_flags & UFFD_PAGEFAULT_FLAG_WRITE) ? UHMM_FAULT_WRITE : 0,
+				  tid) == -EBUSY)
+			return;
+		uhmm_wake(mm, page, page + UHMM_PAGE_SIZE);
+		return;
+	}
+	if (ioctl(mm->uffd, UFFDIO_ZEROPAGE, &z) < 0)
+		uhmm_wake(mm, page, page + UHMM_PAGE_SIZE);	/* EEXIST: already there */
+}
+
+/*
+ * A write to a write-protected page. A migration in flight holds it: the
+ * writer waits until finalize wakes it. Otherwise a stray: let it write.
+ */
+void uhmm_fault_wp(struct uhmm_mm *mm, uint64_t addr)
+{
+	uint64_t page = uhmm_align_down(addr, UHMM_PAGE_SIZE);
+	struct uffdio_writeprotect wp = { .range = { .start = page, .len = UHMM_PAGE_SIZE }, .mode = 0 };
+
+	if (uhmm_dp_get(mm, page) & DP_BUSY)
+		return;
+	if (ioctl(mm->uffd, UFFDIO_WRITEPROTECT, &wp) < 0)
+		uhmm_wake(mm, page, page + UHMM_PAGE_SIZE);
+}

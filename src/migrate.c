@@ -1,0 +1,510 @@
+// SPDX-License-Identifier: MIT
+/*
+ * Migration between system memory and device-private memory, in the
+ * kernel's three steps (mm/migrate_device.c):
+ *
+ *  setup:    register the range MISSING|WP; invalidate device mappings
+ *            (UHMM_NOTIFY_MIGRATE with the owner); claim each page in the
+ *            device-private table (DP_BUSY: other migrations skip it, CPU
+ *            faults on it wait); write-protect the present ones (CPU writes
+ *            wait, reads go on: the data cannot change under the copy).
+ *  pages:    system -> device: zap the CPU page (a MADV_DONTNEED the worker
+ *            knows is ours) and map the device page in the table;
+ *            device -> system: install the driver-filled staging page
+ *            (UFFDIO_COPY) and unmap the device page.
+ *  finalize: un-protect what did not move, drop references, release the
+ *            claims, and only then wake the CPU threads that waited.
+ */
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include "internal.h"
+#include "../uapi/uhmm_uapi.h"
+
+/* per-entry state kept in migrate->priv */
+#define MS_CLAIMED (1u << 0)
+#define MS_WP (1u << 1)
+#define MS_COMMITTED (1u << 2)
+
+struct mig_priv {
+	struct uhmm_mm *mm;
+	uint8_t st[];
+};
+
+#define SELECT_KNOWN (UHMM_MIGRATE_VMA_SELECT_SYSTEM | UHMM_MIGRATE_VMA_SELECT_DEVICE_PRIVATE | \
+		      UHMM_MIGRATE_VMA_SELECT_DEVICE_COHERENT | UHMM_MIGRATE_VMA_SELECT_COMPOUND)
+
+/* ---- registration and helpers shared with the fault path ---- */
+
+bool uhmm_mm_is_missing(struct uhmm_mm *mm, uint64_t addr)
+{
+	bool in;
+
+	pthread_mutex_lock(&mm->lock);
+	in = uhmm_spanset_covers(&mm->missing, addr, addr + UHMM_PAGE_SIZE);
+	pthread_mutex_unlock(&mm->lock);
+	return in;
+}
+
+/*
+ * Private anonymous memory: what can hold device-private pages. Not a
+ * private file mapping, even where the kernel lets its copy-on-write pages
+ * migrate: once uhmm zaps such a page the next touch is refilled from the
+ * page cache (a MISSING fault only fires when the file has no page), so the
+ * CPU would read the file instead of the device's data.
+ */
+static bool vma_migratable(const struct uhmm_vma *v)
+{
+	return !(v->flags & (UHMM_VMA_SHARED | UHMM_VMA_SPECIAL | UHMM_VMA_HUGETLB | UHMM_VMA_FILE)) &&
+	       (v->flags & UHMM_VMA_READ);
+}
+
+static int register_missing_piece(struct uhmm_mm *mm, uint64_t s, uint64_t e)
+{
+	int ret = 0;
+
+	if (uhmm_service_owns(mm, s, e))
+		return 0;
+	pthread_mutex_lock(&mm->lock);
+	if (!uhmm_spanset_covers(&mm->missing, s, e)) {
+		ret = uhmm_uffd_register(mm->uffd, s, e,
+					 UFFDIO_REGISTER_MODE_MISSING | UFFDIO_REGISTER_MODE_WP, NULL);
+		if (ret == 0)
+			ret = uhmm_spanset_add(&mm->missing, s, e);
+		if (ret == 0)
+			ret = uhmm_spanset_add(&mm->registered, s, e);
+	}
+	pthread_mutex_unlock(&mm->lock);
+	if (ret == -EBUSY)
+		return -EEXIST;	/* the application's own userfaultfd */
+	return ret == -EINVAL ? 0 : ret;	/* a file mapping cannot trap: not migratable */
+}
+
+int uhmm_mm_register_missing(struct uhmm_mm *mm, uint64_t start, uint64_t end)
+{
+	struct uhmm_vma v[32];
+	int n, ret;
+
+	uhmm_service_sync(mm);
+	n = uhmm_vma_list(start, end, v, UHMM_ARRAY_SIZE(v));
+	if (n < 0)
+		return n;
+	for (int i = 0; i < n && i < (int)UHMM_ARRAY_SIZE(v); i++) {
+		if (!vma_migratable(&v[i]))
+			continue;
+		ret = register_missing_piece(mm, v[i].start > start ? v[i].start : start,
+					     v[i].end < end ? v[i].end : end);
+		if (ret)
+			return ret;
+	}
+	return 0;
+}
+
+int uhmm_mm_self_zap(struct uhmm_mm *mm, uint64_t start, uint64_t end)
+{
+	int ret;
+
+	pthread_mutex_lock(&mm->lock);
+	ret = uhmm_spanset_add(&mm->self_zap, start, end);
+	pthread_mutex_unlock(&mm->lock);
+	if (ret)
+		return ret;
+	/* raw: the interposed madvise() would invalidate the devices again */
+	if (syscall(SYS_madvise, start, end - start, MADV_DONTNEED) == 0)
+		return 0;
+	ret = -errno;
+	pthread_mutex_lock(&mm->lock);
+	uhmm_spanset_remove(&mm->self_zap, start, end);
+	pthread_mutex_unlock(&mm->lock);
+	return ret;
+}
+
+bool uhmm_mm_take_self_zap(struct uhmm_mm *mm, uint64_t start, uint64_t end)
+{
+	bool ours;
+
+	pthread_mutex_lock(&mm->lock);
+	ours = uhmm_spanset_covers(&mm->self_zap, start, end);
+	if (ours)
+		uhmm_spanset_remove(&mm->self_zap, start, end);
+	pthread_mutex_unlock(&mm->lock);
+	return ours;
+}
+
+/* Install @data at @addr (missing there), without waking: finalize wakes. */
+int uhmm_install_page(struct uhmm_mm *mm, uint64_t addr, const void *data)
+{
+	struct uffdio_copy c = {
+		.dst = addr, .src = (uintptr_t)data, .len = UHMM_PAGE_SIZE, .mode = UFFDIO_COPY_MODE_DONTWAKE,
+	};
+
+	for (;;) {
+		if (ioctl(mm->uffd, UFFDIO_COPY, &c) == 0)
+			return 0;
+		if (errno != EAGAIN)
+			return -errno;
+		c.copy = 0;	/* the mm changed under us: try again */
+	}
+}
+
+static int write_protect(struct uhmm_mm *mm, uint64_t start, uint64_t end, bool on)
+{
+	struct uffdio_writeprotect wp = {
+		.range = { .start = start, .len = end - start }, .mode = on ? UFFDIO_WRITEPROTECT_MODE_WP : 0,
+	};
+
+	return ioctl(mm->uffd, UFFDIO_WRITEPROTECT, &wp) < 0 ? -errno : 0;
+}
+
+UHMM_EXPORT void *uhmm_migrate_alloc_system_page(uint64_t *dst)
+{
+	void *p;
+
+	if (!dst)
+		return NULL;
+	p = aligned_alloc(UHMM_PAGE_SIZE, UHMM_PAGE_SIZE);
+	if (p)
+		*dst = uhmm_migrate_pfn((uintptr_t)p >> UHMM_PAGE_SHIFT);
+	return p;
+}
+
+static void *system_page_addr(uint64_t mpfn)
+{
+	return (void *)(uintptr_t)(uhmm_migrate_pfn_to_pfn(mpfn) << UHMM_PAGE_SHIFT);
+}
+
+/* ---- collect ---- */
+
+struct collect {
+	struct uhmm_migrate_vma *m;
+	struct mig_priv *priv;
+	uint8_t *pte;		/* UHMM_PTE_* per page (SELECT_SYSTEM) */
+};
+
+/* Collect one page of a migratable VMA (or a device page); claims it. */
+static void collect_page(struct collect *c, const struct uhmm_vma *v, uint64_t i)
+{
+	struct uhmm_migrate_vma *m = c->m;
+	uint64_t addr = m->start + (i << UHMM_PAGE_SHIFT), e;
+	struct uhmm_page *page;
+	uint8_t pte = c->pte ? c->pte[i] : 0;
+
+	e = uhmm_dp_claim(c->priv->mm, addr);
+	if (e & DP_BUSY)
+		return;	/* another migration holds it */
+	page = DP_PAGE(e);
+	if (page) {
+		if ((m->flags & UHMM_MIGRATE_VMA_SELECT_DEVICE_PRIVATE) && page->pgmap->owner == m->pgmap_owner)
+			m->src[i] = uhmm_migrate_pfn(uhmm_page_to_pfn(page)) | UHMM_MIGRATE_PFN_MIGRATE |
+				    UHMM_MIGRATE_PFN_WRITE;
+	} else if ((m->flags & UHMM_MIGRATE_VMA_SELECT_SYSTEM) && vma_migratable(v) &&
+		   uhmm_mm_is_missing(c->priv->mm, addr)) {
+		if ((pte & UHMM_PTE_PRESENT) && (pte & UHMM_PTE_ZERO))
+			m->src[i] = UHMM_MIGRATE_PFN_MIGRATE;	/* zero page: no data */
+		else if ((pte & UHMM_PTE_PRESENT) && !(pte & UHMM_PTE_FILE))
+			m->src[i] = uhmm_migrate_pfn(addr >> UHMM_PAGE_SHIFT) | UHMM_MIGRATE_PFN_MIGRATE |
+				    ((v->flags & UHMM_VMA_WRITE) ? UHMM_MIGRATE_PFN_WRITE : 0);
+		else if (!(pte & (UHMM_PTE_PRESENT | UHMM_PTE_SWAPPED)) && !(v->flags & UHMM_VMA_FILE))
+			m->src[i] = UHMM_MIGRATE_PFN_MIGRATE;	/* a hole of anonymous memory */
+	}
+	if (!(m->src[i] & UHMM_MIGRATE_PFN_MIGRATE)) {
+		uhmm_dp_release(c->priv->mm, addr);
+		return;
+	}
+	c->priv->st[i] |= MS_CLAIMED;
+	m->cpages++;
+	if ((m->src[i] & UHMM_MIGRATE_PFN_VALID) && !page)
+		c->priv->st[i] |= MS_WP;
+}
+
+/* Write-protect the runs of collected present system pages. */
+static void collect_protect(struct collect *c)
+{
+	struct uhmm_migrate_vma *m = c->m;
+
+	for (uint64_t i = 0; i < m->npages;) {
+		uint64_t j = i;
+
+		if (!(c->priv->st[i] & MS_WP)) {
+			i++;
+			continue;
+		}
+		while (j < m->npages && (c->priv->st[j] & MS_WP))
+			j++;
+		if (write_protect(c->priv->mm, m->start + (i << UHMM_PAGE_SHIFT),
+				  m->start + (j << UHMM_PAGE_SHIFT), true)) {
+			/* cannot block writers: leave these pages where they are */
+			for (uint64_t k = i; k < j; k++) {
+				c->priv->st[k] &= (uint8_t)~(MS_WP | MS_CLAIMED);
+				m->src[k] = 0;
+				m->cpages--;
+				uhmm_dp_release(c->priv->mm, m->start + (k << UHMM_PAGE_SHIFT));
+			}
+		}
+		i = j;
+	}
+}
+
+static int collect_vmas(struct collect *c)
+{
+	struct uhmm_migrate_vma *m = c->m;
+	struct uhmm_vma v[32];
+	int n = uhmm_vma_list(m->start, m->end, v, UHMM_ARRAY_SIZE(v));
+
+	if (n < 0)
+		return n;
+	if (n == 0 || v[0].start > m->start || (v[0].flags & UHMM_VMA_SPECIAL))
+		return -EINVAL;	/* the kernel requires a VMA at start */
+	for (int k = 0; k < n && k < (int)UHMM_ARRAY_SIZE(v); k++) {
+		uint64_t s = v[k].start > m->start ? v[k].start : m->start;
+		uint64_t e = v[k].end < m->end ? v[k].end : m->end;
+
+		for (uint64_t a = s; a < e; a += UHMM_PAGE_SIZE)
+			collect_page(c, &v[k], (a - m->start) >> UHMM_PAGE_SHIFT);
+	}
+	return 0;
+}
+
+static int migrate_validate(struct uhmm_migrate_vma *m)
+{
+	if (!m || !m->mm || !m->src || !m->dst || !uhmm_mm_is_current(m->mm))
+		return -EINVAL;
+	if (uhmm_check_range(m->start, m->end))
+		return -EINVAL;
+	if ((m->flags & ~(unsigned long)SELECT_KNOWN) ||
+	    !(m->flags & (UHMM_MIGRATE_VMA_SELECT_SYSTEM | UHMM_MIGRATE_VMA_SELECT_DEVICE_PRIVATE)))
+		return -EINVAL;
+	return 0;
+}
+
+UHMM_EXPORT int uhmm_migrate_vma_setup(struct uhmm_migrate_vma *m)
+{
+	struct collect c = { .m = m };
+	struct uhmm_notifier_range r;
+	int ret = migrate_validate(m);
+
+	if (ret)
+		return ret;
+	m->npages = (m->end - m->start) >> UHMM_PAGE_SHIFT;
+	m->cpages = 0;
+	m->priv = NULL;
+	memset(m->src, 0, m->npages * sizeof(*m->src));
+	memset(m->dst, 0, m->npages * sizeof(*m->dst));
+	c.priv = calloc(1, sizeof(*c.priv) + m->npages);
+	if (!c.priv)
+		return -ENOMEM;
+	c.priv->mm = m->mm;
+	if (m->flags & UHMM_MIGRATE_VMA_SELECT_SYSTEM) {
+		ret = uhmm_mm_register_missing(m->mm, m->start, m->end);
+		c.pte = ret ? NULL : malloc(m->npages);
+		if (!ret && !c.pte)
+			ret = -ENOMEM;
+		if (!ret)
+			ret = uhmm_pagemap_read(m->start, m->end, c.pte, false);
+		if (ret)
+			goto err;
+	}
+	r = (struct uhmm_notifier_range){ .start = m->start, .end = m->end, .event = UHMM_NOTIFY_MIGRATE,
+					   .flags = UHMM_NOTIFIER_RANGE_BLOCKABLE, .owner = m->pgmap_owner };
+	uhmm_invalidate_start(m->mm, &r);
+	ret = collect_vmas(&c);
+	if (!ret)
+		collect_protect(&c);
+	uhmm_invalidate_end(m->mm);
+	if (ret) {
+		for (uint64_t i = 0; i < m->npages; i++)
+			if (c.priv->st[i] & MS_CLAIMED)
+				uhmm_dp_release(m->mm, m->start + (i << UHMM_PAGE_SHIFT));
+		goto err;
+	}
+	free(c.pte);
+	m->priv = c.priv;
+	return 0;
+err:
+	free(c.pte);
+	free(c.priv);
+	m->cpages = 0;
+	return ret;
+}
+
+/* ---- commit ---- */
+
+/* Device -> system: put the staging page in place and unmap the device page. */
+static bool commit_to_system(struct uhmm_mm *mm, uint64_t addr, uint64_t dst)
+{
+	struct uhmm_page *page;
+
+	if (uhmm_install_page(mm, addr, system_page_addr(dst)))
+		return false;
+	page = uhmm_dp_remove(mm, addr);
+	/* The table's reference passes to the migration; finalize drops it. */
+	(void)page;
+	return true;
+}
+
+/* System -> device: zap a run of CPU pages, then map the device pages. */
+static void commit_run_to_device(struct uhmm_migrate_vma *m, struct mig_priv *p, uint64_t i, uint64_t j)
+{
+	uint64_t start = m->start + (i << UHMM_PAGE_SHIFT), end = m->start + (j << UHMM_PAGE_SHIFT);
+
+	if (uhmm_mm_self_zap(p->mm, start, end) == 0) {
+		for (uint64_t k = i; k < j; k++)
+			if (uhmm_dp_install(p->mm, m->start + (k << UHMM_PAGE_SHIFT),
+					    uhmm_migrate_pfn_to_page(m->dst[k])) == 0)
+				p->st[k] |= MS_COMMITTED;
+	}
+	for (uint64_t k = i; k < j; k++)
+		if (!(p->st[k] & MS_COMMITTED))
+			m->src[k] &= ~UHMM_MIGRATE_PFN_MIGRATE;
+}
+
+/* Which way entry @i goes: 1 to the device, -1 to the system, 0 nowhere. */
+static int entry_direction(uint64_t src, uint64_t dst)
+{
+	bool sdev = uhmm_migrate_pfn_to_page(src) != NULL, ddev = uhmm_migrate_pfn_to_page(dst) != NULL;
+
+	if (!(src & UHMM_MIGRATE_PFN_MIGRATE) || !(dst & UHMM_MIGRATE_PFN_VALID) || sdev == ddev)
+		return 0;
+	return ddev ? 1 : -1;
+}
+
+UHMM_EXPORT void uhmm_migrate_vma_pages(struct uhmm_migrate_vma *m)
+{
+	struct mig_priv *p;
+
+	if (!m || !(p = m->priv))
+		return;
+	for (uint64_t i = 0; i < m->npages;) {
+		int dir = entry_direction(m->src[i], m->dst[i]);
+		uint64_t j = i + 1;
+
+		if (dir == 1) {
+			while (j < m->npages && entry_direction(m->src[j], m->dst[j]) == 1)
+				j++;
+			commit_run_to_device(m, p, i, j);
+		} else if (dir == -1 && commit_to_system(p->mm, m->start + (i << UHMM_PAGE_SHIFT), m->dst[i])) {
+			p->st[i] |= MS_COMMITTED;
+		} else {
+			m->src[i] &= ~UHMM_MIGRATE_PFN_MIGRATE;
+		}
+		i = j;
+	}
+}
+
+/* Release one entry's references and claim; the caller wakes. */
+static void finalize_entry(struct uhmm_mm *mm, uint64_t addr, uint64_t src, uint64_t dst, uint8_t st)
+{
+	struct uhmm_page *spage = uhmm_migrate_pfn_to_page(src), *dpage = uhmm_migrate_pfn_to_page(dst);
+
+	if (dpage)
+		uhmm_page_put(dpage);	/* the driver's; the table took its own */
+	else if (dst & UHMM_MIGRATE_PFN_VALID)
+		free(system_page_addr(dst));	/* staging page */
+	if (spage && (st & MS_COMMITTED))
+		uhmm_page_put(spage);	/* the table's, passed on in pages() */
+	if ((st & MS_WP) && !(st & MS_COMMITTED))
+		write_protect(mm, addr, addr + UHMM_PAGE_SIZE, false);
+	if (st & MS_CLAIMED)
+		uhmm_dp_release(mm, addr);
+}
+
+UHMM_EXPORT void uhmm_migrate_vma_finalize(struct uhmm_migrate_vma *m)
+{
+	struct mig_priv *p;
+
+	if (!m || !(p = m->priv))
+		return;
+	for (uint64_t i = 0; i < m->npages; i++)
+		finalize_entry(p->mm, m->start + (i << UHMM_PAGE_SHIFT), m->src[i], m->dst[i], p->st[i]);
+	/* Claims are released: a thread woken now and faulting again is served. */
+	uhmm_wake(p->mm, m->start, m->end);
+	free(p);
+	m->priv = NULL;
+}
+
+/* ---- eviction by device pfn (migrate_device_range) ---- */
+
+/*
+ * The kernel's API carries only src and dst: the address each page was
+ * claimed at is kept on the page (claim_addr), and a committed entry is
+ * marked with a src bit below UHMM_MIGRATE_PFN_SHIFT that the API leaves
+ * unused.
+ */
+#define MIGRATE_PFN_COMMITTED (1ULL << 5)
+
+static uint8_t device_entry_state(uint64_t src)
+{
+	if (!(src & UHMM_MIGRATE_PFN_VALID))
+		return 0;
+	return MS_CLAIMED | ((src & MIGRATE_PFN_COMMITTED) ? MS_COMMITTED : 0);
+}
+
+UHMM_EXPORT int uhmm_migrate_device_range(uint64_t *src, uint64_t start_pfn, uint64_t npages)
+{
+	struct uhmm_page *first = uhmm_pfn_to_page(start_pfn), *last;
+
+	if (!src || !npages || !first)
+		return -EINVAL;
+	last = uhmm_pfn_to_page(start_pfn + npages - 1);
+	if (!last || last->pgmap != first->pgmap)
+		return -EINVAL;
+	for (uint64_t i = 0; i < npages; i++) {
+		struct uhmm_page *page = first + i;
+		struct uhmm_mm *mm = page->pgmap->mm;
+		uint64_t addr, e;
+
+		src[i] = 0;
+		pthread_mutex_lock(&mm->dp_lock);
+		addr = page->vaddr;
+		pthread_mutex_unlock(&mm->dp_lock);
+		if (!addr)
+			continue;
+		e = uhmm_dp_claim(mm, addr);
+		if (e & DP_BUSY)
+			continue;
+		if (DP_PAGE(e) != page) {
+			uhmm_dp_release(mm, addr);
+			continue;
+		}
+		page->claim_addr = addr;
+		src[i] = uhmm_migrate_pfn(start_pfn + i) | UHMM_MIGRATE_PFN_MIGRATE | UHMM_MIGRATE_PFN_WRITE;
+	}
+	return 0;
+}
+
+UHMM_EXPORT void uhmm_migrate_device_pages(uint64_t *src, uint64_t *dst, uint64_t npages)
+{
+	for (uint64_t i = 0; src && dst && i < npages; i++) {
+		struct uhmm_page *page = uhmm_migrate_pfn_to_page(src[i]);
+
+		if (page && entry_direction(src[i], dst[i]) == -1 &&
+		    commit_to_system(page->pgmap->mm, page->claim_addr, dst[i]))
+			src[i] |= MIGRATE_PFN_COMMITTED;
+		else
+			src[i] &= ~UHMM_MIGRATE_PFN_MIGRATE;
+	}
+}
+
+UHMM_EXPORT void uhmm_migrate_device_finalize(uint64_t *src, uint64_t *dst, uint64_t npages)
+{
+	for (uint64_t i = 0; src && dst && i < npages; i++) {
+		struct uhmm_page *page = uhmm_migrate_pfn_to_page(src[i]);
+		struct uhmm_mm *mm;
+		uint64_t addr;
+
+		if (!page) {
+			if (dst[i] & UHMM_MIGRATE_PFN_VALID)
+				finalize_entry(NULL, 0, 0, dst[i], 0);
+			continue;
+		}
+		mm = page->pgmap->mm;
+		addr = page->claim_addr;
+		finalize_entry(mm, addr, src[i], dst[i], device_entry_state(src[i]));
+		uhmm_wake(mm, addr, addr + UHMM_PAGE_SIZE);
+		src[i] &= ~MIGRATE_PFN_COMMITTED;
+	}
+}

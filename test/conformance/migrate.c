@@ -1,0 +1,416 @@
+// SPDX-License-Identifier: MIT
+/*
+ * The migration scenarios of the kernel's HMM self-test, and the rules of
+ * CONFORMANCE.md section 3 items 4-7 and 9, on the reference device.
+ */
+#include <pthread.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <sys/uio.h>
+#include <sys/wait.h>
+
+#include "../harness.h"
+
+#define BUF_SIZE (1024 * PAGE)		/* 4 MiB */
+#define NPAGES (BUF_SIZE / PAGE)
+
+static int *filled(size_t size, int prot_flags)
+{
+	int *p = map_anon(size, PROT_READ | PROT_WRITE, prot_flags);
+
+	for (size_t i = 0; i < size / sizeof(int); i++)
+		p[i] = (int)i;
+	return p;
+}
+
+/* ints [first, first + size/4) of a buffer hold sign * their index */
+static void check_ints_from(const int *buf, size_t first, size_t size, int sign)
+{
+	for (size_t i = first; i < first + size / sizeof(int); i++)
+		if (buf[i] != sign * (int)i)
+			test_fail(__FILE__, __LINE__, "int %zu is %d, expected %d", i, buf[i], sign * (int)i);
+}
+
+static void check_ints(const int *p, size_t size, int sign)
+{
+	check_ints_from(p, 0, size, sign);
+}
+
+static void snapshot_all(struct uhmm_dmirror *d, void *p, uint64_t npages, uint8_t want)
+{
+	struct uhmm_dmirror_cmd c;
+	uint8_t *snap = malloc(npages);
+
+	ASSERT_OK(dmcmd(d, UHMM_DMIRROR_SNAPSHOT, p, snap, npages, &c));
+	for (uint64_t i = 0; i < npages; i++)
+		if (snap[i] != want)
+			test_fail(__FILE__, __LINE__, "page %llu: snapshot %#x, expected %#x",
+				  (unsigned long long)i, snap[i], want);
+	free(snap);
+}
+
+static void migrate(unsigned int dev)
+{
+	struct uhmm_dmirror *d = dmirror(dev);
+	struct uhmm_dmirror_cmd c;
+	int *ptr = filled(BUF_SIZE, MAP_PRIVATE), *mirror = malloc(BUF_SIZE);
+
+	ASSERT_OK(dmcmd(d, UHMM_DMIRROR_MIGRATE_TO_DEV, ptr, mirror, NPAGES, &c));
+	ASSERT_EQ(c.cpages, NPAGES);
+	check_ints(mirror, BUF_SIZE, 1);
+	snapshot_all(d, ptr, NPAGES, UHMM_DMIRROR_PROT_DEV_PRIVATE_LOCAL | UHMM_DMIRROR_PROT_WRITE);
+	/* The CPU reads every page back (migrate_to_ram), data intact. */
+	check_ints(ptr, BUF_SIZE, 1);
+	snapshot_all(d, ptr, NPAGES, UHMM_DMIRROR_PROT_WRITE);
+	uhmm_dmirror_close(d);
+}
+TEST(migrate) { migrate(0); migrate(1); }
+
+/*
+ * A private file mapping written by the CPU. The kernel migrates its
+ * anonymous copy-on-write pages; uhmm cannot hold them on a device (once
+ * zapped, a touch is refilled from the page cache without a userfaultfd
+ * MISSING fault), so it refuses: -ENOENT and the data untouched, on tmpfs
+ * (memfd) and on a disk file alike. A documented difference.
+ */
+static void file_private_case(int fd)
+{
+	struct uhmm_dmirror *d = dmirror(0);
+	struct uhmm_dmirror_cmd c;
+	int *ptr, *mirror = malloc(BUF_SIZE);
+
+	ASSERT_OK(ftruncate(fd, BUF_SIZE));
+	ptr = mmap(NULL, BUF_SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, 0);
+	ASSERT_TRUE(ptr != MAP_FAILED);
+	for (size_t i = 0; i < BUF_SIZE / sizeof(int); i++)
+		ptr[i] = (int)i;
+	ASSERT_EQ(dmcmd(d, UHMM_DMIRROR_MIGRATE_TO_DEV, ptr, mirror, NPAGES, &c), -ENOENT);
+	check_ints(ptr, BUF_SIZE, 1);
+	close(fd);
+	uhmm_dmirror_close(d);
+}
+
+TEST(migrate_file_private)
+{
+	int fd = memfd_create("uhmm-test", 0);
+
+	ASSERT_GE(fd, 0);
+	file_private_case(fd);
+	file_private_case(make_tmpfile(0));
+}
+
+static void migrate_fault(unsigned int dev)
+{
+	struct uhmm_dmirror *d = dmirror(dev);
+	struct uhmm_dmirror_cmd c;
+	int *ptr = filled(BUF_SIZE, MAP_PRIVATE), *mirror = malloc(BUF_SIZE);
+
+	ASSERT_OK(dmcmd(d, UHMM_DMIRROR_MIGRATE_TO_DEV, ptr, mirror, NPAGES, &c));
+	ASSERT_EQ(c.cpages, NPAGES);
+	check_ints(ptr, BUF_SIZE / 2, 1);	/* the first half comes back */
+	ASSERT_OK(dmcmd(d, UHMM_DMIRROR_MIGRATE_TO_DEV, ptr, mirror, NPAGES, &c));
+	ASSERT_EQ(c.cpages, NPAGES);
+	check_ints(mirror, BUF_SIZE, 1);
+	check_ints(ptr, BUF_SIZE, 1);
+	uhmm_dmirror_close(d);
+}
+TEST(migrate_fault) { migrate_fault(0); migrate_fault(1); }
+
+static void migrate_release(unsigned int dev)
+{
+	struct uhmm_dmirror *d = dmirror(dev);
+	struct uhmm_dmirror_cmd c;
+	int *ptr = filled(BUF_SIZE, MAP_PRIVATE), *mirror = malloc(BUF_SIZE);
+
+	ASSERT_OK(dmcmd(d, UHMM_DMIRROR_MIGRATE_TO_DEV, ptr, mirror, NPAGES, &c));
+	ASSERT_OK(dmcmd(d, UHMM_DMIRROR_RELEASE, ptr, NULL, NPAGES, &c));
+	snapshot_all(d, ptr, NPAGES, UHMM_DMIRROR_PROT_WRITE);	/* all back, no fault needed */
+	check_ints(ptr, BUF_SIZE, 1);
+	uhmm_dmirror_close(d);
+}
+TEST(migrate_release) { migrate_release(0); migrate_release(1); }
+
+TEST(migrate_shared)
+{
+	struct uhmm_dmirror *d = dmirror(0);
+	struct uhmm_dmirror_cmd c;
+	int *ptr = filled(BUF_SIZE, MAP_SHARED), *mirror = malloc(BUF_SIZE);
+
+	ASSERT_EQ(dmcmd(d, UHMM_DMIRROR_MIGRATE_TO_DEV, ptr, mirror, NPAGES, &c), -ENOENT);
+	check_ints(ptr, BUF_SIZE, 1);
+	uhmm_dmirror_close(d);
+}
+
+TEST(migrate_multiple)
+{
+	struct uhmm_dmirror *d = dmirror(0);
+	struct uhmm_dmirror_cmd c;
+	int *mirror = malloc(BUF_SIZE);
+
+	for (int round = 0; round < 10; round++) {
+		int *ptr = filled(BUF_SIZE, MAP_PRIVATE);
+
+		ASSERT_OK(dmcmd(d, UHMM_DMIRROR_MIGRATE_TO_DEV, ptr, mirror, NPAGES, &c));
+		ASSERT_EQ(c.cpages, NPAGES);
+		check_ints(mirror, BUF_SIZE, 1);
+		check_ints(ptr, BUF_SIZE, 1);
+		ASSERT_OK(munmap(ptr, BUF_SIZE));
+	}
+	uhmm_dmirror_close(d);
+}
+
+TEST(migrate_to_sys_explicit)
+{
+	struct uhmm_dmirror *d = dmirror(0);
+	struct uhmm_dmirror_cmd c;
+	int *ptr = filled(BUF_SIZE, MAP_PRIVATE), *mirror = malloc(BUF_SIZE);
+
+	ASSERT_OK(dmcmd(d, UHMM_DMIRROR_MIGRATE_TO_DEV, ptr, mirror, NPAGES, &c));
+	ASSERT_OK(dmcmd(d, UHMM_DMIRROR_MIGRATE_TO_SYS, ptr, mirror, NPAGES, &c));
+	ASSERT_EQ(c.cpages, NPAGES);
+	snapshot_all(d, ptr, NPAGES, UHMM_DMIRROR_PROT_WRITE);
+	check_ints(ptr, BUF_SIZE, 1);
+	uhmm_dmirror_close(d);
+}
+
+/* No VMA, or no read permission, anywhere in the range: -EINVAL before anything moves. */
+TEST(migrate_bad_range)
+{
+	struct uhmm_dmirror *d = dmirror(0);
+	struct uhmm_dmirror_cmd c;
+	int *ptr = filled(4 * PAGE, MAP_PRIVATE), mirror[4 * PAGE / sizeof(int)];
+
+	ASSERT_OK(mprotect((char *)ptr + 3 * PAGE, PAGE, PROT_NONE));
+	ASSERT_EQ(dmcmd(d, UHMM_DMIRROR_MIGRATE_TO_DEV, ptr, mirror, 4, &c), -EINVAL);
+	ASSERT_OK(munmap((char *)ptr + 3 * PAGE, PAGE));
+	ASSERT_EQ(dmcmd(d, UHMM_DMIRROR_MIGRATE_TO_DEV, ptr, mirror, 4, &c), -EINVAL);
+	snapshot_all(d, ptr, 3, UHMM_DMIRROR_PROT_WRITE);	/* nothing moved */
+	uhmm_dmirror_close(d);
+}
+
+/* Device 1 faults device 0's page back (CONFORMANCE 3.6). */
+TEST(migrate_foreign_device_faults_back)
+{
+	struct uhmm_dmirror *d0 = dmirror(0), *d1 = dmirror(1);
+	struct uhmm_dmirror_cmd c;
+	int *ptr = filled(BUF_SIZE, MAP_PRIVATE), *mirror = malloc(BUF_SIZE);
+
+	ASSERT_OK(dmcmd(d0, UHMM_DMIRROR_MIGRATE_TO_DEV, ptr, mirror, NPAGES, &c));
+	snapshot_all(d1, ptr, NPAGES, UHMM_DMIRROR_PROT_NONE);	/* not present for device 1 */
+	memset(mirror, 0, BUF_SIZE);
+	ASSERT_OK(dmcmd(d1, UHMM_DMIRROR_READ, ptr, mirror, NPAGES, &c));
+	ASSERT_EQ(c.faults, 1);
+	check_ints(mirror, BUF_SIZE, 1);
+	snapshot_all(d0, ptr, NPAGES, UHMM_DMIRROR_PROT_WRITE);	/* back in system memory */
+	uhmm_dmirror_close(d1);
+	uhmm_dmirror_close(d0);
+}
+
+/* The kernel touches a device-resident buffer on the program's behalf. */
+TEST(migrate_syscall_access)
+{
+	struct uhmm_dmirror *d = dmirror(0);
+	struct uhmm_dmirror_cmd c;
+	int *ptr = filled(BUF_SIZE, MAP_PRIVATE), *mirror = malloc(BUF_SIZE), *back = malloc(BUF_SIZE);
+	int fds[2];
+	struct uhmm_features f;
+
+	uhmm_query_features(&f);
+	ASSERT_OK(dmcmd(d, UHMM_DMIRROR_MIGRATE_TO_DEV, ptr, mirror, NPAGES, &c));
+	ASSERT_OK(pipe(fds));
+	if (!(f.flags & UHMM_FEAT_UFFD_KERNEL_FAULTS)) {
+		/* user-mode-only userfaultfd: the kernel's access fails instead of waiting */
+		ASSERT_EQ(write(fds[1], ptr, PAGE), -1);
+		ASSERT_EQ(errno, EFAULT);
+		check_ints(ptr, BUF_SIZE, 1);	/* a user-mode touch still works */
+		uhmm_dmirror_close(d);
+		return;
+	}
+	size_t done = 0;
+	while (done < 64 * 1024) {	/* the pipe holds 64 KiB */
+		ssize_t n = write(fds[1], (char *)ptr + done, 64 * 1024 - done);
+
+		ASSERT_GT(n, 0);
+		done += (size_t)n;
+	}
+	ASSERT_EQ(read(fds[0], back, 64 * 1024), 64 * 1024);
+	check_ints(back, 64 * 1024, 1);
+	struct iovec l = { back, BUF_SIZE }, r = { ptr, BUF_SIZE };	/* process_vm_readv too */
+	ASSERT_EQ(process_vm_readv(getpid(), &l, 1, &r, 1, 0), (ssize_t)BUF_SIZE);
+	check_ints(back, BUF_SIZE, 1);
+	uhmm_dmirror_close(d);
+}
+
+/* madvise(DONTNEED) and munmap free device pages; counters return to the start. */
+TEST(migrate_dontneed_munmap_free_device_pages)
+{
+	struct uhmm_dmirror *d = dmirror(0);
+	struct uhmm_dmirror_cmd c;
+	int *ptr = filled(BUF_SIZE, MAP_PRIVATE), *mirror = malloc(BUF_SIZE);
+	char *zeros = calloc(1, BUF_SIZE / 2);
+
+	ASSERT_OK(dmcmd(d, UHMM_DMIRROR_MIGRATE_TO_DEV, ptr, mirror, NPAGES, &c));
+	ASSERT_OK(madvise(ptr, BUF_SIZE / 2, MADV_DONTNEED));
+	ASSERT_EQ(memcmp(ptr, zeros, BUF_SIZE / 2), 0);	/* freed: zeros, as in the kernel */
+	check_ints_from(ptr, BUF_SIZE / 2 / sizeof(int), BUF_SIZE / 2, 1);
+	free(zeros);
+	uhmm_dmirror_close(d);
+}
+
+/* mremap carries device pages with the mapping. */
+TEST(migrate_mremap_carries_pages)
+{
+	struct uhmm_dmirror *d = dmirror(0);
+	struct uhmm_dmirror_cmd c;
+	int *ptr = filled(BUF_SIZE, MAP_PRIVATE), *mirror = malloc(BUF_SIZE), *to;
+	void *dst = map_anon(BUF_SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE);
+
+	ASSERT_OK(dmcmd(d, UHMM_DMIRROR_MIGRATE_TO_DEV, ptr, mirror, NPAGES, &c));
+	to = mremap(ptr, BUF_SIZE, BUF_SIZE, MREMAP_MAYMOVE | MREMAP_FIXED, dst);
+	ASSERT_TRUE(to == dst);
+	snapshot_all(d, to, NPAGES, UHMM_DMIRROR_PROT_DEV_PRIVATE_LOCAL | UHMM_DMIRROR_PROT_WRITE);
+	check_ints(to, BUF_SIZE, 1);
+	uhmm_dmirror_close(d);
+}
+
+/* fork: the child sees the data; the parent keeps its own (anon_write_child). */
+static void child_reads(void *arg)
+{
+	int *ptr = arg;
+	struct uhmm_dmirror *d = dmirror(0);
+	struct uhmm_dmirror_cmd c;
+	int *mirror = malloc(BUF_SIZE);
+
+	check_ints(ptr, BUF_SIZE, 1);
+	ASSERT_OK(dmcmd(d, UHMM_DMIRROR_READ, ptr, mirror, NPAGES, &c));
+	check_ints(mirror, BUF_SIZE, 1);
+	for (size_t i = 0; i < BUF_SIZE / sizeof(int); i++)
+		mirror[i] = -(int)i;
+	ASSERT_OK(dmcmd(d, UHMM_DMIRROR_WRITE, ptr, mirror, NPAGES, &c));
+	check_ints(ptr, BUF_SIZE, -1);
+	uhmm_dmirror_close(d);
+}
+
+static void anon_write_child(bool migrate_first, bool thp)
+{
+	struct uhmm_dmirror *d = dmirror(0);
+	struct uhmm_dmirror_cmd c;
+	int *ptr = thp ? map_anon_aligned(BUF_SIZE, TWO_MB) : map_anon(BUF_SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE);
+	int *mirror = malloc(BUF_SIZE);
+
+	if (thp)
+		madvise(ptr, BUF_SIZE, MADV_HUGEPAGE);
+	for (size_t i = 0; i < BUF_SIZE / sizeof(int); i++)
+		ptr[i] = (int)i;
+	if (migrate_first) {
+		ASSERT_OK(dmcmd(d, UHMM_DMIRROR_MIGRATE_TO_DEV, ptr, mirror, NPAGES, &c));
+		ASSERT_EQ(c.cpages, NPAGES);
+	}
+	ASSERT_EQ(run_child(child_reads, ptr), 0);
+	check_ints(ptr, BUF_SIZE, 1);	/* the parent's copy is unchanged */
+	uhmm_dmirror_close(d);
+}
+TEST(anon_write_child)
+{
+	anon_write_child(false, false);
+	anon_write_child(true, false);
+	anon_write_child(false, true);
+	anon_write_child(true, true);
+}
+
+/* Several threads fault the same device pages at once: all see the data. */
+struct toucher {
+	int *ptr;
+	int sum_ok;
+};
+static void *touch_all(void *arg)
+{
+	struct toucher *t = arg;
+
+	t->sum_ok = 1;
+	for (size_t i = 0; i < BUF_SIZE / sizeof(int); i += 1024)
+		if (t->ptr[i] != (int)i)
+			t->sum_ok = 0;
+	return NULL;
+}
+
+TEST(migrate_concurrent_faults)
+{
+	struct uhmm_dmirror *d = dmirror(0);
+	struct uhmm_dmirror_cmd c;
+	int *ptr = filled(BUF_SIZE, MAP_PRIVATE), *mirror = malloc(BUF_SIZE);
+	struct toucher t[4];
+	pthread_t th[4];
+
+	for (int round = 0; round < 5; round++) {
+		ASSERT_OK(dmcmd(d, UHMM_DMIRROR_MIGRATE_TO_DEV, ptr, mirror, NPAGES, &c));
+		for (int i = 0; i < 4; i++) {
+			t[i].ptr = ptr;
+			ASSERT_OK(pthread_create(&th[i], NULL, touch_all, &t[i]));
+		}
+		for (int i = 0; i < 4; i++) {
+			pthread_join(th[i], NULL);
+			ASSERT_TRUE(t[i].sum_ok);
+		}
+	}
+	check_ints(ptr, BUF_SIZE, 1);
+	uhmm_dmirror_close(d);
+}
+
+/* FAIL_ALLOC when migrating back: the page cannot come back, SIGBUS, never zeros. */
+static sigjmp_buf bus_jmp;
+static void on_sigbus(int sig)
+{
+	(void)sig;
+	siglongjmp(bus_jmp, 1);
+}
+
+TEST(migrate_back_failure_poisons)
+{
+	struct uhmm_dmirror *d = dmirror(0);
+	struct uhmm_dmirror_cmd c;
+	int *ptr = filled(4 * PAGE, MAP_PRIVATE), mirror[4 * PAGE / sizeof(int)];
+	volatile int got_bus = 0;
+	struct sigaction sa = { .sa_handler = on_sigbus };
+
+	ASSERT_OK(dmcmd(d, UHMM_DMIRROR_MIGRATE_TO_DEV, ptr, mirror, 4, &c));
+	ASSERT_OK(dmcmd(d, UHMM_DMIRROR_FLAGS, ptr, NULL, UHMM_DMIRROR_FLAG_FAIL_ALLOC, &c));
+	sigaction(SIGBUS, &sa, NULL);
+	if (sigsetjmp(bus_jmp, 1) == 0)
+		(void)*(volatile int *)ptr;	/* the allocation for this fault fails */
+	else
+		got_bus = 1;
+	ASSERT_TRUE(got_bus);
+	check_ints_from(ptr, PAGE / sizeof(int), 3 * PAGE, 1);	/* the others come back fine */
+	struct uhmm_pagemap_stats st;
+
+	ASSERT_OK(uhmm_dmirror_memstats(d, &st));
+	ASSERT_EQ(st.poisoned, 1);
+	ASSERT_EQ(st.allocated, 0);
+	ASSERT_OK(uhmm_dmirror_close(d));
+}
+
+/* Device memory counters return to their start: no page leaks. */
+TEST(migrate_no_leak)
+{
+	struct uhmm_dmirror *d = dmirror(0);
+	struct uhmm_dmirror_cmd c;
+	int *ptr = filled(BUF_SIZE, MAP_PRIVATE), *mirror = malloc(BUF_SIZE);
+
+	for (int i = 0; i < 3; i++) {
+		ASSERT_OK(dmcmd(d, UHMM_DMIRROR_MIGRATE_TO_DEV, ptr, mirror, NPAGES, &c));
+		check_ints(ptr, BUF_SIZE / 4, 1);				/* some fault back */
+		ASSERT_OK(madvise(ptr + BUF_SIZE / 4 / sizeof(int), BUF_SIZE / 4, MADV_DONTNEED)); /* some freed */
+		ASSERT_OK(dmcmd(d, UHMM_DMIRROR_RELEASE, ptr, NULL, 1, &c));	/* the rest evicted */
+		for (size_t k = 0; k < BUF_SIZE / sizeof(int); k++)
+			ptr[k] = (int)k;
+	}
+	struct uhmm_pagemap_stats st;
+
+	ASSERT_OK(uhmm_dmirror_memstats(d, &st));
+	ASSERT_GT(st.npages, 0);
+	ASSERT_EQ(st.allocated, 0);
+	ASSERT_EQ(st.mapped, 0);
+	ASSERT_EQ(st.free, st.npages);
+	uhmm_dmirror_close(d);
+}
