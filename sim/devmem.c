@@ -20,6 +20,7 @@
 #define DM_CHUNK_DEV_PAGES 16384	/* 64 MiB of device memory per chunk */
 #define DM_MAX_CHUNKS 64
 #define DM_MIGRATE_PAGES 512		/* pages per migrate_vma call */
+#define DM_FAULT_AROUND 16		/* pages brought back per CPU fault */
 
 struct dmirror_chunk {
 	struct uhmm_pagemap *pgmap;
@@ -323,8 +324,9 @@ static uint64_t count_migrated(const struct uhmm_migrate_vma *m)
 	return n;
 }
 
+/* Returns 0 with *@migrated counted and *@first_ok telling whether entry 0 moved. */
 static int migrate_range_to_sys(struct uhmm_dmirror *dm, void *owner, uint64_t start, uint64_t end,
-				struct uhmm_page *fault_page, uint64_t *migrated)
+				struct uhmm_page *fault_page, uint64_t *migrated, bool *first_ok)
 {
 	uint64_t src[DM_MIGRATE_PAGES], dst[DM_MIGRATE_PAGES];
 	struct uhmm_migrate_vma m = {
@@ -338,6 +340,8 @@ static int migrate_range_to_sys(struct uhmm_dmirror *dm, void *owner, uint64_t s
 	migrate_copy_to_sys(dm, &m);
 	uhmm_migrate_vma_pages(&m);
 	*migrated += count_migrated(&m);
+	if (first_ok)
+		*first_ok = (src[0] & UHMM_MIGRATE_PFN_MIGRATE) && (dst[0] & UHMM_MIGRATE_PFN_VALID);
 	uhmm_migrate_vma_finalize(&m);
 	return 0;
 }
@@ -350,7 +354,7 @@ static int migrate_to_sys(struct uhmm_dmirror *dm, struct uhmm_dmirror_cmd *c)
 	for (uint64_t a = c->addr; !ret && a < end; a += DM_MIGRATE_PAGES * DM_PAGE_SIZE)
 		ret = migrate_range_to_sys(dm, dm->owner, a,
 					   end - a > DM_MIGRATE_PAGES * DM_PAGE_SIZE ? a + DM_MIGRATE_PAGES * DM_PAGE_SIZE : end,
-					   NULL, &migrated);
+					   NULL, &migrated, NULL);
 	if (!ret) {
 		c->cpages = migrated;
 		c->faults = 0;
@@ -358,18 +362,24 @@ static int migrate_to_sys(struct uhmm_dmirror *dm, struct uhmm_dmirror_cmd *c)
 	return ret;
 }
 
-/* The CPU touched one of our pages: bring that page back. */
+/*
+ * The CPU touched one of our pages: bring it back, with the pages after it
+ * (the kernel lets a driver migrate more than the faulting page, faulting
+ * page first: it is entry 0 of the window, copied first). A sequential
+ * scan then takes one fault per window instead of one per page.
+ */
 static int dmirror_migrate_to_ram(struct uhmm_vm_fault *vmf)
 {
 	struct uhmm_dmirror *dm = page_dmirror(vmf->page);
 	uint64_t migrated = 0;
+	bool first_ok = false;
 	int ret;
 
 	ret = migrate_range_to_sys(dm, uhmm_pagemap_owner(uhmm_page_pgmap(vmf->page)), vmf->address,
-				   vmf->address + DM_PAGE_SIZE, vmf->page, &migrated);
+				   vmf->address + DM_FAULT_AROUND * DM_PAGE_SIZE, vmf->page, &migrated, &first_ok);
 	if (ret)
 		return ret;
-	return migrated == 1 ? 0 : -ENOMEM;
+	return first_ok ? 0 : -ENOMEM;
 }
 
 /* ---- eviction ---- */
@@ -412,20 +422,32 @@ static int dmirror_release(struct uhmm_dmirror *dm)
 	return ret;
 }
 
-void dmirror_devmem_detach(struct uhmm_dmirror *dm)
+/*
+ * Evict everything, then remove the pagemaps. If one cannot be removed (a
+ * page still referenced), its memory and our bookkeeping must outlive it:
+ * leak them rather than let a late page_free() touch freed memory.
+ * Returns 0 or -EBUSY.
+ */
+int dmirror_devmem_detach(struct uhmm_dmirror *dm)
 {
 	struct dmirror_devmem *mem = dm->devmem;
+	int ret = 0;
 
 	dmirror_release(dm);
 	for (unsigned int i = 0; i < mem->nchunks; i++) {
 		/* Evicts anything left (pages migrated meanwhile), then frees. */
 		if (uhmm_pagemap_remove(mem->chunks[i].pgmap) == 0)
 			syscall(SYS_munmap, mem->chunks[i].mem, DM_CHUNK_DEV_PAGES * DM_PAGE_SIZE);
+		else
+			ret = -EBUSY;
 	}
+	if (ret)
+		return ret;
 	free(mem->free);
 	pthread_mutex_destroy(&mem->mem_lock);
 	free(mem);
 	dm->devmem = NULL;
+	return 0;
 }
 
 __attribute__((visibility("default"))) int uhmm_dmirror_memstats(struct uhmm_dmirror *dm,
@@ -447,6 +469,16 @@ __attribute__((visibility("default"))) int uhmm_dmirror_memstats(struct uhmm_dmi
 	}
 	pthread_mutex_unlock(&dm->devmem->mem_lock);
 	return 0;
+}
+
+/* Free our copy of the bookkeeping without touching the pagemaps (a forked child's). */
+void dmirror_devmem_forget(struct uhmm_dmirror *dm)
+{
+	if (!dm->devmem)
+		return;
+	free(dm->devmem->free);
+	free(dm->devmem);
+	dm->devmem = NULL;
 }
 
 int dmirror_migrate_cmd(struct uhmm_dmirror *dm, unsigned int cmd, struct uhmm_dmirror_cmd *c)

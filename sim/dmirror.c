@@ -352,12 +352,14 @@ __attribute__((visibility("default"))) int uhmm_dmirror_close(struct uhmm_dmirro
 		return -EINVAL;
 	/* A forked child's copy of the parent's instance: only our memory to free. */
 	if (dmirror_owned_here(dm)) {
-		dmirror_devmem_detach(dm);
+		if (dmirror_devmem_detach(dm))
+			return -EBUSY;	/* device pages still referenced: nothing freed */
 		uhmm_interval_notifier_remove(&dm->notifier);
 		uhmm_mm_put(dm->mm);
 	}
 	uhmm_radix_free(&dm->pt);
 	pthread_mutex_destroy(&dm->lock);
+	dmirror_devmem_forget(dm);	/* a forked child's copy of the bookkeeping */
 	free(dm);
 	return 0;
 }

@@ -7,6 +7,7 @@
  */
 #include <pthread.h>
 #include <stdlib.h>
+#include <unistd.h>
 
 #include "internal.h"
 
@@ -108,19 +109,39 @@ UHMM_EXPORT int uhmm_pagemap_add(struct uhmm_mm *mm, uint64_t npages, void *owne
 	return 0;
 }
 
-UHMM_EXPORT int uhmm_pagemap_remove(struct uhmm_pagemap *pgmap)
+/* Evict the pages still holding data; the number a migration held (busy). */
+static uint64_t pagemap_evict(struct uhmm_pagemap *pgmap)
 {
-	if (!pgmap)
-		return -EINVAL;
-	/* Every page still holding data goes back through migrate_to_ram(). */
+	uint64_t busy = 0;
+
 	for (uint64_t i = 0; i < pgmap->npages; i++) {
 		uint64_t addr;
 
 		pthread_mutex_lock(&pgmap->mm->dp_lock);
 		addr = pgmap->pages[i].vaddr;
 		pthread_mutex_unlock(&pgmap->mm->dp_lock);
-		if (addr)
-			uhmm_dp_fault(pgmap->mm, addr, UHMM_FAULT_EVICT, 0);
+		if (addr && uhmm_dp_fault(pgmap->mm, addr, UHMM_FAULT_EVICT, 0) == -EBUSY)
+			busy++;
+	}
+	return busy;
+}
+
+UHMM_EXPORT int uhmm_pagemap_remove(struct uhmm_pagemap *pgmap)
+{
+	if (!pgmap)
+		return -EINVAL;
+	/*
+	 * Every page still holding data goes back through migrate_to_ram().
+	 * A page a migration holds right now (a fault being served, say) is
+	 * waited for: claims are short. References the driver itself keeps
+	 * are its business: -EBUSY, and the pool stays.
+	 */
+	for (int tries = 0; tries < 5000; tries++) {
+		if (pagemap_evict(pgmap) == 0 && atomic_load(&pgmap->allocated) == 0)
+			break;
+		if (atomic_load(&pgmap->mapped) == 0 && tries > 100)
+			break;	/* only driver references left: no point waiting */
+		usleep(1000);
 	}
 	if (atomic_load(&pgmap->allocated) != 0)
 		return -EBUSY;

@@ -146,6 +146,7 @@ struct uhmm_mm {
 	uint64_t ev_queued, ev_done;		/* messages queued / handled (under lock) */
 	bool reading;				/* the reader is in read() (under lock) */
 	bool stopping;				/* (under lock) */
+	bool paused, worker_busy;		/* fork() quiesces the worker (under lock) */
 
 	/*
 	 * @lock protects the notifier list, the invalidation state, the
@@ -179,6 +180,8 @@ bool uhmm_mm_is_current(const struct uhmm_mm *mm);
 
 int uhmm_service_start(struct uhmm_mm *mm);
 void uhmm_service_stop(struct uhmm_mm *mm);
+void uhmm_service_pause(struct uhmm_mm *mm);
+void uhmm_service_resume(struct uhmm_mm *mm);
 bool uhmm_in_service_thread(void);
 /* Does [start, end) touch memory of uhmm's own threads (never registered)? */
 bool uhmm_service_owns(struct uhmm_mm *mm, uint64_t start, uint64_t end);

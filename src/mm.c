@@ -91,6 +91,7 @@ static void mm_fork_prepare(void)
 		uhmm_invalidate_end(mm);
 	}
 	free(v);
+	uhmm_service_pause(mm);
 	pthread_mutex_lock(&mm_global_lock);
 }
 
@@ -101,6 +102,7 @@ static void mm_fork_parent(void)
 	pthread_mutex_unlock(&mm_global_lock);
 	if (!mm)
 		return;
+	uhmm_service_resume(mm);
 	for (size_t i = 0; mm->fork_inval && i < mm->fork_inval->n; i++)
 		uhmm_invalidate_end(mm);
 	free(mm->fork_inval);

@@ -247,10 +247,11 @@ static void *worker_main(void *arg)
 	for (;;) {
 		struct uffd_msg m;
 
-		while (!mm->q_len && !mm->stopping)
+		while ((!mm->q_len || mm->paused) && !mm->stopping)
 			pthread_cond_wait(&mm->cond, &mm->lock);
 		if (!mm->q_len)
 			break;
+		mm->worker_busy = true;
 		m = mm->q[mm->q_head];
 		mm->q_head = (mm->q_head + 1) % mm->q_cap;
 		mm->q_len--;
@@ -259,6 +260,7 @@ static void *worker_main(void *arg)
 		worker_dispatch(mm, &m);
 
 		pthread_mutex_lock(&mm->lock);
+		mm->worker_busy = false;
 		mm->ev_done++;
 		pthread_cond_broadcast(&mm->cond);
 	}
@@ -278,6 +280,28 @@ void uhmm_service_sync(struct uhmm_mm *mm)
 	target = mm->ev_queued;
 	while (mm->ev_done < target && !mm->stopping)
 		pthread_cond_wait(&mm->cond, &mm->lock);
+	pthread_mutex_unlock(&mm->lock);
+}
+
+/*
+ * Hold the worker between two messages (fork(): no uhmm thread may be
+ * inside malloc or a driver callback when the address space is copied; the
+ * reader goes on queueing, so no thread raising an event is left blocked).
+ */
+void uhmm_service_pause(struct uhmm_mm *mm)
+{
+	pthread_mutex_lock(&mm->lock);
+	mm->paused = true;
+	while (mm->worker_busy && !mm->stopping)
+		pthread_cond_wait(&mm->cond, &mm->lock);
+	pthread_mutex_unlock(&mm->lock);
+}
+
+void uhmm_service_resume(struct uhmm_mm *mm)
+{
+	pthread_mutex_lock(&mm->lock);
+	mm->paused = false;
+	pthread_cond_broadcast(&mm->cond);
 	pthread_mutex_unlock(&mm->lock);
 }
 

@@ -43,6 +43,41 @@ static double ms_since(const struct timespec *t0)
 	return (double)(t1.tv_sec - t0->tv_sec) * 1e3 + (double)(t1.tv_nsec - t0->tv_nsec) / 1e6;
 }
 
+/* Migrate 3 MiB to the device, let it work there, and let the CPU fault it back. */
+static int migrate_phase(struct uhmm_dmirror *dev, char *buf, char *dbuf)
+{
+	const uint64_t n = 768;	/* pages: 3 MiB, inside what steps 4-5 left mapped */
+	struct uhmm_dmirror_cmd c = { .addr = (uintptr_t)buf, .ptr = (uintptr_t)dbuf, .npages = n };
+	struct uhmm_pagemap_stats st;
+	struct timespec t0;
+	double ms;
+	int ret;
+	long sum = 0;
+
+	for (uint64_t i = 0; i < n * DEMO_PAGE; i++)
+		buf[i] = (char)('A' + i % 26);
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	ret = uhmm_dmirror_cmd(dev, UHMM_DMIRROR_MIGRATE_TO_DEV, &c);
+	ms = ms_since(&t0);
+	uhmm_dmirror_memstats(dev, &st);
+	printf("6. MIGRATE_TO_DEV of 3 MiB: %d, %llu pages now in device memory (%llu device pages in use), %.2f ms\n",
+	       ret, (unsigned long long)c.cpages, (unsigned long long)st.mapped, ms);
+	memset(dbuf, 'z', n * DEMO_PAGE);
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	ret = uhmm_dmirror_cmd(dev, UHMM_DMIRROR_WRITE, &c);
+	printf("7. the device writes 'z' into its own memory: %d, %llu fault passes, %.2f ms\n", ret,
+	       (unsigned long long)c.faults, ms_since(&t0));
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	for (uint64_t i = 0; i < n * DEMO_PAGE; i += DEMO_PAGE)
+		sum += buf[i] == 'z';	/* each first touch migrates the page back */
+	ms = ms_since(&t0);
+	uhmm_dmirror_memstats(dev, &st);
+	printf("8. the CPU touches every page: %ld of %llu read 'z', faulted back in %.2f ms (%.1f us/page);\n"
+	       "   device pages in use afterwards: %llu\n",
+	       sum, (unsigned long long)n, ms, ms * 1000 / (double)n, (unsigned long long)st.mapped);
+	return sum == (long)n && st.mapped == 0 ? 0 : -1;
+}
+
 static int run(struct uhmm_dmirror *dev, struct uhmm_mm *mm, char *buf, char *dbuf)
 {
 	struct uhmm_dmirror_cmd c = { .addr = (uintptr_t)buf, .ptr = (uintptr_t)dbuf, .npages = DEMO_PAGES };
@@ -80,7 +115,7 @@ static int run(struct uhmm_dmirror *dev, struct uhmm_mm *mm, char *buf, char *db
 	printf("5. munmap of 1 MiB: %lu UNMAP invalidation(s); a device READ there gets %s (not a crash)\n",
 	       cnt.events[UHMM_NOTIFY_UNMAP], ret == -14 ? "-EFAULT" : "something else");
 	uhmm_interval_notifier_remove(&cnt.n);
-	return 0;
+	return migrate_phase(dev, buf + 256 * DEMO_PAGE, dbuf);
 }
 
 int cmd_demo(int argc, char **argv)

@@ -25,7 +25,8 @@ int uhmm_dmirror_open(unsigned int device, struct uhmm_dmirror **out);
 
 /**
  * uhmm_dmirror_close() - evict the device's memory back to system memory
- * and free the instance. Return: 0, or -EINVAL for NULL.
+ * and free the instance. Return: 0; -EINVAL for NULL; -EBUSY if device
+ * pages stay referenced after eviction (nothing is freed then).
  */
 int uhmm_dmirror_close(struct uhmm_dmirror *dmirror);
 
