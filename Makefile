@@ -40,7 +40,7 @@ LIB_SRCS := $(wildcard src/*.c src/lib/*.c sim/*.c)
 LIB_OBJS := $(LIB_SRCS:%.c=$(BUILD)/%.o)
 TEST_SRCS := $(wildcard test/*.c test/conformance/*.c)
 TEST_OBJS := $(TEST_SRCS:%.c=$(BUILD)/%.o)
-TOOL_SRCS := $(wildcard tools/*.c)
+TOOL_SRCS := $(wildcard tools/*.c bench/*.c)
 TOOL_OBJS := $(TOOL_SRCS:%.c=$(BUILD)/%.o)
 EXAMPLES := $(patsubst examples/%.c,$(BUILD)/examples/%,$(wildcard examples/*.c))
 
@@ -49,7 +49,7 @@ SHARED := $(BUILD)/libuhmm.so.$(VERSION)
 
 all: $(STATIC) $(SHARED) $(BUILD)/uhmm $(EXAMPLES)
 
-$(BUILD)/%.o: %.c $(wildcard src/*.h src/include/*.h src/include/uhmm/*.h src/uapi/*.h src/lib/*.h sim/*.h test/*.h)
+$(BUILD)/%.o: %.c $(wildcard src/*.h src/include/*.h src/include/uhmm/*.h src/uapi/*.h src/lib/*.h sim/*.h test/*.h tools/*.h bench/*.h)
 	@mkdir -p $(dir $@)
 	$(Q)$(CC) $(ALL_CFLAGS) -c -o $@ $<
 
@@ -75,6 +75,10 @@ $(BUILD)/examples/%: examples/%.c $(STATIC)
 
 demo: $(BUILD)/uhmm
 	$(BUILD)/uhmm demo
+
+# Benchmarks: uhmm's paths next to the raw mechanisms, same run (docs/performance.md).
+bench: $(BUILD)/uhmm
+	$(BUILD)/uhmm bench $(BENCHFLAGS)
 
 # Every test, in three modes: fast paths, forced fallbacks, unprivileged.
 # TSan refuses to start threads in the child of a multi-threaded fork unless
@@ -110,4 +114,4 @@ uninstall:
 clean:
 	rm -rf build build-* uhmm.pc
 
-.PHONY: all demo check install uninstall clean
+.PHONY: all demo bench check install uninstall clean

@@ -67,6 +67,11 @@ struct uhmm_dmirror *dmirror(unsigned int dev);		/* open, asserts */
 int dmcmd(struct uhmm_dmirror *d, unsigned int cmd, void *addr, void *ptr, uint64_t npages,
 	  struct uhmm_dmirror_cmd *out);
 void fill_pattern(void *p, size_t bytes, uint32_t seed);
+/* int i of a buffer holds sign * i (the kernel tests' pattern) */
+void fill_ints(int *p, size_t bytes, int sign);
+void check_ints_from_at(const int *buf, size_t first, size_t bytes, int sign, const char *file, int line);
+#define check_ints_from(buf, first, bytes, sign) check_ints_from_at(buf, first, bytes, sign, __FILE__, __LINE__)
+#define check_ints(buf, bytes, sign) check_ints_from_at(buf, 0, bytes, sign, __FILE__, __LINE__)
 void check_pattern(const void *p, size_t bytes, uint32_t seed);	/* asserts */
 int make_tmpfile(size_t size);				/* unlinked file of @size zero bytes */
 long hugetlb_free_pages(void);

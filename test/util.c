@@ -135,3 +135,16 @@ int run_child(void (*fn)(void *), void *arg)
 	ASSERT_TRUE(WIFEXITED(status));
 	return WEXITSTATUS(status);
 }
+
+void fill_ints(int *p, size_t bytes, int sign)
+{
+	for (size_t i = 0; i < bytes / sizeof(int); i++)
+		p[i] = sign * (int)i;
+}
+
+void check_ints_from_at(const int *buf, size_t first, size_t bytes, int sign, const char *file, int line)
+{
+	for (size_t i = first; i < first + bytes / sizeof(int); i++)
+		if (buf[i] != sign * (int)i)
+			test_fail(file, line, "int %zu is %d, expected %d", i, buf[i], sign * (int)i);
+}

@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "uhmm.h"
+#include "../bench/bench.h"
 #include "../src/include/uhmm.h"
 
 static void usage(FILE *f)
@@ -15,6 +16,9 @@ static void usage(FILE *f)
 		"  info [--json]   what this kernel offers uhmm, and how to enable what is missing\n"
 		"  demo            mirror a malloc'ed buffer into the reference device and show\n"
 		"                  faults, invalidations and errors\n"
+		"  bench [--json] [--size-mib N]\n"
+		"                  uhmm's data paths next to memcpy and a bare userfaultfd\n"
+		"                  round trip, in the same run\n"
 		"  help            this text\n"
 		"  version         the library version\n"
 		"\n"
@@ -31,6 +35,8 @@ int main(int argc, char **argv)
 		return cmd_info(argc - 1, argv + 1);
 	if (strcmp(argv[1], "demo") == 0)
 		return cmd_demo(argc - 1, argv + 1);
+	if (strcmp(argv[1], "bench") == 0)
+		return cmd_bench(argc - 1, argv + 1);
 	if (strcmp(argv[1], "help") == 0 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
 		usage(stdout);
 		return 0;

@@ -18,22 +18,8 @@ static int *filled(size_t size, int prot_flags)
 {
 	int *p = map_anon(size, PROT_READ | PROT_WRITE, prot_flags);
 
-	for (size_t i = 0; i < size / sizeof(int); i++)
-		p[i] = (int)i;
+	fill_ints(p, size, 1);
 	return p;
-}
-
-/* ints [first, first + size/4) of a buffer hold sign * their index */
-static void check_ints_from(const int *buf, size_t first, size_t size, int sign)
-{
-	for (size_t i = first; i < first + size / sizeof(int); i++)
-		if (buf[i] != sign * (int)i)
-			test_fail(__FILE__, __LINE__, "int %zu is %d, expected %d", i, buf[i], sign * (int)i);
-}
-
-static void check_ints(const int *p, size_t size, int sign)
-{
-	check_ints_from(p, 0, size, sign);
 }
 
 static void snapshot_all(struct uhmm_dmirror *d, void *p, uint64_t npages, uint8_t want)
@@ -82,8 +68,7 @@ static void file_private_case(int fd)
 	ASSERT_OK(ftruncate(fd, BUF_SIZE));
 	ptr = mmap(NULL, BUF_SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, 0);
 	ASSERT_TRUE(ptr != MAP_FAILED);
-	for (size_t i = 0; i < BUF_SIZE / sizeof(int); i++)
-		ptr[i] = (int)i;
+	fill_ints(ptr, BUF_SIZE, 1);
 	ASSERT_EQ(dmcmd(d, UHMM_DMIRROR_MIGRATE_TO_DEV, ptr, mirror, NPAGES, &c), -ENOENT);
 	check_ints(ptr, BUF_SIZE, 1);
 	close(fd);
@@ -284,8 +269,7 @@ static void child_reads(void *arg)
 	check_ints(ptr, BUF_SIZE, 1);
 	ASSERT_OK(dmcmd(d, UHMM_DMIRROR_READ, ptr, mirror, NPAGES, &c));
 	check_ints(mirror, BUF_SIZE, 1);
-	for (size_t i = 0; i < BUF_SIZE / sizeof(int); i++)
-		mirror[i] = -(int)i;
+	fill_ints(mirror, BUF_SIZE, -1);
 	ASSERT_OK(dmcmd(d, UHMM_DMIRROR_WRITE, ptr, mirror, NPAGES, &c));
 	check_ints(ptr, BUF_SIZE, -1);
 	uhmm_dmirror_close(d);
@@ -300,8 +284,7 @@ static void anon_write_child(bool migrate_first, bool thp)
 
 	if (thp)
 		madvise(ptr, BUF_SIZE, MADV_HUGEPAGE);
-	for (size_t i = 0; i < BUF_SIZE / sizeof(int); i++)
-		ptr[i] = (int)i;
+	fill_ints(ptr, BUF_SIZE, 1);
 	if (migrate_first) {
 		ASSERT_OK(dmcmd(d, UHMM_DMIRROR_MIGRATE_TO_DEV, ptr, mirror, NPAGES, &c));
 		ASSERT_EQ(c.cpages, NPAGES);

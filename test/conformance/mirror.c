@@ -91,13 +91,11 @@ static void anon_write(unsigned int dev)
 	int *ptr = map_anon(BUF_SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE);
 	int *mirror = malloc(BUF_SIZE);
 
-	for (size_t i = 0; i < BUF_SIZE / sizeof(int); i++)
-		mirror[i] = (int)i;
+	fill_ints(mirror, BUF_SIZE, 1);
 	ASSERT_OK(dmcmd(d, UHMM_DMIRROR_WRITE, ptr, mirror, NPAGES, &c));
 	ASSERT_EQ(c.cpages, NPAGES);
 	ASSERT_EQ(c.faults, 1);
-	for (size_t i = 0; i < BUF_SIZE / sizeof(int); i++)
-		ASSERT_EQ(ptr[i], (int)i);
+	check_ints(ptr, BUF_SIZE, 1);
 	uhmm_dmirror_close(d);
 }
 TEST(anon_write) { anon_write(0); anon_write(1); }
@@ -112,8 +110,7 @@ static void anon_write_prot(unsigned int dev)
 	ASSERT_OK(dmcmd(d, UHMM_DMIRROR_READ, ptr, mirror, 1, &c));
 	ASSERT_EQ(c.cpages, 1);
 	ASSERT_EQ(c.faults, 1);
-	for (size_t i = 0; i < BUF_SIZE / sizeof(int); i++)
-		mirror[i] = (int)i;
+	fill_ints(mirror, BUF_SIZE, 1);
 	ASSERT_EQ(dmcmd(d, UHMM_DMIRROR_WRITE, ptr, mirror, NPAGES, &c), -EPERM);
 	for (size_t i = 0; i < BUF_SIZE / sizeof(int); i++)
 		ASSERT_EQ(ptr[i], 0);
@@ -121,8 +118,7 @@ static void anon_write_prot(unsigned int dev)
 	ASSERT_OK(dmcmd(d, UHMM_DMIRROR_WRITE, ptr, mirror, NPAGES, &c));
 	ASSERT_EQ(c.cpages, NPAGES);
 	ASSERT_EQ(c.faults, 1);
-	for (size_t i = 0; i < BUF_SIZE / sizeof(int); i++)
-		ASSERT_EQ(ptr[i], (int)i);
+	check_ints(ptr, BUF_SIZE, 1);
 	uhmm_dmirror_close(d);
 }
 TEST(anon_write_prot) { anon_write_prot(0); anon_write_prot(1); }
@@ -140,8 +136,7 @@ static void child_shared_body(void *p)
 	struct uhmm_dmirror_cmd c;
 	int *mirror = malloc(BUF_SIZE);
 
-	for (size_t i = 0; i < BUF_SIZE / sizeof(int); i++)
-		ASSERT_EQ(a->ptr[i], (int)i);
+	check_ints(a->ptr, BUF_SIZE, 1);
 	ASSERT_OK(dmcmd(d, UHMM_DMIRROR_READ, a->ptr, mirror, NPAGES, &c));
 	ASSERT_EQ(c.cpages, NPAGES);
 	for (size_t i = 0; i < BUF_SIZE / sizeof(int); i++) {
@@ -160,16 +155,13 @@ static void anon_write_child_shared(unsigned int dev)
 	struct uhmm_dmirror_cmd c;
 	int *mirror = malloc(BUF_SIZE);
 
-	for (size_t i = 0; i < BUF_SIZE / sizeof(int); i++)
-		a.ptr[i] = (int)i;
+	fill_ints(a.ptr, BUF_SIZE, 1);
 	ASSERT_OK(dmcmd(d, UHMM_DMIRROR_READ, a.ptr, mirror, NPAGES, &c));
 	ASSERT_EQ(run_child(child_shared_body, &a), 0);
-	for (size_t i = 0; i < BUF_SIZE / sizeof(int); i++)
-		ASSERT_EQ(a.ptr[i], -(int)i);
+	check_ints(a.ptr, BUF_SIZE, -1);
 	/* The parent's device sees the child's writes too: shared pages. */
 	ASSERT_OK(dmcmd(d, UHMM_DMIRROR_READ, a.ptr, mirror, NPAGES, &c));
-	for (size_t i = 0; i < BUF_SIZE / sizeof(int); i++)
-		ASSERT_EQ(mirror[i], -(int)i);
+	check_ints(mirror, BUF_SIZE, -1);
 	uhmm_dmirror_close(d);
 }
 TEST(anon_write_child_shared) { anon_write_child_shared(0); anon_write_child_shared(1); }
@@ -182,13 +174,11 @@ static void anon_write_huge(unsigned int dev)
 	int *mirror = malloc(TWO_MB);
 
 	madvise(ptr, TWO_MB, MADV_HUGEPAGE);
-	for (size_t i = 0; i < TWO_MB / sizeof(int); i++)
-		mirror[i] = (int)i;
+	fill_ints(mirror, TWO_MB, 1);
 	ASSERT_OK(dmcmd(d, UHMM_DMIRROR_WRITE, ptr, mirror, TWO_MB / PAGE, &c));
 	ASSERT_EQ(c.cpages, TWO_MB / PAGE);
 	ASSERT_EQ(c.faults, 1);
-	for (size_t i = 0; i < TWO_MB / sizeof(int); i++)
-		ASSERT_EQ(ptr[i], (int)i);
+	check_ints(ptr, TWO_MB, 1);
 	uhmm_dmirror_close(d);
 }
 TEST(anon_write_huge) { anon_write_huge(0); anon_write_huge(1); }
@@ -212,13 +202,11 @@ static void anon_write_hugetlbfs(unsigned int dev)
 	int *ptr = map_hugetlb(TWO_MB);
 	int *mirror = malloc(TWO_MB);
 
-	for (size_t i = 0; i < TWO_MB / sizeof(int); i++)
-		mirror[i] = (int)i;
+	fill_ints(mirror, TWO_MB, 1);
 	ASSERT_OK(dmcmd(d, UHMM_DMIRROR_WRITE, ptr, mirror, TWO_MB / PAGE, &c));
 	ASSERT_EQ(c.cpages, TWO_MB / PAGE);
 	ASSERT_EQ(c.faults, 1);
-	for (size_t i = 0; i < TWO_MB / sizeof(int); i++)
-		ASSERT_EQ(ptr[i], (int)i);
+	check_ints(ptr, TWO_MB, 1);
 	munmap(ptr, TWO_MB);
 	uhmm_dmirror_close(d);
 }
@@ -231,16 +219,14 @@ static void file_read(unsigned int dev)
 	int fd = make_tmpfile(0);
 	int *data = malloc(BUF_SIZE), *mirror = malloc(BUF_SIZE), *ptr;
 
-	for (size_t i = 0; i < BUF_SIZE / sizeof(int); i++)
-		data[i] = (int)i;
+	fill_ints(data, BUF_SIZE, 1);
 	ASSERT_EQ(pwrite(fd, data, BUF_SIZE, 0), (ssize_t)BUF_SIZE);
 	ptr = mmap(NULL, BUF_SIZE, PROT_READ, MAP_SHARED, fd, 0);
 	ASSERT_TRUE(ptr != MAP_FAILED);
 	ASSERT_OK(dmcmd(d, UHMM_DMIRROR_READ, ptr, mirror, NPAGES, &c));
 	ASSERT_EQ(c.cpages, NPAGES);
 	ASSERT_EQ(c.faults, 1);
-	for (size_t i = 0; i < BUF_SIZE / sizeof(int); i++)
-		ASSERT_EQ(mirror[i], (int)i);
+	check_ints(mirror, BUF_SIZE, 1);
 	close(fd);
 	uhmm_dmirror_close(d);
 }
@@ -255,16 +241,13 @@ static void file_write(unsigned int dev)
 
 	ptr = mmap(NULL, BUF_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
 	ASSERT_TRUE(ptr != MAP_FAILED);
-	for (size_t i = 0; i < BUF_SIZE / sizeof(int); i++)
-		mirror[i] = (int)i;
+	fill_ints(mirror, BUF_SIZE, 1);
 	ASSERT_OK(dmcmd(d, UHMM_DMIRROR_WRITE, ptr, mirror, NPAGES, &c));
 	ASSERT_EQ(c.cpages, NPAGES);
 	ASSERT_EQ(c.faults, 1);
-	for (size_t i = 0; i < BUF_SIZE / sizeof(int); i++)
-		ASSERT_EQ(ptr[i], (int)i);
+	check_ints(ptr, BUF_SIZE, 1);
 	ASSERT_EQ(pread(fd, data, BUF_SIZE, 0), (ssize_t)BUF_SIZE);
-	for (size_t i = 0; i < BUF_SIZE / sizeof(int); i++)
-		ASSERT_EQ(data[i], (int)i);
+	check_ints(data, BUF_SIZE, 1);
 	close(fd);
 	uhmm_dmirror_close(d);
 }
@@ -279,8 +262,7 @@ static void compound(unsigned int dev)
 	int *ptr = map_hugetlb(size);
 	uint8_t *snap = malloc(npages);
 
-	for (size_t i = 0; i < size / sizeof(int); i++)
-		ptr[i] = (int)i;
+	fill_ints(ptr, size, 1);
 	ASSERT_OK(dmcmd(d, UHMM_DMIRROR_SNAPSHOT, ptr, snap, npages, &c));
 	ASSERT_EQ(c.cpages, npages);
 	for (size_t i = 0; i < npages; i++)

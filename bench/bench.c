@@ -1,0 +1,297 @@
+// SPDX-License-Identifier: MIT
+/*
+ * uhmm bench: each uhmm data path next to the raw mechanism under it, in
+ * the same run, on buffers of the same size. Every figure is the median of
+ * several repetitions, with min and max; compare ratios, not absolute
+ * times (the machine is shared).
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/userfaultfd.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "bench.h"
+#include "../src/include/uhmm.h"
+#include "../src/include/uhmm/dmirror.h"
+
+#define PAGE 4096UL
+#define REPS 5
+#define LAT_REPS 200
+
+struct result {
+	const char *name;
+	const char *unit;	/* "GB/s" or "us" */
+	double med, min, max;
+};
+
+static double now_s(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+	double x = *(const double *)a, y = *(const double *)b;
+
+	return (x > y) - (x < y);
+}
+
+static struct result summarize(const char *name, const char *unit, double *v, int n)
+{
+	struct result r = { name, unit, 0, 0, 0 };
+
+	qsort(v, (size_t)n, sizeof(*v), cmp_double);
+	r.min = v[0];
+	r.max = v[n - 1];
+	r.med = v[n / 2];
+	return r;
+}
+
+static char *map_buf(size_t size)
+{
+	char *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+
+	if (p == MAP_FAILED) {
+		perror("mmap");
+		exit(1);
+	}
+	madvise(p, size, MADV_NOHUGEPAGE);	/* 4 KiB pages: this run measures base pages */
+	memset(p, 0x5a, size);
+	return p;
+}
+
+static struct result bench_memcpy(size_t size)
+{
+	char *a = map_buf(size), *b = map_buf(size);
+	double v[REPS];
+
+	for (int i = 0; i < REPS; i++) {
+		double t = now_s();
+
+		memcpy(b, a, size);
+		v[i] = (double)size / (now_s() - t) / 1e9;
+	}
+	munmap(a, size);
+	munmap(b, size);
+	return summarize("memcpy", "GB/s", v, REPS);
+}
+
+static int dm(struct uhmm_dmirror *d, unsigned int cmd, void *addr, void *ptr, uint64_t npages)
+{
+	struct uhmm_dmirror_cmd c = { (uintptr_t)addr, (uintptr_t)ptr, npages, 0, 0 };
+
+	return uhmm_dmirror_cmd(d, cmd, &c);
+}
+
+/* Migration both ways and the CPU's sequential fault-back, on one buffer. */
+static void bench_migrate(struct uhmm_dmirror *d, size_t size, struct result *out)
+{
+	char *buf = map_buf(size), *mirror = map_buf(size);
+	double to_dev[REPS], to_sys[REPS], scan[REPS];
+	volatile char sink = 0;
+
+	for (int i = 0; i < REPS; i++) {
+		double t = now_s();
+
+		if (dm(d, UHMM_DMIRROR_MIGRATE_TO_DEV, buf, mirror, size / PAGE))
+			fprintf(stderr, "bench: MIGRATE_TO_DEV failed\n");
+		to_dev[i] = (double)size / (now_s() - t) / 1e9;
+		t = now_s();
+		if (dm(d, UHMM_DMIRROR_MIGRATE_TO_SYS, buf, mirror, size / PAGE))
+			fprintf(stderr, "bench: MIGRATE_TO_SYS failed\n");
+		to_sys[i] = (double)size / (now_s() - t) / 1e9;
+		dm(d, UHMM_DMIRROR_MIGRATE_TO_DEV, buf, mirror, size / PAGE);
+		t = now_s();
+		for (size_t off = 0; off < size; off += PAGE)
+			sink = (char)(sink + buf[off]);	/* each first touch faults back */
+		scan[i] = (double)size / (now_s() - t) / 1e9;
+	}
+	out[0] = summarize("migrate to device (incl. device read-back)", "GB/s", to_dev, REPS);
+	out[1] = summarize("migrate to system (MIGRATE_TO_SYS)", "GB/s", to_sys, REPS);
+	out[2] = summarize("CPU sequential fault-back scan", "GB/s", scan, REPS);
+	munmap(buf, size);
+	munmap(mirror, size);
+}
+
+/* One CPU fault on a device page: migrate a lone page, touch it. */
+static struct result bench_fault_latency(struct uhmm_dmirror *d)
+{
+	double v[LAT_REPS];
+	char mirror[PAGE];
+
+	for (int i = 0; i < LAT_REPS; i++) {
+		char *p = map_buf(PAGE);
+		double t;
+
+		dm(d, UHMM_DMIRROR_MIGRATE_TO_DEV, p, mirror, 1);
+		t = now_s();
+		*(volatile char *)p;
+		v[i] = (now_s() - t) * 1e6;
+		munmap(p, PAGE);
+	}
+	return summarize("one CPU fault-back (uhmm)", "us", v, LAT_REPS);
+}
+
+/* ---- the bare mechanism: a userfaultfd MISSING fault served by UFFDIO_COPY ---- */
+
+struct bare {
+	int uffd;
+	int stop;
+	char src[PAGE] __attribute__((aligned(4096)));
+};
+
+static void *bare_handler(void *arg)
+{
+	struct bare *b = arg;
+
+	while (!__atomic_load_n(&b->stop, __ATOMIC_ACQUIRE)) {
+		struct pollfd p = { .fd = b->uffd, .events = POLLIN };
+		struct uffd_msg m;
+
+		if (poll(&p, 1, 50) <= 0 || read(b->uffd, &m, sizeof(m)) != sizeof(m))
+			continue;
+		if (m.event != UFFD_EVENT_PAGEFAULT)
+			continue;
+		struct uffdio_copy c = { .dst = m.arg.pagefault.address & ~(PAGE - 1),
+					 .src = (uintptr_t)b->src, .len = PAGE };
+		ioctl(b->uffd, UFFDIO_COPY, &c);
+	}
+	return NULL;
+}
+
+static int bare_open(void)
+{
+	int fd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
+
+	if (fd < 0)
+		fd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK | 1 /* UFFD_USER_MODE_ONLY */);
+	return fd;
+}
+
+static struct result bench_bare_uffd(bool same_cpu)
+{
+	static struct bare b;
+	struct uffdio_api api = { .api = UFFD_API };
+	double v[LAT_REPS];
+	pthread_t t;
+	char *region = map_buf(LAT_REPS * PAGE);
+	cpu_set_t one, all;
+
+	memset(v, 0, sizeof(v));
+	b.uffd = bare_open();
+	b.stop = 0;
+	if (b.uffd < 0 || ioctl(b.uffd, UFFDIO_API, &api)) {
+		fprintf(stderr, "bench: no userfaultfd for the bare round trip\n");
+		return summarize(same_cpu ? "bare userfaultfd round trip, same CPU" : "bare userfaultfd round trip",
+				 "us", v, 1);
+	}
+	madvise(region, LAT_REPS * PAGE, MADV_DONTNEED);
+	struct uffdio_register reg = { .range = { (uintptr_t)region, LAT_REPS * PAGE },
+				       .mode = UFFDIO_REGISTER_MODE_MISSING };
+	ioctl(b.uffd, UFFDIO_REGISTER, &reg);
+	sched_getaffinity(0, sizeof(all), &all);
+	if (same_cpu) {	/* both threads on the CPU the caller runs on */
+		CPU_ZERO(&one);
+		CPU_SET(sched_getcpu(), &one);
+		sched_setaffinity(0, sizeof(one), &one);
+	}
+	pthread_create(&t, NULL, bare_handler, &b);	/* inherits the affinity */
+	usleep(1000);
+	for (int i = 0; i < LAT_REPS; i++) {
+		double s = now_s();
+
+		*(volatile char *)(region + i * PAGE);
+		v[i] = (now_s() - s) * 1e6;
+	}
+	__atomic_store_n(&b.stop, 1, __ATOMIC_RELEASE);
+	pthread_join(t, NULL);
+	sched_setaffinity(0, sizeof(all), &all);
+	close(b.uffd);
+	munmap(region, LAT_REPS * PAGE);
+	return summarize(same_cpu ? "bare userfaultfd round trip, same CPU" : "bare userfaultfd round trip",
+			 "us", v, LAT_REPS);
+}
+
+/* ---- output ---- */
+
+static void print_table(const struct result *r, int n)
+{
+	printf("%-46s %10s %10s %10s  %s\n", "path", "median", "min", "max", "unit");
+	for (int i = 0; i < n; i++)
+		printf("%-46s %10.2f %10.2f %10.2f  %s\n", r[i].name, r[i].med, r[i].min, r[i].max, r[i].unit);
+}
+
+static void print_json(const struct result *r, int n, const double *ratio, const char *const *rname, int nr)
+{
+	printf("{\n  \"results\": [\n");
+	for (int i = 0; i < n; i++)
+		printf("    {\"path\": \"%s\", \"unit\": \"%s\", \"median\": %.4f, \"min\": %.4f, \"max\": %.4f}%s\n",
+		       r[i].name, r[i].unit, r[i].med, r[i].min, r[i].max, i + 1 < n ? "," : "");
+	printf("  ],\n  \"ratios\": {\n");
+	for (int i = 0; i < nr; i++)
+		printf("    \"%s\": %.3f%s\n", rname[i], ratio[i], i + 1 < nr ? "," : "");
+	printf("  }\n}\n");
+}
+
+int cmd_bench(int argc, char **argv)
+{
+	size_t mib = 64;
+	bool json = false;
+	struct uhmm_dmirror *d;
+	struct result r[8];
+	int ret;
+
+	for (int i = 1; i < argc; i++) {
+		if (strcmp(argv[i], "--json") == 0)
+			json = true;
+		else if (strcmp(argv[i], "--size-mib") == 0 && i + 1 < argc)
+			mib = strtoul(argv[++i], NULL, 10);
+		else {
+			fprintf(stderr, "usage: uhmm bench [--json] [--size-mib N]\n");
+			return 2;
+		}
+	}
+	ret = uhmm_dmirror_open(0, &d);
+	if (ret) {
+		fprintf(stderr, "uhmm bench: cannot open the reference device: %s\n", strerror(-ret));
+		return 1;
+	}
+	r[0] = bench_memcpy(mib << 20);
+	bench_migrate(d, mib << 20, &r[1]);
+	r[4] = bench_fault_latency(d);
+	r[5] = bench_bare_uffd(false);
+	r[6] = bench_bare_uffd(true);
+	uhmm_dmirror_close(d);
+
+	const char *rname[] = {
+		"migrate_to_device_vs_memcpy", "migrate_to_system_vs_memcpy",
+		"sequential_fault_back_vs_memcpy", "fault_back_vs_bare_uffd",
+		"fault_back_vs_bare_uffd_same_cpu",
+	};
+	double ratio[] = {
+		r[1].med / r[0].med, r[2].med / r[0].med, r[3].med / r[0].med,
+		r[4].med / r[5].med, r[4].med / r[6].med,
+	};
+	if (json) {
+		print_json(r, 7, ratio, rname, 5);
+		return 0;
+	}
+	printf("uhmm bench: %zu MiB buffers, 4 KiB pages, median of %d (latencies: of %d)\n", mib, REPS, LAT_REPS);
+	print_table(r, 7);
+	printf("\nratios (uhmm / raw mechanism, same run):\n");
+	for (int i = 0; i < 5; i++)
+		printf("  %-36s %.3f\n", rname[i], ratio[i]);
+	return 0;
+}
