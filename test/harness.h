@@ -76,6 +76,15 @@ void check_pattern(const void *p, size_t bytes, uint32_t seed);	/* asserts */
 int make_tmpfile(size_t size);				/* unlinked file of @size zero bytes */
 long hugetlb_free_pages(void);
 bool thp_available(void);
+/*
+ * The tests whose forked child starts uhmm threads while the parent has
+ * uhmm threads running: under ASan they are skipped. The sanitizer runtimes
+ * of gcc 12 and clang 14 do not lock their allocator across fork(), and a
+ * child that starts threads can deadlock inside it (seen about once in a
+ * dozen runs; TSan documents the same limitation). Plain builds run them.
+ */
+void skip_if_asan_fork_threads(void);
+
 /* Run @fn in a forked child and return its exit status (asserts it exited). */
 int run_child(void (*fn)(void *), void *arg);
 

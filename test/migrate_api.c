@@ -148,3 +148,180 @@ TEST(migrate_write_waits_for_migration)
 	uhmm_mm_put(mm);
 	uhmm_dmirror_close(d);
 }
+
+/* A page one migration holds is not collected by another, and comes back intact. */
+TEST(migrate_busy_page_stays)
+{
+	struct uhmm_mm *mm = mm_or_skip();
+	char *p = map_anon(4 * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE);
+	uint64_t s1[4], d1[4], s2[4], d2[4];
+	struct uhmm_migrate_vma a = { .mm = mm, .src = s1, .dst = d1, .start = (uintptr_t)p,
+				      .end = (uintptr_t)p + 4 * PAGE, .flags = UHMM_MIGRATE_VMA_SELECT_SYSTEM };
+	struct uhmm_migrate_vma b = a;
+
+	b.src = s2;
+	b.dst = d2;
+	b.start = (uintptr_t)p + 2 * PAGE;
+	b.end = (uintptr_t)p + 4 * PAGE;
+	memset(p, 7, 4 * PAGE);
+	ASSERT_OK(uhmm_migrate_vma_setup(&a));
+	ASSERT_EQ(a.cpages, 4);
+	ASSERT_OK(uhmm_migrate_vma_setup(&b));
+	ASSERT_EQ(b.cpages, 0);		/* all held by the first */
+	uhmm_migrate_vma_pages(&b);
+	uhmm_migrate_vma_finalize(&b);
+	uhmm_migrate_vma_pages(&a);
+	uhmm_migrate_vma_finalize(&a);
+	for (int i = 0; i < 4 * (int)PAGE; i++)
+		ASSERT_EQ(p[i], 7);
+	uhmm_mm_put(mm);
+}
+
+/* One device allocation fails midway: that page stays, the rest move, nothing is lost. */
+TEST(migrate_partial_failure)
+{
+	struct uhmm_dmirror *d = dmirror(0);
+	struct uhmm_dmirror_cmd c;
+	int *ptr = map_anon(8 * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE), mirror[8 * PAGE / sizeof(int)];
+	uint8_t snap[8];
+	int on_device = 0;
+
+	fill_ints(ptr, 8 * PAGE, 1);
+	ASSERT_OK(dmcmd(d, UHMM_DMIRROR_FLAGS, ptr, NULL, UHMM_DMIRROR_FLAG_FAIL_ALLOC, &c));
+	ASSERT_EQ(dmcmd(d, UHMM_DMIRROR_MIGRATE_TO_DEV, ptr, mirror, 8, &c), -ENOENT);
+	ASSERT_OK(dmcmd(d, UHMM_DMIRROR_SNAPSHOT, ptr, snap, 8, &c));
+	for (int i = 0; i < 8; i++)
+		on_device += (snap[i] & 0xf0) == UHMM_DMIRROR_PROT_DEV_PRIVATE_LOCAL;
+	ASSERT_EQ(on_device, 7);
+	check_ints(ptr, 8 * PAGE, 1);
+	uhmm_dmirror_close(d);
+}
+
+/* munmap of device-resident memory releases the device pages. */
+TEST(migrate_munmap_frees_device_pages)
+{
+	struct uhmm_dmirror *d = dmirror(0);
+	struct uhmm_dmirror_cmd c;
+	int *ptr = map_anon(64 * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE), *mirror = malloc(64 * PAGE);
+	struct uhmm_pagemap_stats st;
+
+	fill_ints(ptr, 64 * PAGE, 1);
+	ASSERT_OK(dmcmd(d, UHMM_DMIRROR_MIGRATE_TO_DEV, ptr, mirror, 64, &c));
+	ASSERT_OK(uhmm_dmirror_memstats(d, &st));
+	ASSERT_EQ(st.mapped, 64);
+	ASSERT_OK(munmap(ptr, 64 * PAGE));
+	ASSERT_OK(dmcmd(d, UHMM_DMIRROR_SNAPSHOT, ptr, mirror, 1, &c));	/* syncs events */
+	ASSERT_EQ(((uint8_t *)mirror)[0], UHMM_DMIRROR_PROT_ERROR);
+	ASSERT_OK(uhmm_dmirror_memstats(d, &st));
+	ASSERT_EQ(st.mapped, 0);
+	ASSERT_EQ(st.allocated, 0);
+	uhmm_dmirror_close(d);
+}
+
+/* The application's own userfaultfd on a range: uhmm refuses it cleanly. */
+#include <fcntl.h>
+#include <linux/userfaultfd.h>
+#include <sys/ioctl.h>
+#include <sys/syscall.h>
+TEST(foreign_userfaultfd_refused)
+{
+	struct uhmm_dmirror *d = dmirror(0);
+	struct uhmm_dmirror_cmd c;
+	char *p = map_anon(4 * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE), buf[4 * PAGE];
+	struct uffdio_api api = { .api = UFFD_API };
+	int fd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
+
+	if (fd < 0)
+		fd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK | 1);
+	ASSERT_GE(fd, 0);
+	ASSERT_OK(ioctl(fd, UFFDIO_API, &api));
+	struct uffdio_register reg = { .range = { (uintptr_t)p, 4 * PAGE }, .mode = UFFDIO_REGISTER_MODE_MISSING };
+	ASSERT_OK(ioctl(fd, UFFDIO_REGISTER, &reg));
+	ASSERT_EQ(dmcmd(d, UHMM_DMIRROR_READ, p, buf, 4, &c), -EEXIST);
+	ASSERT_EQ(dmcmd(d, UHMM_DMIRROR_MIGRATE_TO_DEV, p, buf, 4, &c), -EEXIST);
+	close(fd);
+	uhmm_dmirror_close(d);
+}
+
+/*
+ * A driver of its own (not the reference device), on the public API only:
+ * host-memory device pages, migration there and back. Four threads touch
+ * the same device page at once: all read the data, and it migrates once.
+ */
+static char toy_mem[4][PAGE] __attribute__((aligned(4096)));
+static int toy_faults;
+static struct uhmm_pagemap *toy_pgmap;
+static int toy_owner;
+
+static void toy_free(struct uhmm_page *page) { (void)page; }
+
+static int toy_to_ram(struct uhmm_vm_fault *vmf)
+{
+	uint64_t src, dst;
+	struct uhmm_migrate_vma m = { .mm = vmf->mm, .src = &src, .dst = &dst, .start = vmf->address,
+				      .end = vmf->address + PAGE, .pgmap_owner = &toy_owner,
+				      .flags = UHMM_MIGRATE_VMA_SELECT_DEVICE_PRIVATE, .fault_page = vmf->page };
+	int ret = uhmm_migrate_vma_setup(&m);
+
+	if (ret)
+		return ret;
+	__atomic_fetch_add(&toy_faults, 1, __ATOMIC_RELAXED);
+	usleep(20000);	/* a slow device: the other threads pile up on the page */
+	if (src & UHMM_MIGRATE_PFN_MIGRATE) {
+		void *sys = uhmm_migrate_alloc_system_page(&dst);
+
+		if (sys)
+			memcpy(sys, toy_mem[uhmm_page_index(uhmm_migrate_pfn_to_page(src))], PAGE);
+	}
+	uhmm_migrate_vma_pages(&m);
+	uhmm_migrate_vma_finalize(&m);
+	return 0;
+}
+static const struct uhmm_pagemap_ops toy_ops = { .page_free = toy_free, .migrate_to_ram = toy_to_ram };
+
+static void *toy_touch(void *arg)
+{
+	return (void *)(uintptr_t)(*(volatile int *)arg == 0x1234);
+}
+
+TEST(toy_driver_concurrent_faults_migrate_once)
+{
+	struct uhmm_mm *mm = mm_or_skip();
+	int *p = map_anon(PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE);
+	uint64_t src, dst;
+	struct uhmm_migrate_vma m = { .mm = mm, .src = &src, .dst = &dst, .start = (uintptr_t)p,
+				      .end = (uintptr_t)p + PAGE, .pgmap_owner = &toy_owner,
+				      .flags = UHMM_MIGRATE_VMA_SELECT_SYSTEM };
+	struct uhmm_page *page;
+	struct uhmm_pagemap_stats st;
+	pthread_t t[4];
+
+	p[0] = 0x1234;
+	ASSERT_OK(uhmm_pagemap_add(mm, 4, &toy_owner, &toy_ops, NULL, &toy_pgmap));
+	ASSERT_OK(uhmm_migrate_vma_setup(&m));
+	ASSERT_EQ(m.cpages, 1);
+	page = uhmm_pagemap_page(toy_pgmap, 2);
+	ASSERT_OK(uhmm_page_init(page));
+	ASSERT_EQ(uhmm_access_vm((uintptr_t)p, toy_mem[2], PAGE, 0), PAGE);
+	dst = uhmm_migrate_pfn(uhmm_page_to_pfn(page));
+	uhmm_migrate_vma_pages(&m);
+	uhmm_migrate_vma_finalize(&m);
+	ASSERT_TRUE(src & UHMM_MIGRATE_PFN_MIGRATE);
+	ASSERT_OK(uhmm_pagemap_stats(toy_pgmap, &st));
+	ASSERT_EQ(st.mapped, 1);
+	toy_mem[2][0] = 0x34;	/* the device changes the data meanwhile (little endian: 0x1234) */
+	for (int i = 0; i < 4; i++)
+		ASSERT_OK(pthread_create(&t[i], NULL, toy_touch, p));
+	for (int i = 0; i < 4; i++) {
+		void *ok;
+
+		pthread_join(t[i], &ok);
+		ASSERT_TRUE(ok);
+	}
+	ASSERT_EQ(toy_faults, 1);
+	ASSERT_OK(uhmm_pagemap_stats(toy_pgmap, &st));
+	ASSERT_EQ(st.mapped, 0);
+	ASSERT_EQ(st.allocated, 0);
+	ASSERT_OK(uhmm_pagemap_remove(toy_pgmap));
+	uhmm_mm_put(mm);
+}

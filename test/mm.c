@@ -41,6 +41,8 @@ static void child_gets_own_mm(void *arg)
 
 TEST(mm_fork_child_fresh)
 {
+	skip_if_asan_fork_threads();
+
 	struct uhmm_mm *mm = NULL;
 
 	ASSERT_OK(uhmm_mm_get(&mm));

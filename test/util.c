@@ -148,3 +148,18 @@ void check_ints_from_at(const int *buf, size_t first, size_t bytes, int sign, co
 		if (buf[i] != sign * (int)i)
 			test_fail(file, line, "int %zu is %d, expected %d", i, buf[i], sign * (int)i);
 }
+
+#if defined(__SANITIZE_ADDRESS__)
+#define UHMM_TEST_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define UHMM_TEST_ASAN 1
+#endif
+#endif
+
+void skip_if_asan_fork_threads(void)
+{
+#ifdef UHMM_TEST_ASAN
+	SKIP("ASan's allocator is not fork-safe for a child that starts threads (gcc 12, clang 14)");
+#endif
+}

@@ -295,6 +295,7 @@ static void anon_write_child(bool migrate_first, bool thp)
 }
 TEST(anon_write_child)
 {
+	skip_if_asan_fork_threads();
 	anon_write_child(false, false);
 	anon_write_child(true, false);
 	anon_write_child(false, true);

@@ -164,7 +164,12 @@ static void anon_write_child_shared(unsigned int dev)
 	check_ints(mirror, BUF_SIZE, -1);
 	uhmm_dmirror_close(d);
 }
-TEST(anon_write_child_shared) { anon_write_child_shared(0); anon_write_child_shared(1); }
+TEST(anon_write_child_shared)
+{
+	skip_if_asan_fork_threads();
+	anon_write_child_shared(0);
+	anon_write_child_shared(1);
+}
 
 static void anon_write_huge(unsigned int dev)
 {
@@ -368,6 +373,8 @@ static void child_uses_parent_instance(void *arg)
 
 TEST(fork_child_own_instance)
 {
+	skip_if_asan_fork_threads();
+
 	struct uhmm_dmirror *d = dmirror(0);
 	struct uhmm_dmirror_cmd c;
 	char *p = map_anon(PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE);
