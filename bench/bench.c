@@ -5,7 +5,9 @@
  * several repetitions, with min and max; compare ratios, not absolute
  * times (the machine is shared).
  */
+#define _GNU_SOURCE 1
 #include <errno.h>
+#include <sched.h>
 #include <fcntl.h>
 #include <linux/userfaultfd.h>
 #include <poll.h>
@@ -16,6 +18,7 @@
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
+#include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -125,6 +128,91 @@ static void bench_migrate(struct uhmm_dmirror *d, size_t size, struct result *ou
 	munmap(mirror, size);
 }
 
+/*
+ * The library's migration path alone, with the smallest possible driver:
+ * device pages backed by host memory, filled with one scatter-gather
+ * access per 512 pages (system -> device), copied out with memcpy into
+ * uhmm's staging pages (device -> system).
+ */
+struct raw_dev {
+	struct uhmm_pagemap *pgmap;
+	char *mem;
+	int owner;
+};
+
+static void raw_free(struct uhmm_page *page) { (void)page; }
+static int raw_to_ram(struct uhmm_vm_fault *vmf) { (void)vmf; return -EIO; }
+static const struct uhmm_pagemap_ops raw_ops = { .page_free = raw_free, .migrate_to_ram = raw_to_ram };
+
+static void raw_chunk(struct raw_dev *rd, struct uhmm_mm *mm, char *buf, size_t off, bool to_dev)
+{
+	uint64_t src[512], dst[512];
+	struct iovec iov[512];
+	struct uhmm_migrate_vma m = {
+		.mm = mm, .src = src, .dst = dst, .start = (uintptr_t)buf + off,
+		.end = (uintptr_t)buf + off + 512 * PAGE, .pgmap_owner = &rd->owner,
+		.flags = to_dev ? UHMM_MIGRATE_VMA_SELECT_SYSTEM : UHMM_MIGRATE_VMA_SELECT_DEVICE_PRIVATE,
+	};
+	int n = 0;
+
+	if (uhmm_migrate_vma_setup(&m))
+		return;
+	if (to_dev) {
+		for (uint64_t i = 0; i < m.npages; i++) {
+			struct uhmm_page *pg = uhmm_pagemap_page(rd->pgmap, (off / PAGE) + i);
+
+			if (!(src[i] & UHMM_MIGRATE_PFN_MIGRATE) || uhmm_page_init(pg))
+				continue;
+			dst[i] = uhmm_migrate_pfn(uhmm_page_to_pfn(pg));
+			iov[n++] = (struct iovec){ rd->mem + off + i * PAGE, PAGE };
+		}
+		uhmm_access_vm_iov(m.start, iov, n, 0);
+	} else {
+		for (uint64_t i = 0; i < m.npages; i++) {
+			struct uhmm_page *pg = uhmm_migrate_pfn_to_page(src[i]);
+			void *sys;
+
+			if (!pg || !(sys = uhmm_migrate_alloc_system_page(&dst[i])))
+				continue;
+			memcpy(sys, rd->mem + uhmm_page_index(pg) * PAGE, PAGE);
+		}
+	}
+	uhmm_migrate_vma_pages(&m);
+	uhmm_migrate_vma_finalize(&m);
+}
+
+static void bench_raw_migrate(size_t size, struct result *out)
+{
+	struct raw_dev rd = { 0 };
+	struct uhmm_mm *mm;
+	char *buf = map_buf(size);
+	double to_dev[REPS], to_sys[REPS];
+
+	rd.mem = map_buf(size);
+	out[0] = out[1] = (struct result){ "uhmm_migrate_vma (no pagemap)", "GB/s", 0, 0, 0 };
+	if (uhmm_mm_get(&mm) || uhmm_pagemap_add(mm, size / PAGE, &rd.owner, &raw_ops, NULL, &rd.pgmap)) {
+		fprintf(stderr, "bench: no pagemap\n");
+		return;
+	}
+	for (int r = 0; r < REPS; r++) {
+		double t = now_s();
+
+		for (size_t off = 0; off < size; off += 512 * PAGE)
+			raw_chunk(&rd, mm, buf, off, true);
+		to_dev[r] = (double)size / (now_s() - t) / 1e9;
+		t = now_s();
+		for (size_t off = 0; off < size; off += 512 * PAGE)
+			raw_chunk(&rd, mm, buf, off, false);
+		to_sys[r] = (double)size / (now_s() - t) / 1e9;
+	}
+	out[0] = summarize("uhmm_migrate_vma to device (minimal driver)", "GB/s", to_dev, REPS);
+	out[1] = summarize("uhmm_migrate_vma to system (minimal driver)", "GB/s", to_sys, REPS);
+	uhmm_pagemap_remove(rd.pgmap);
+	uhmm_mm_put(mm);
+	munmap(buf, size);
+	munmap(rd.mem, size);
+}
+
 /* One CPU fault on a device page: migrate a lone page, touch it. */
 static struct result bench_fault_latency(struct uhmm_dmirror *d)
 {
@@ -180,7 +268,14 @@ static int bare_open(void)
 	return fd;
 }
 
-static struct result bench_bare_uffd(bool same_cpu)
+enum placement { SCHEDULER, SAME_CPU, OTHER_CPU };
+static const char *const placement_name[] = {
+	"bare userfaultfd round trip (scheduler-placed)",
+	"bare userfaultfd round trip, same CPU",
+	"bare userfaultfd round trip, other CPU",
+};
+
+static struct result bench_bare_uffd(enum placement where)
 {
 	static struct bare b;
 	struct uffdio_api api = { .api = UFFD_API };
@@ -194,20 +289,27 @@ static struct result bench_bare_uffd(bool same_cpu)
 	b.stop = 0;
 	if (b.uffd < 0 || ioctl(b.uffd, UFFDIO_API, &api)) {
 		fprintf(stderr, "bench: no userfaultfd for the bare round trip\n");
-		return summarize(same_cpu ? "bare userfaultfd round trip, same CPU" : "bare userfaultfd round trip",
-				 "us", v, 1);
+		return summarize(placement_name[where], "us", v, 1);
 	}
 	madvise(region, LAT_REPS * PAGE, MADV_DONTNEED);
 	struct uffdio_register reg = { .range = { (uintptr_t)region, LAT_REPS * PAGE },
 				       .mode = UFFDIO_REGISTER_MODE_MISSING };
 	ioctl(b.uffd, UFFDIO_REGISTER, &reg);
 	sched_getaffinity(0, sizeof(all), &all);
-	if (same_cpu) {	/* both threads on the CPU the caller runs on */
+	int cpu = sched_getcpu();
+
+	if (where != SCHEDULER) {	/* the faulting thread stays on its CPU */
 		CPU_ZERO(&one);
-		CPU_SET(sched_getcpu(), &one);
+		CPU_SET(cpu, &one);
 		sched_setaffinity(0, sizeof(one), &one);
 	}
 	pthread_create(&t, NULL, bare_handler, &b);	/* inherits the affinity */
+	if (where == OTHER_CPU && CPU_COUNT(&all) > 1) {
+		cpu_set_t other = all;
+
+		CPU_CLR(cpu, &other);
+		pthread_setaffinity_np(t, sizeof(other), &other);
+	}
 	usleep(1000);
 	for (int i = 0; i < LAT_REPS; i++) {
 		double s = now_s();
@@ -220,8 +322,7 @@ static struct result bench_bare_uffd(bool same_cpu)
 	sched_setaffinity(0, sizeof(all), &all);
 	close(b.uffd);
 	munmap(region, LAT_REPS * PAGE);
-	return summarize(same_cpu ? "bare userfaultfd round trip, same CPU" : "bare userfaultfd round trip",
-			 "us", v, LAT_REPS);
+	return summarize(placement_name[where], "us", v, LAT_REPS);
 }
 
 /* ---- output ---- */
@@ -250,7 +351,7 @@ int cmd_bench(int argc, char **argv)
 	size_t mib = 64;
 	bool json = false;
 	struct uhmm_dmirror *d;
-	struct result r[8];
+	struct result r[10];
 	int ret;
 
 	for (int i = 1; i < argc; i++) {
@@ -271,27 +372,31 @@ int cmd_bench(int argc, char **argv)
 	r[0] = bench_memcpy(mib << 20);
 	bench_migrate(d, mib << 20, &r[1]);
 	r[4] = bench_fault_latency(d);
-	r[5] = bench_bare_uffd(false);
-	r[6] = bench_bare_uffd(true);
+	r[5] = bench_bare_uffd(SCHEDULER);
+	r[6] = bench_bare_uffd(SAME_CPU);
+	r[7] = bench_bare_uffd(OTHER_CPU);
 	uhmm_dmirror_close(d);
+	bench_raw_migrate(mib << 20, &r[8]);
 
 	const char *rname[] = {
 		"migrate_to_device_vs_memcpy", "migrate_to_system_vs_memcpy",
-		"sequential_fault_back_vs_memcpy", "fault_back_vs_bare_uffd",
-		"fault_back_vs_bare_uffd_same_cpu",
+		"sequential_fault_back_vs_memcpy", "fault_back_vs_bare_uffd_scheduler",
+		"fault_back_vs_bare_uffd_same_cpu", "fault_back_vs_bare_uffd_other_cpu",
+		"uhmm_migrate_vma_to_device_vs_memcpy", "uhmm_migrate_vma_to_system_vs_memcpy",
 	};
 	double ratio[] = {
 		r[1].med / r[0].med, r[2].med / r[0].med, r[3].med / r[0].med,
-		r[4].med / r[5].med, r[4].med / r[6].med,
+		r[4].med / r[5].med, r[4].med / r[6].med, r[4].med / r[7].med,
+		r[8].med / r[0].med, r[9].med / r[0].med,
 	};
 	if (json) {
-		print_json(r, 7, ratio, rname, 5);
+		print_json(r, 10, ratio, rname, 8);
 		return 0;
 	}
 	printf("uhmm bench: %zu MiB buffers, 4 KiB pages, median of %d (latencies: of %d)\n", mib, REPS, LAT_REPS);
-	print_table(r, 7);
+	print_table(r, 10);
 	printf("\nratios (uhmm / raw mechanism, same run):\n");
-	for (int i = 0; i < 5; i++)
+	for (int i = 0; i < 8; i++)
 		printf("  %-36s %.3f\n", rname[i], ratio[i]);
 	return 0;
 }

@@ -14,6 +14,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
+#include <sys/uio.h>
 
 #include "dmirror_internal.h"
 
@@ -167,27 +168,49 @@ int dmirror_devmem_is_local(struct uhmm_dmirror *dm, uint64_t pfn)
 
 /* ---- system -> device ---- */
 
+/*
+ * Read the source pages [i, j) of @m into their device pages with one
+ * scatter-gather access; entries whose copy fails lose their device page.
+ */
+static void migrate_copy_run(const struct uhmm_migrate_vma *m, uint64_t i, uint64_t j, struct iovec *iov)
+{
+	for (uint64_t k = i; k < j; k++)
+		iov[k - i] = (struct iovec){ page_mem(uhmm_migrate_pfn_to_page(m->dst[k])), DM_PAGE_SIZE };
+	if (uhmm_access_vm_iov(m->start + (i << DM_PAGE_SHIFT), iov, (int)(j - i), 0) >= 0)
+		return;
+	for (uint64_t k = i; k < j; k++) {	/* unmapped under us: page by page */
+		if (uhmm_access_vm(m->start + (k << DM_PAGE_SHIFT), iov[k - i].iov_base, DM_PAGE_SIZE, 0) >= 0)
+			continue;
+		uhmm_page_put(uhmm_migrate_pfn_to_page(m->dst[k]));
+		((struct uhmm_migrate_vma *)m)->dst[k] = 0;
+	}
+}
+
 /* Allocate device pages for the collected entries and copy the data in. */
 static void migrate_alloc_and_copy(struct uhmm_dmirror *dm, struct uhmm_migrate_vma *m)
 {
+	struct iovec iov[DM_MIGRATE_PAGES];
+
 	for (uint64_t i = 0; i < m->npages; i++) {
-		uint64_t addr = m->start + (i << DM_PAGE_SHIFT);
 		struct uhmm_page *dpage;
-		char *dst;
 
 		if (!(m->src[i] & UHMM_MIGRATE_PFN_MIGRATE))
 			continue;
 		dpage = devmem_alloc(dm);
 		if (!dpage)
 			continue;	/* stays in system memory */
-		dst = page_mem(dpage);
 		if (!(m->src[i] & UHMM_MIGRATE_PFN_VALID))
-			memset(dst, 0, DM_PAGE_SIZE);		/* a hole or the zero page */
-		else if (uhmm_access_vm(addr, dst, DM_PAGE_SIZE, 0) < 0) {
-			uhmm_page_put(dpage);			/* unmapped under us */
-			continue;
-		}
+			memset(page_mem(dpage), 0, DM_PAGE_SIZE);	/* a hole or the zero page */
 		m->dst[i] = uhmm_migrate_pfn(uhmm_page_to_pfn(dpage)) | (m->src[i] & UHMM_MIGRATE_PFN_WRITE);
+	}
+	/* Runs of pages with data to copy: one system call each. */
+	for (uint64_t i = 0, j; i < m->npages; i = j + 1) {
+		for (; i < m->npages && !((m->src[i] & UHMM_MIGRATE_PFN_VALID) && m->dst[i]); i++)
+			;
+		for (j = i; j < m->npages && (m->src[j] & UHMM_MIGRATE_PFN_VALID) && m->dst[j]; j++)
+			;
+		if (i < j)
+			migrate_copy_run(m, i, j, iov);
 	}
 }
 
@@ -253,26 +276,30 @@ static int check_range_readable(struct uhmm_dmirror *dm, uint64_t start, uint64_
 	return 0;
 }
 
-/* Read the range back through the device page table: device pages of ours only. */
+/*
+ * Read the range back through the device page table, straight from device
+ * memory into the caller's buffer: -ENOENT, with the buffer untouched, if a
+ * page is not on this device. The lock keeps the pages from leaving.
+ */
 static int read_back_device(struct uhmm_dmirror *dm, struct uhmm_dmirror_cmd *c)
 {
-	uint64_t bytes = c->npages << DM_PAGE_SHIFT;
-	char *bounce = malloc(bytes);
-	int ret = bounce ? 0 : -ENOMEM;
+	struct iovec *iov = malloc(c->npages * sizeof(*iov));
+	int ret = iov ? 0 : -ENOMEM;
 
 	pthread_mutex_lock(&dm->lock);
 	for (uint64_t i = 0; !ret && i < c->npages; i++) {
 		uint64_t e = uhmm_radix_get(&dm->pt, (c->addr >> DM_PAGE_SHIFT) + i);
+		struct uhmm_page *page = (e & DPT_DEVPAGE) ? uhmm_pfn_to_page(e >> DPT_PFN_SHIFT) : NULL;
 
-		if (!(e & DPT_DEVPAGE) || !dmirror_devmem_is_local(dm, e >> DPT_PFN_SHIFT))
+		if (!page || !dmirror_devmem_is_local(dm, e >> DPT_PFN_SHIFT))
 			ret = -ENOENT;
 		else
-			ret = dmirror_devmem_copy(dm, e >> DPT_PFN_SHIFT, bounce + (i << DM_PAGE_SHIFT), 0);
+			iov[i] = (struct iovec){ page_mem(page), DM_PAGE_SIZE };
 	}
-	pthread_mutex_unlock(&dm->lock);
-	if (!ret && uhmm_access_vm(c->ptr, bounce, bytes, UHMM_ACCESS_WRITE) < 0)
+	if (!ret && uhmm_access_vm_iov(c->ptr, iov, (int)c->npages, UHMM_ACCESS_WRITE) < 0)
 		ret = -EFAULT;
-	free(bounce);
+	pthread_mutex_unlock(&dm->lock);
+	free(iov);
 	if (!ret) {
 		c->cpages = c->npages;
 		c->faults = 0;

@@ -13,6 +13,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/uio.h>
+#include <limits.h>
 #include <unistd.h>
 
 #include "internal.h"
@@ -427,4 +428,34 @@ UHMM_EXPORT ssize_t uhmm_access_vm(uint64_t addr, void *buf, size_t len, unsigne
 	if (n < 0)
 		return -errno;
 	return (size_t)n == len ? n : -EFAULT;
+}
+
+UHMM_EXPORT ssize_t uhmm_access_vm_iov(uint64_t addr, const struct iovec *iov, int iovcnt,
+				       unsigned int flags)
+{
+	ssize_t total = 0;
+
+	if (!iov || iovcnt <= 0 || (flags & ~UHMM_ACCESS_WRITE))
+		return -EINVAL;
+	for (int i = 0; i < iovcnt;) {
+		int n = iovcnt - i > IOV_MAX ? IOV_MAX : iovcnt - i;
+		size_t len = 0;
+		struct iovec remote;
+		ssize_t got;
+
+		for (int k = 0; k < n; k++)
+			len += iov[i + k].iov_len;
+		remote = (struct iovec){ (void *)(uintptr_t)(addr + (uint64_t)total), len };
+		if (flags & UHMM_ACCESS_WRITE)
+			got = process_vm_writev(getpid(), &iov[i], (unsigned long)n, &remote, 1, 0);
+		else
+			got = process_vm_readv(getpid(), &iov[i], (unsigned long)n, &remote, 1, 0);
+		if (got < 0)
+			return -errno;
+		if ((size_t)got != len)
+			return -EFAULT;
+		total += got;
+		i += n;
+	}
+	return total;
 }

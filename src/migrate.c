@@ -135,20 +135,33 @@ bool uhmm_mm_take_self_zap(struct uhmm_mm *mm, uint64_t start, uint64_t end)
 	return ours;
 }
 
-/* Install @data at @addr (missing there), without waking: finalize wakes. */
-int uhmm_install_page(struct uhmm_mm *mm, uint64_t addr, const void *data)
+/*
+ * Install @len bytes of @data at @addr (missing there), without waking:
+ * finalize wakes. Returns the bytes installed (a partial install stops at
+ * the first page that is not missing), or -errno if none.
+ */
+static long install_range(struct uhmm_mm *mm, uint64_t addr, const void *data, uint64_t len)
 {
 	struct uffdio_copy c = {
-		.dst = addr, .src = (uintptr_t)data, .len = UHMM_PAGE_SIZE, .mode = UFFDIO_COPY_MODE_DONTWAKE,
+		.dst = addr, .src = (uintptr_t)data, .len = len, .mode = UFFDIO_COPY_MODE_DONTWAKE,
 	};
 
 	for (;;) {
 		if (ioctl(mm->uffd, UFFDIO_COPY, &c) == 0)
-			return 0;
+			return (long)len;
+		if (c.copy > 0)
+			return (long)c.copy;
 		if (errno != EAGAIN)
 			return -errno;
 		c.copy = 0;	/* the mm changed under us: try again */
 	}
+}
+
+int uhmm_install_page(struct uhmm_mm *mm, uint64_t addr, const void *data)
+{
+	long n = install_range(mm, addr, data, UHMM_PAGE_SIZE);
+
+	return n < 0 ? (int)n : 0;
 }
 
 static int write_protect(struct uhmm_mm *mm, uint64_t start, uint64_t end, bool on)
@@ -160,16 +173,72 @@ static int write_protect(struct uhmm_mm *mm, uint64_t start, uint64_t end, bool 
 	return ioctl(mm->uffd, UFFDIO_WRITEPROTECT, &wp) < 0 ? -errno : 0;
 }
 
+/*
+ * Staging pages for device -> system: a per-thread slab of 511 pages in a
+ * 2 MiB aligned block mapped with a raw system call (page 0 is the header),
+ * handed out in order so that a driver filling a window gets contiguous
+ * pages, which uhmm then installs with one UFFDIO_COPY. Never libc memory:
+ * freeing it can never raise an event on a registered range. A slab is
+ * unmapped when its owner has moved on and every page has been freed.
+ */
+#define SLAB_PAGES (UHMM_PMD_SIZE / UHMM_PAGE_SIZE)
+
+struct staging_slab {
+	atomic_long refs;	/* one per page out, plus one while it is the owner's current slab */
+	size_t used;		/* pages handed out, from 1 (the header); owner thread only */
+};
+
+static __thread struct staging_slab *cur_slab;
+
+static void slab_put(struct staging_slab *slab)
+{
+	if (atomic_fetch_sub(&slab->refs, 1) == 1)
+		syscall(SYS_munmap, slab, UHMM_PMD_SIZE);
+}
+
+static struct staging_slab *slab_new(void)
+{
+	long raw = syscall(SYS_mmap, NULL, 2 * UHMM_PMD_SIZE, PROT_READ | PROT_WRITE,
+			   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	uint64_t base;
+
+	if (raw == -1)
+		return NULL;
+	base = uhmm_align_up((uint64_t)raw, UHMM_PMD_SIZE);
+	if (base > (uint64_t)raw)	/* keep only the aligned 2 MiB */
+		syscall(SYS_munmap, raw, base - (uint64_t)raw);
+	syscall(SYS_munmap, base + UHMM_PMD_SIZE, (uint64_t)raw + 2 * UHMM_PMD_SIZE - base - UHMM_PMD_SIZE);
+	struct staging_slab *slab = (struct staging_slab *)(uintptr_t)base;
+
+	atomic_init(&slab->refs, 1);
+	slab->used = 1;
+	return slab;
+}
+
 UHMM_EXPORT void *uhmm_migrate_alloc_system_page(uint64_t *dst)
 {
-	void *p;
+	void *page;
 
 	if (!dst)
 		return NULL;
-	p = aligned_alloc(UHMM_PAGE_SIZE, UHMM_PAGE_SIZE);
-	if (p)
-		*dst = uhmm_migrate_pfn((uintptr_t)p >> UHMM_PAGE_SHIFT);
-	return p;
+	if (!cur_slab || cur_slab->used == SLAB_PAGES) {
+		struct staging_slab *fresh = slab_new();
+
+		if (!fresh)
+			return NULL;
+		if (cur_slab)
+			slab_put(cur_slab);	/* the owner's reference */
+		cur_slab = fresh;
+	}
+	page = (char *)cur_slab + cur_slab->used++ * UHMM_PAGE_SIZE;
+	atomic_fetch_add(&cur_slab->refs, 1);
+	*dst = uhmm_migrate_pfn((uintptr_t)page >> UHMM_PAGE_SHIFT);
+	return page;
+}
+
+static void staging_free(void *page)
+{
+	slab_put((struct staging_slab *)uhmm_align_down((uintptr_t)page, UHMM_PMD_SIZE));
 }
 
 static void *system_page_addr(uint64_t mpfn)
@@ -336,14 +405,41 @@ err:
 /* Device -> system: put the staging page in place and unmap the device page. */
 static bool commit_to_system(struct uhmm_mm *mm, uint64_t addr, uint64_t dst)
 {
-	struct uhmm_page *page;
-
 	if (uhmm_install_page(mm, addr, system_page_addr(dst)))
 		return false;
-	page = uhmm_dp_remove(mm, addr);
 	/* The table's reference passes to the migration; finalize drops it. */
-	(void)page;
+	(void)uhmm_dp_remove(mm, addr);
 	return true;
+}
+
+/*
+ * Device -> system for entries [i, j) whose staging pages are contiguous
+ * (the slab hands them out in order): one UFFDIO_COPY for the run, page by
+ * page only for what it could not install.
+ */
+static void commit_run_to_system(struct uhmm_migrate_vma *m, struct mig_priv *p, uint64_t i, uint64_t j)
+{
+	uint64_t addr = m->start + (i << UHMM_PAGE_SHIFT);
+	long done = install_range(p->mm, addr, system_page_addr(m->dst[i]), (j - i) << UHMM_PAGE_SHIFT);
+	uint64_t ok = done > 0 ? (uint64_t)done >> UHMM_PAGE_SHIFT : 0;
+
+	for (uint64_t k = i; k < j; k++) {
+		uint64_t a = m->start + (k << UHMM_PAGE_SHIFT);
+
+		if (k < i + ok) {
+			(void)uhmm_dp_remove(p->mm, a);
+			p->st[k] |= MS_COMMITTED;
+		} else if (k > i + ok && commit_to_system(p->mm, a, m->dst[k])) {
+			p->st[k] |= MS_COMMITTED;
+		} else {
+			m->src[k] &= ~UHMM_MIGRATE_PFN_MIGRATE;	/* not missing there: stays */
+		}
+	}
+}
+
+static bool staging_follows(uint64_t prev, uint64_t next)
+{
+	return uhmm_migrate_pfn_to_pfn(next) == uhmm_migrate_pfn_to_pfn(prev) + 1;
 }
 
 /* System -> device: zap a run of CPU pages, then map the device pages. */
@@ -386,8 +482,11 @@ UHMM_EXPORT void uhmm_migrate_vma_pages(struct uhmm_migrate_vma *m)
 			while (j < m->npages && entry_direction(m->src[j], m->dst[j]) == 1)
 				j++;
 			commit_run_to_device(m, p, i, j);
-		} else if (dir == -1 && commit_to_system(p->mm, m->start + (i << UHMM_PAGE_SHIFT), m->dst[i])) {
-			p->st[i] |= MS_COMMITTED;
+		} else if (dir == -1) {
+			while (j < m->npages && entry_direction(m->src[j], m->dst[j]) == -1 &&
+			       staging_follows(m->dst[j - 1], m->dst[j]))
+				j++;
+			commit_run_to_system(m, p, i, j);
 		} else {
 			m->src[i] &= ~UHMM_MIGRATE_PFN_MIGRATE;
 		}
@@ -403,7 +502,7 @@ static void finalize_entry(struct uhmm_mm *mm, uint64_t addr, uint64_t src, uint
 	if (dpage)
 		uhmm_page_put(dpage);	/* the driver's; the table took its own */
 	else if (dst & UHMM_MIGRATE_PFN_VALID)
-		free(system_page_addr(dst));	/* staging page */
+		staging_free(system_page_addr(dst));
 	if (spage && (st & MS_COMMITTED))
 		uhmm_page_put(spage);	/* the table's, passed on in pages() */
 	if ((st & MS_WP) && !(st & MS_COMMITTED))

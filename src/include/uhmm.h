@@ -538,6 +538,22 @@ int uhmm_migrate_device_range(uint64_t *src, uint64_t start_pfn, uint64_t npages
 void uhmm_migrate_device_pages(uint64_t *src, uint64_t *dst, uint64_t npages);
 void uhmm_migrate_device_finalize(uint64_t *src, uint64_t *dst, uint64_t npages);
 
+struct iovec;
+
+/**
+ * uhmm_access_vm_iov() - uhmm_access_vm() for scattered device buffers
+ * @addr: start of a contiguous range of this process's memory
+ * @iov: the device's buffers, filled from (or copied to) the range in order
+ * @iovcnt: number of buffers, > 0
+ * @flags: 0 (read the range) or UHMM_ACCESS_WRITE (write it)
+ *
+ * One system call per 1024 buffers instead of one per page.
+ * Return: bytes copied (the sum of the lengths), -EINVAL for a NULL @iov,
+ * a non-positive @iovcnt or unknown flags, -EFAULT if a page is not
+ * accessible (some bytes may have been copied).
+ */
+ssize_t uhmm_access_vm_iov(uint64_t addr, const struct iovec *iov, int iovcnt, unsigned int flags);
+
 #ifdef __cplusplus
 }
 #endif
