@@ -86,11 +86,10 @@ bench: $(BUILD)/uhmm
 check: $(BUILD)/uhmm-tests
 	TSAN_OPTIONS="die_after_fork=0 $(TSAN_OPTIONS)" $(BUILD)/uhmm-tests $(TESTFLAGS)
 
-uhmm.pc: uhmm.pc.in Makefile
+# uhmm.pc is made at install time: it must name this install's PREFIX.
+install: $(STATIC) $(SHARED) $(BUILD)/uhmm
 	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@LIBDIR@|$(LIBDIR)|' \
-	    -e 's|@INCLUDEDIR@|$(INCLUDEDIR)|' -e 's|@VERSION@|$(VERSION)|' $< > $@
-
-install: $(STATIC) $(SHARED) $(BUILD)/uhmm uhmm.pc
+	    -e 's|@INCLUDEDIR@|$(INCLUDEDIR)|' -e 's|@VERSION@|$(VERSION)|' uhmm.pc.in > $(BUILD)/uhmm.pc
 	install -d $(DESTDIR)$(LIBDIR)/pkgconfig $(DESTDIR)$(INCLUDEDIR)/uhmm $(DESTDIR)$(BINDIR)
 	install -m 644 src/include/uhmm.h $(DESTDIR)$(INCLUDEDIR)/uhmm.h
 	install -m 644 src/include/uhmm/dmirror.h $(DESTDIR)$(INCLUDEDIR)/uhmm/dmirror.h
@@ -98,7 +97,7 @@ install: $(STATIC) $(SHARED) $(BUILD)/uhmm uhmm.pc
 	install -m 755 $(SHARED) $(DESTDIR)$(LIBDIR)/libuhmm.so.$(VERSION)
 	ln -sf libuhmm.so.$(VERSION) $(DESTDIR)$(LIBDIR)/libuhmm.so.$(SOVERSION)
 	ln -sf libuhmm.so.$(SOVERSION) $(DESTDIR)$(LIBDIR)/libuhmm.so
-	install -m 644 uhmm.pc $(DESTDIR)$(LIBDIR)/pkgconfig/uhmm.pc
+	install -m 644 $(BUILD)/uhmm.pc $(DESTDIR)$(LIBDIR)/pkgconfig/uhmm.pc
 	install -m 755 $(BUILD)/uhmm $(DESTDIR)$(BINDIR)/uhmm
 	for s in 3 7; do for f in man/*.$$s; do [ -e "$$f" ] || continue; \
 		install -d $(DESTDIR)$(MANDIR)/man$$s; install -m 644 $$f $(DESTDIR)$(MANDIR)/man$$s/; done; done
@@ -112,6 +111,6 @@ uninstall:
 		rm -f $(DESTDIR)$(MANDIR)/man$${f##*.}/$$(basename $$f); done
 
 clean:
-	rm -rf build build-* uhmm.pc
+	rm -rf build build-*
 
 .PHONY: all demo bench check install uninstall clean
