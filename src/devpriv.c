@@ -201,10 +201,12 @@ static int move_collect(void *arg, uint64_t key, uint64_t *val)
 void uhmm_dp_move_range(struct uhmm_mm *mm, uint64_t from, uint64_t to, uint64_t len)
 {
 	struct move_ctx m = { 0 };
+	size_t lost = 0;
 
 	if (!len)
 		return;
 	pthread_mutex_lock(&mm->dp_lock);
+	/* The walk empties the old slots (and keeps the count exact). */
 	uhmm_radix_walk(&mm->devpriv, vpn(from), vpn(from + len - 1), move_collect, &m);
 	for (size_t i = 0; i < m.n; i++) {
 		uint64_t key = m.keys[i] - vpn(from) + vpn(to);
@@ -215,16 +217,16 @@ void uhmm_dp_move_range(struct uhmm_mm *mm, uint64_t from, uint64_t to, uint64_t
 				page->vaddr = key << UHMM_PAGE_SHIFT;
 			continue;
 		}
-		/* No memory for the new node: the data is lost, release the page. */
-		mm->devpriv.count--;
+		/* No memory for the new node: the data is lost; release it below. */
 		if (page) {
 			page->vaddr = 0;
 			atomic_fetch_sub(&page->pgmap->mapped, 1);
-			uhmm_page_put(page);
+			m.vals[lost++] = (uintptr_t)page;
 		}
 	}
-	mm->devpriv.count += 0;
 	pthread_mutex_unlock(&mm->dp_lock);
+	for (size_t i = 0; i < lost; i++)
+		uhmm_page_put(DP_PAGE(m.vals[i]));	/* page_free outside the lock */
 	free(m.keys);
 	free(m.vals);
 }
