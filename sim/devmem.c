@@ -484,6 +484,8 @@ __attribute__((visibility("default"))) int uhmm_dmirror_memstats(struct uhmm_dmi
 
 	if (!dm || !out || !dm->devmem)
 		return -EINVAL;
+	/* Faults already taken finish their bookkeeping first. */
+	uhmm_mm_sync(dm->mm);
 	memset(out, 0, sizeof(*out));
 	pthread_mutex_lock(&dm->devmem->mem_lock);
 	for (unsigned int i = 0; i < dm->devmem->nchunks; i++) {

@@ -319,6 +319,8 @@ TEST(toy_driver_concurrent_faults_migrate_once)
 		ASSERT_TRUE(ok);
 	}
 	ASSERT_EQ(toy_faults, 1);
+	/* The worker drops its hold on the page just after waking the threads. */
+	ASSERT_OK(uhmm_mm_sync(mm));
 	ASSERT_OK(uhmm_pagemap_stats(toy_pgmap, &st));
 	ASSERT_EQ(st.mapped, 0);
 	ASSERT_EQ(st.allocated, 0);

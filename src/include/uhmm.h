@@ -410,7 +410,11 @@ int uhmm_pagemap_remove(struct uhmm_pagemap *pgmap);
 
 void *uhmm_pagemap_driver_data(const struct uhmm_pagemap *pgmap);
 void *uhmm_pagemap_owner(const struct uhmm_pagemap *pgmap);
-/** uhmm_pagemap_stats() - counters; 0, or -EINVAL for NULL */
+/**
+ * uhmm_pagemap_stats() - counters; 0, or -EINVAL for NULL. A fault being
+ * served holds its page a moment after the faulting thread resumes: call
+ * uhmm_mm_sync() first for figures that include every fault taken so far.
+ */
 int uhmm_pagemap_stats(const struct uhmm_pagemap *pgmap, struct uhmm_pagemap_stats *out);
 /** uhmm_pagemap_page() - page @index of the pool, NULL if out of range */
 struct uhmm_page *uhmm_pagemap_page(struct uhmm_pagemap *pgmap, uint64_t index);
