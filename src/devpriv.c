@@ -44,56 +44,71 @@ bool uhmm_dp_any(struct uhmm_mm *mm)
 	return any;
 }
 
+/* The _locked variants are for callers that hold mm->dp_lock across a range. */
+uint64_t uhmm_dp_claim_locked(struct uhmm_mm *mm, uint64_t addr)
+{
+	uint64_t *slot = uhmm_radix_slot(&mm->devpriv, vpn(addr), true), v;
+
+	if (!slot)
+		return DP_BUSY;	/* no memory for the node: report busy, skip it */
+	v = *slot;
+	if (!(v & DP_BUSY)) {
+		mm->devpriv.count += v == 0;
+		*slot = v | DP_BUSY;
+	}
+	return v;
+}
+
+void uhmm_dp_release_locked(struct uhmm_mm *mm, uint64_t addr)
+{
+	uint64_t *slot = uhmm_radix_slot(&mm->devpriv, vpn(addr), false);
+
+	if (slot && *slot) {
+		*slot &= ~DP_BUSY;
+		mm->devpriv.count -= *slot == 0;
+	}
+}
+
+int uhmm_dp_install_locked(struct uhmm_mm *mm, uint64_t addr, struct uhmm_page *page)
+{
+	uint64_t *slot = uhmm_radix_slot(&mm->devpriv, vpn(addr), true);
+
+	if (!slot)
+		return -ENOMEM;
+	mm->devpriv.count += *slot == 0;
+	*slot = (uintptr_t)page | (*slot & DP_BUSY);
+	page->vaddr = addr;
+	uhmm_page_get(page);
+	atomic_fetch_add(&page->pgmap->mapped, 1);
+	return 0;
+}
+
 uint64_t uhmm_dp_claim(struct uhmm_mm *mm, uint64_t addr)
 {
-	uint64_t *slot, v;
+	uint64_t v;
 
 	pthread_mutex_lock(&mm->dp_lock);
-	slot = uhmm_radix_slot(&mm->devpriv, vpn(addr), true);
-	if (!slot) {
-		v = DP_BUSY;	/* no memory for the node: report busy, skip it */
-	} else {
-		v = *slot;
-		if (!(v & DP_BUSY)) {
-			mm->devpriv.count += v == 0;
-			*slot = v | DP_BUSY;
-		}
-	}
+	v = uhmm_dp_claim_locked(mm, addr);
 	pthread_mutex_unlock(&mm->dp_lock);
 	return v;
 }
 
 void uhmm_dp_release(struct uhmm_mm *mm, uint64_t addr)
 {
-	uint64_t *slot;
-
 	pthread_mutex_lock(&mm->dp_lock);
-	slot = uhmm_radix_slot(&mm->devpriv, vpn(addr), false);
-	if (slot && *slot) {
-		*slot &= ~DP_BUSY;
-		mm->devpriv.count -= *slot == 0;
-	}
+	uhmm_dp_release_locked(mm, addr);
 	pthread_mutex_unlock(&mm->dp_lock);
 }
 
 /* Map @addr to @page (the entry must be claimed); the table takes a reference. */
 int uhmm_dp_install(struct uhmm_mm *mm, uint64_t addr, struct uhmm_page *page)
 {
-	uint64_t *slot;
+	int ret;
 
 	pthread_mutex_lock(&mm->dp_lock);
-	slot = uhmm_radix_slot(&mm->devpriv, vpn(addr), true);
-	if (!slot) {
-		pthread_mutex_unlock(&mm->dp_lock);
-		return -ENOMEM;
-	}
-	mm->devpriv.count += *slot == 0;
-	*slot = (uintptr_t)page | (*slot & DP_BUSY);
-	page->vaddr = addr;
-	uhmm_page_get(page);
-	atomic_fetch_add(&page->pgmap->mapped, 1);
+	ret = uhmm_dp_install_locked(mm, addr, page);
 	pthread_mutex_unlock(&mm->dp_lock);
-	return 0;
+	return ret;
 }
 
 /* Unmap @addr's page, keeping a busy mark; the caller owns the returned reference. */

@@ -238,6 +238,10 @@ uint64_t uhmm_dp_get(struct uhmm_mm *mm, uint64_t addr);
 /* Mark @addr busy if it is not; returns its value before, or DP_BUSY if it was busy. */
 uint64_t uhmm_dp_claim(struct uhmm_mm *mm, uint64_t addr);
 void uhmm_dp_release(struct uhmm_mm *mm, uint64_t addr);	/* drop the busy mark */
+/* The same three with mm->dp_lock held by the caller, for whole ranges. */
+uint64_t uhmm_dp_claim_locked(struct uhmm_mm *mm, uint64_t addr);
+void uhmm_dp_release_locked(struct uhmm_mm *mm, uint64_t addr);
+int uhmm_dp_install_locked(struct uhmm_mm *mm, uint64_t addr, struct uhmm_page *page);
 int uhmm_dp_install(struct uhmm_mm *mm, uint64_t addr, struct uhmm_page *page); /* takes a ref */
 struct uhmm_page *uhmm_dp_remove(struct uhmm_mm *mm, uint64_t addr); /* returns the table's ref */
 bool uhmm_dp_any(struct uhmm_mm *mm);

@@ -254,15 +254,19 @@ struct collect {
 	uint8_t *pte;		/* UHMM_PTE_* per page (SELECT_SYSTEM) */
 };
 
-/* Collect one page of a migratable VMA (or a device page); claims it. */
-static void collect_page(struct collect *c, const struct uhmm_vma *v, uint64_t i)
+/*
+ * Collect one page of a migratable VMA (or a device page); claims it.
+ * @traps: the page lies in a span that traps missing pages (checked once
+ * per VMA piece by the caller).
+ */
+static void collect_page(struct collect *c, const struct uhmm_vma *v, uint64_t i, bool traps)
 {
 	struct uhmm_migrate_vma *m = c->m;
 	uint64_t addr = m->start + (i << UHMM_PAGE_SHIFT), e;
 	struct uhmm_page *page;
 	uint8_t pte = c->pte ? c->pte[i] : 0;
 
-	e = uhmm_dp_claim(c->priv->mm, addr);
+	e = uhmm_dp_claim_locked(c->priv->mm, addr);
 	if (e & DP_BUSY)
 		return;	/* another migration holds it */
 	page = DP_PAGE(e);
@@ -270,8 +274,7 @@ static void collect_page(struct collect *c, const struct uhmm_vma *v, uint64_t i
 		if ((m->flags & UHMM_MIGRATE_VMA_SELECT_DEVICE_PRIVATE) && page->pgmap->owner == m->pgmap_owner)
 			m->src[i] = uhmm_migrate_pfn(uhmm_page_to_pfn(page)) | UHMM_MIGRATE_PFN_MIGRATE |
 				    UHMM_MIGRATE_PFN_WRITE;
-	} else if ((m->flags & UHMM_MIGRATE_VMA_SELECT_SYSTEM) && vma_migratable(v) &&
-		   uhmm_mm_is_missing(c->priv->mm, addr)) {
+	} else if ((m->flags & UHMM_MIGRATE_VMA_SELECT_SYSTEM) && vma_migratable(v) && traps) {
 		if ((pte & UHMM_PTE_PRESENT) && (pte & UHMM_PTE_ZERO))
 			m->src[i] = UHMM_MIGRATE_PFN_MIGRATE;	/* zero page: no data */
 		else if ((pte & UHMM_PTE_PRESENT) && !(pte & UHMM_PTE_FILE))
@@ -281,7 +284,7 @@ static void collect_page(struct collect *c, const struct uhmm_vma *v, uint64_t i
 			m->src[i] = UHMM_MIGRATE_PFN_MIGRATE;	/* a hole of anonymous memory */
 	}
 	if (!(m->src[i] & UHMM_MIGRATE_PFN_MIGRATE)) {
-		uhmm_dp_release(c->priv->mm, addr);
+		uhmm_dp_release_locked(c->priv->mm, addr);
 		return;
 	}
 	c->priv->st[i] |= MS_CLAIMED;
@@ -332,8 +335,15 @@ static int collect_vmas(struct collect *c)
 		uint64_t s = v[k].start > m->start ? v[k].start : m->start;
 		uint64_t e = v[k].end < m->end ? v[k].end : m->end;
 
+		bool traps;
+
+		pthread_mutex_lock(&c->priv->mm->lock);
+		traps = uhmm_spanset_covers(&c->priv->mm->missing, s, e);
+		pthread_mutex_unlock(&c->priv->mm->lock);
+		pthread_mutex_lock(&c->priv->mm->dp_lock);	/* one claim round per piece */
 		for (uint64_t a = s; a < e; a += UHMM_PAGE_SIZE)
-			collect_page(c, &v[k], (a - m->start) >> UHMM_PAGE_SHIFT);
+			collect_page(c, &v[k], (a - m->start) >> UHMM_PAGE_SHIFT, traps);
+		pthread_mutex_unlock(&c->priv->mm->dp_lock);
 	}
 	return 0;
 }
@@ -448,10 +458,12 @@ static void commit_run_to_device(struct uhmm_migrate_vma *m, struct mig_priv *p,
 	uint64_t start = m->start + (i << UHMM_PAGE_SHIFT), end = m->start + (j << UHMM_PAGE_SHIFT);
 
 	if (uhmm_mm_self_zap(p->mm, start, end) == 0) {
+		pthread_mutex_lock(&p->mm->dp_lock);
 		for (uint64_t k = i; k < j; k++)
-			if (uhmm_dp_install(p->mm, m->start + (k << UHMM_PAGE_SHIFT),
-					    uhmm_migrate_pfn_to_page(m->dst[k])) == 0)
+			if (uhmm_dp_install_locked(p->mm, m->start + (k << UHMM_PAGE_SHIFT),
+						   uhmm_migrate_pfn_to_page(m->dst[k])) == 0)
 				p->st[k] |= MS_COMMITTED;
+		pthread_mutex_unlock(&p->mm->dp_lock);
 	}
 	for (uint64_t k = i; k < j; k++)
 		if (!(p->st[k] & MS_COMMITTED))
@@ -507,8 +519,6 @@ static void finalize_entry(struct uhmm_mm *mm, uint64_t addr, uint64_t src, uint
 		uhmm_page_put(spage);	/* the table's, passed on in pages() */
 	if ((st & MS_WP) && !(st & MS_COMMITTED))
 		write_protect(mm, addr, addr + UHMM_PAGE_SIZE, false);
-	if (st & MS_CLAIMED)
-		uhmm_dp_release(mm, addr);
 }
 
 UHMM_EXPORT void uhmm_migrate_vma_finalize(struct uhmm_migrate_vma *m)
@@ -519,6 +529,11 @@ UHMM_EXPORT void uhmm_migrate_vma_finalize(struct uhmm_migrate_vma *m)
 		return;
 	for (uint64_t i = 0; i < m->npages; i++)
 		finalize_entry(p->mm, m->start + (i << UHMM_PAGE_SHIFT), m->src[i], m->dst[i], p->st[i]);
+	pthread_mutex_lock(&p->mm->dp_lock);
+	for (uint64_t i = 0; i < m->npages; i++)
+		if (p->st[i] & MS_CLAIMED)
+			uhmm_dp_release_locked(p->mm, m->start + (i << UHMM_PAGE_SHIFT));
+	pthread_mutex_unlock(&p->mm->dp_lock);
 	/* Claims are released: a thread woken now and faulting again is served. */
 	uhmm_wake(p->mm, m->start, m->end);
 	free(p);
@@ -603,6 +618,7 @@ UHMM_EXPORT void uhmm_migrate_device_finalize(uint64_t *src, uint64_t *dst, uint
 		mm = page->pgmap->mm;
 		addr = page->claim_addr;
 		finalize_entry(mm, addr, src[i], dst[i], device_entry_state(src[i]));
+		uhmm_dp_release(mm, addr);
 		uhmm_wake(mm, addr, addr + UHMM_PAGE_SIZE);
 		src[i] &= ~MIGRATE_PFN_COMMITTED;
 	}

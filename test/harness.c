@@ -128,7 +128,9 @@ int main(int argc, char **argv)
 		default: usage(argv[0]); return 2;
 		}
 	}
-	if (getenv("UHMM_TEST_STRICT"))
+	const char *st = getenv("UHMM_TEST_STRICT");
+
+	if (st && *st && strcmp(st, "0") != 0)
 		strict = 1;
 	for (int m = 0; m < 3; m++) {
 		if (strcmp(only, "all") != 0 && strcmp(only, modes[m]) != 0)
