@@ -140,11 +140,18 @@ TEST(migrate_write_waits_for_migration)
 	while (!__atomic_load_n(&w.started, __ATOMIC_ACQUIRE))
 		usleep(100);
 	usleep(20000);
-	ASSERT_EQ(p[0], 'A');	/* reads go on; the write has not landed */
+	/*
+	 * Reads go on and the write has not landed. Read through the kernel:
+	 * a plain load would race the blocked store as far as TSan can tell.
+	 */
+	char seen = 0;
+
+	ASSERT_EQ(uhmm_access_vm((uintptr_t)p, &seen, 1, 0), 1);
+	ASSERT_EQ(seen, 'A');
 	uhmm_migrate_vma_pages(&m);	/* no dst: nothing moves */
 	uhmm_migrate_vma_finalize(&m);
 	pthread_join(t, NULL);
-	ASSERT_EQ(p[0], 'W');
+	ASSERT_EQ(p[0], 'W');	/* after the join */
 	uhmm_mm_put(mm);
 	uhmm_dmirror_close(d);
 }
@@ -250,6 +257,7 @@ TEST(foreign_userfaultfd_refused)
  */
 static char toy_mem[4][PAGE] __attribute__((aligned(4096)));
 static int toy_faults;
+static int toy_ready;	/* orders the test's writes to toy_mem before the worker's reads (TSan) */
 static struct uhmm_pagemap *toy_pgmap;
 static int toy_owner;
 
@@ -266,6 +274,7 @@ static int toy_to_ram(struct uhmm_vm_fault *vmf)
 	if (ret)
 		return ret;
 	__atomic_fetch_add(&toy_faults, 1, __ATOMIC_RELAXED);
+	(void)__atomic_load_n(&toy_ready, __ATOMIC_ACQUIRE);
 	usleep(20000);	/* a slow device: the other threads pile up on the page */
 	if (src & UHMM_MIGRATE_PFN_MIGRATE) {
 		void *sys = uhmm_migrate_alloc_system_page(&dst);
@@ -310,6 +319,7 @@ TEST(toy_driver_concurrent_faults_migrate_once)
 	ASSERT_OK(uhmm_pagemap_stats(toy_pgmap, &st));
 	ASSERT_EQ(st.mapped, 1);
 	toy_mem[2][0] = 0x34;	/* the device changes the data meanwhile (little endian: 0x1234) */
+	__atomic_store_n(&toy_ready, 1, __ATOMIC_RELEASE);
 	for (int i = 0; i < 4; i++)
 		ASSERT_OK(pthread_create(&t[i], NULL, toy_touch, p));
 	for (int i = 0; i < 4; i++) {
@@ -318,7 +328,7 @@ TEST(toy_driver_concurrent_faults_migrate_once)
 		pthread_join(t[i], &ok);
 		ASSERT_TRUE(ok);
 	}
-	ASSERT_EQ(toy_faults, 1);
+	ASSERT_EQ(__atomic_load_n(&toy_faults, __ATOMIC_ACQUIRE), 1);
 	/* The worker drops its hold on the page just after waking the threads. */
 	ASSERT_OK(uhmm_mm_sync(mm));
 	ASSERT_OK(uhmm_pagemap_stats(toy_pgmap, &st));
