@@ -264,16 +264,7 @@ static int check_range_readable(struct uhmm_dmirror *dm, uint64_t start, uint64_
 	uint64_t pfns[DM_CHUNK_PAGES];
 	struct uhmm_range range = { .notifier = &dm->notifier, .hmm_pfns = pfns, .dev_private_owner = dm->owner };
 
-	for (uint64_t a = start; a < end; a = range.end) {
-		int ret;
-
-		range.start = a;
-		range.end = end - a > DM_CHUNK_BYTES ? a + DM_CHUNK_BYTES : end;
-		ret = dmirror_range_locked(dm, &range, apply_check_readable, NULL);
-		if (ret)
-			return ret;
-	}
-	return 0;
+	return dmirror_range_chunks(dm, &range, start, end, apply_check_readable, NULL);
 }
 
 /*

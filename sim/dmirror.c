@@ -134,6 +134,27 @@ int dmirror_range_locked(struct uhmm_dmirror *dm, struct uhmm_range *range,
 	}
 }
 
+/*
+ * Apply @apply to [start, end) in chunks of DM_CHUNK_PAGES, each under the
+ * sequence protocol (dmirror_range_locked). @range supplies the notifier,
+ * the pfn array (DM_CHUNK_PAGES entries) and the request.
+ */
+int dmirror_range_chunks(struct uhmm_dmirror *dm, struct uhmm_range *range, uint64_t start, uint64_t end,
+			 int (*apply)(struct uhmm_dmirror *dm, const struct uhmm_range *range, void *arg),
+			 void *arg)
+{
+	for (uint64_t addr = start; addr < end; addr = range->end) {
+		int ret;
+
+		range->start = addr;
+		range->end = end - addr > DM_CHUNK_BYTES ? addr + DM_CHUNK_BYTES : end;
+		ret = dmirror_range_locked(dm, range, apply, arg);
+		if (ret)
+			return ret;
+	}
+	return 0;
+}
+
 static int apply_install(struct uhmm_dmirror *dm, const struct uhmm_range *range, void *arg)
 {
 	(void)arg;
@@ -151,16 +172,7 @@ static int dmirror_fault(struct uhmm_dmirror *dm, uint64_t start, uint64_t end, 
 		.dev_private_owner = dm->owner,
 	};
 
-	for (uint64_t addr = start; addr < end; addr = range.end) {
-		int ret;
-
-		range.start = addr;
-		range.end = end - addr > DM_CHUNK_BYTES ? addr + DM_CHUNK_BYTES : end;
-		ret = dmirror_range_locked(dm, &range, apply_install, NULL);
-		if (ret)
-			return ret;
-	}
-	return 0;
+	return dmirror_range_chunks(dm, &range, start, end, apply_install, NULL);
 }
 
 /* ---- READ / WRITE ---- */
@@ -271,9 +283,15 @@ static uint8_t dmirror_snapshot_byte(struct uhmm_dmirror *dm, uint64_t pfn)
 	return perm;
 }
 
+struct snapshot_out {
+	uint8_t *bytes;		/* one per page of the command */
+	uint64_t first;		/* the command's first address */
+};
+
 static int apply_snapshot(struct uhmm_dmirror *dm, const struct uhmm_range *range, void *arg)
 {
-	uint8_t *out = arg;
+	struct snapshot_out *so = arg;
+	uint8_t *out = so->bytes + ((range->start - so->first) >> DM_PAGE_SHIFT);
 	uint64_t n = (range->end - range->start) >> DM_PAGE_SHIFT;
 
 	for (uint64_t i = 0; i < n; i++)
@@ -288,14 +306,9 @@ static int dmirror_snapshot(struct uhmm_dmirror *dm, struct uhmm_dmirror_cmd *cm
 		.notifier = &dm->notifier, .hmm_pfns = pfns, .dev_private_owner = dm->owner,
 	};
 	uint8_t *bytes = malloc(cmd->npages);
-	int ret = bytes ? 0 : -ENOMEM;
+	struct snapshot_out so = { bytes, cmd->addr };
+	int ret = bytes ? dmirror_range_chunks(dm, &range, cmd->addr, end, apply_snapshot, &so) : -ENOMEM;
 
-	for (uint64_t addr = cmd->addr; !ret && addr < end; addr = range.end) {
-		range.start = addr;
-		range.end = end - addr > DM_CHUNK_BYTES ? addr + DM_CHUNK_BYTES : end;
-		ret = dmirror_range_locked(dm, &range, apply_snapshot,
-					   bytes + ((addr - cmd->addr) >> DM_PAGE_SHIFT));
-	}
 	if (!ret && uhmm_access_vm(cmd->ptr, bytes, cmd->npages, UHMM_ACCESS_WRITE) < 0)
 		ret = -EFAULT;
 	if (!ret) {

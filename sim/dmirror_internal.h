@@ -52,6 +52,10 @@ int dmirror_range_locked(struct uhmm_dmirror *dm, struct uhmm_range *range,
 			 int (*apply)(struct uhmm_dmirror *dm, const struct uhmm_range *range, void *arg),
 			 void *arg);
 
+int dmirror_range_chunks(struct uhmm_dmirror *dm, struct uhmm_range *range, uint64_t start, uint64_t end,
+			 int (*apply)(struct uhmm_dmirror *dm, const struct uhmm_range *range, void *arg),
+			 void *arg);
+
 /* devmem.c: device memory and migration */
 void *dmirror_device_owner(unsigned int device);
 int dmirror_devmem_attach(struct uhmm_dmirror *dm);
