@@ -184,15 +184,14 @@ void uhmm_dp_drop_range(struct uhmm_mm *mm, uint64_t start, uint64_t end)
 	free(d.pages);
 }
 
+/* Keys and values of table entries, gathered by a radix walk. */
 struct move_ctx {
 	uint64_t *keys, *vals;
 	size_t n, cap;
 };
 
-static int move_collect(void *arg, uint64_t key, uint64_t *val)
+static int move_push(struct move_ctx *m, uint64_t key, uint64_t val)
 {
-	struct move_ctx *m = arg;
-
 	if (m->n == m->cap) {
 		size_t cap = m->cap ? 2 * m->cap : 64;
 		uint64_t *k = realloc(m->keys, cap * sizeof(*k)), *v;
@@ -207,9 +206,24 @@ static int move_collect(void *arg, uint64_t key, uint64_t *val)
 		m->cap = cap;
 	}
 	m->keys[m->n] = key;
-	m->vals[m->n++] = *val;
-	*val = 0;
+	m->vals[m->n++] = val;
 	return 0;
+}
+
+/* Gather and empty the slot (mremap re-keys what it took). */
+static int move_collect(void *arg, uint64_t key, uint64_t *val)
+{
+	int ret = move_push(arg, key, *val);
+
+	if (!ret)
+		*val = 0;
+	return ret;
+}
+
+/* Gather only: the table is left as it is. */
+static int key_collect(void *arg, uint64_t key, uint64_t *val)
+{
+	return move_push(arg, key, *val);
 }
 
 /* mremap() moved a span: its device pages move with it. */
@@ -318,10 +332,8 @@ int uhmm_dp_evict_range(struct uhmm_mm *mm, uint64_t start, uint64_t end)
 	if (end <= start)
 		return 0;
 	pthread_mutex_lock(&mm->dp_lock);
-	uhmm_radix_walk(&mm->devpriv, vpn(start), vpn(end - 1), move_collect, &m);
-	/* move_collect cleared the entries: put them back, we only wanted the keys */
-	for (size_t i = 0; i < m.n; i++)
-		uhmm_radix_set(&mm->devpriv, m.keys[i], m.vals[i]);
+	/* -ENOMEM stops the walk early: what was gathered is still evicted. */
+	uhmm_radix_walk(&mm->devpriv, vpn(start), vpn(end - 1), key_collect, &m);
 	pthread_mutex_unlock(&mm->dp_lock);
 	for (size_t i = 0; i < m.n; i++) {
 		int r;

@@ -98,7 +98,6 @@ int uhmm_vma_list(uint64_t start, uint64_t end, struct uhmm_vma *out, int max);
 #define UHMM_PTE_SWAPPED (1u << 3)
 #define UHMM_PTE_FILE (1u << 4)		/* page-cache or shared-anon page */
 #define UHMM_PTE_EXCLUSIVE (1u << 5)	/* mapped by this process only */
-#define UHMM_PTE_UFFD_WP (1u << 6)
 #define UHMM_PTE_DEVICE (1u << 7)	/* device-private, of the range's owner */
 
 /*
@@ -257,8 +256,6 @@ void uhmm_fault_wp(struct uhmm_mm *mm, uint64_t addr);
 int uhmm_fill_missing(struct uhmm_mm *mm, uint64_t start, uint64_t end, bool write);
 
 /* ---- migrate.c ---- */
-/* Register [start, end) so that missing pages trap (spans that hold device pages). */
-int uhmm_mm_register_missing(struct uhmm_mm *mm, uint64_t start, uint64_t end);
 bool uhmm_mm_is_missing(struct uhmm_mm *mm, uint64_t addr);
 /* Zap [start, end) without the worker treating it as an application madvise. */
 int uhmm_mm_self_zap(struct uhmm_mm *mm, uint64_t start, uint64_t end);

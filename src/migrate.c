@@ -84,16 +84,13 @@ static int register_missing_piece(struct uhmm_mm *mm, uint64_t s, uint64_t e)
 	return ret == -EINVAL ? 0 : ret;	/* a file mapping cannot trap: not migratable */
 }
 
-int uhmm_mm_register_missing(struct uhmm_mm *mm, uint64_t start, uint64_t end)
+/* Make the migratable VMA pieces of [start, end) trap missing pages. */
+static int register_missing(struct uhmm_mm *mm, const struct uhmm_vma *v, int n, uint64_t start,
+			    uint64_t end)
 {
-	struct uhmm_vma v[32];
-	int n, ret;
+	int ret;
 
-	uhmm_service_sync(mm);
-	n = uhmm_vma_list(start, end, v, UHMM_ARRAY_SIZE(v));
-	if (n < 0)
-		return n;
-	for (int i = 0; i < n && i < (int)UHMM_ARRAY_SIZE(v); i++) {
+	for (int i = 0; i < n; i++) {
 		if (!vma_migratable(&v[i]))
 			continue;
 		ret = register_missing_piece(mm, v[i].start > start ? v[i].start : start,
@@ -321,17 +318,11 @@ static void collect_protect(struct collect *c)
 	}
 }
 
-static int collect_vmas(struct collect *c)
+static void collect_vmas(struct collect *c, const struct uhmm_vma *v, int n)
 {
 	struct uhmm_migrate_vma *m = c->m;
-	struct uhmm_vma v[32];
-	int n = uhmm_vma_list(m->start, m->end, v, UHMM_ARRAY_SIZE(v));
 
-	if (n < 0)
-		return n;
-	if (n == 0 || v[0].start > m->start || (v[0].flags & UHMM_VMA_SPECIAL))
-		return -EINVAL;	/* the kernel requires a VMA at start */
-	for (int k = 0; k < n && k < (int)UHMM_ARRAY_SIZE(v); k++) {
+	for (int k = 0; k < n; k++) {
 		uint64_t s = v[k].start > m->start ? v[k].start : m->start;
 		uint64_t e = v[k].end < m->end ? v[k].end : m->end;
 
@@ -345,7 +336,6 @@ static int collect_vmas(struct collect *c)
 			collect_page(c, &v[k], (a - m->start) >> UHMM_PAGE_SHIFT, traps);
 		pthread_mutex_unlock(&c->priv->mm->dp_lock);
 	}
-	return 0;
 }
 
 static int migrate_validate(struct uhmm_migrate_vma *m)
@@ -364,7 +354,8 @@ UHMM_EXPORT int uhmm_migrate_vma_setup(struct uhmm_migrate_vma *m)
 {
 	struct collect c = { .m = m };
 	struct uhmm_notifier_range r;
-	int ret = migrate_validate(m);
+	struct uhmm_vma v[32];
+	int n, ret = migrate_validate(m);
 
 	if (ret)
 		return ret;
@@ -377,29 +368,33 @@ UHMM_EXPORT int uhmm_migrate_vma_setup(struct uhmm_migrate_vma *m)
 	if (!c.priv)
 		return -ENOMEM;
 	c.priv->mm = m->mm;
-	if (m->flags & UHMM_MIGRATE_VMA_SELECT_SYSTEM) {
-		ret = uhmm_mm_register_missing(m->mm, m->start, m->end);
+
+	/* One VMA list serves registration and collection; the registered
+	 * sets are exact once the events read so far are handled. Pieces past
+	 * the 32nd are simply not collected. */
+	uhmm_service_sync(m->mm);
+	n = uhmm_vma_list(m->start, m->end, v, UHMM_ARRAY_SIZE(v));
+	ret = n < 0 ? n : 0;
+	n = n > (int)UHMM_ARRAY_SIZE(v) ? (int)UHMM_ARRAY_SIZE(v) : n;
+	if (!ret && (n == 0 || v[0].start > m->start || (v[0].flags & UHMM_VMA_SPECIAL)))
+		ret = -EINVAL;	/* the kernel requires a VMA at start */
+	if (!ret && (m->flags & UHMM_MIGRATE_VMA_SELECT_SYSTEM)) {
+		ret = register_missing(m->mm, v, n, m->start, m->end);
 		c.pte = ret ? NULL : malloc(m->npages);
 		if (!ret && !c.pte)
 			ret = -ENOMEM;
 		if (!ret)
 			ret = uhmm_pagemap_read(m->start, m->end, c.pte, false);
-		if (ret)
-			goto err;
 	}
+	if (ret)
+		goto err;
+
 	r = (struct uhmm_notifier_range){ .start = m->start, .end = m->end, .event = UHMM_NOTIFY_MIGRATE,
 					   .flags = UHMM_NOTIFIER_RANGE_BLOCKABLE, .owner = m->pgmap_owner };
 	uhmm_invalidate_start(m->mm, &r);
-	ret = collect_vmas(&c);
-	if (!ret)
-		collect_protect(&c);
+	collect_vmas(&c, v, n);
+	collect_protect(&c);
 	uhmm_invalidate_end(m->mm);
-	if (ret) {
-		for (uint64_t i = 0; i < m->npages; i++)
-			if (c.priv->st[i] & MS_CLAIMED)
-				uhmm_dp_release(m->mm, m->start + (i << UHMM_PAGE_SHIFT));
-		goto err;
-	}
 	free(c.pte);
 	m->priv = c.priv;
 	return 0;
