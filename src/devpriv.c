@@ -263,6 +263,9 @@ void uhmm_dp_move_range(struct uhmm_mm *mm, uint64_t from, uint64_t to, uint64_t
 /* The device cannot give @addr back: the CPU gets SIGBUS there, never zeros. */
 static void dp_poison(struct uhmm_mm *mm, uint64_t addr, pid_t tid)
 {
+	uhmm_stat_add(UHMM_STAT(poisons), 1);
+	if (uhmm_tracing())
+		uhmm_trace_residency(addr, 1, "poisoned", NULL);
 	struct uffdio_poison p = { .range = { .start = addr, .len = UHMM_PAGE_SIZE } };
 	struct uhmm_page *page;
 
@@ -311,6 +314,7 @@ int uhmm_dp_fault(struct uhmm_mm *mm, uint64_t addr, unsigned int flags, pid_t t
 		if (v & DP_BUSY)
 			return -EBUSY;
 		vmf = (struct uhmm_vm_fault){ .mm = mm, .address = addr, .page = page, .flags = flags };
+		uhmm_stat_add(UHMM_STAT(faults_device), 1);
 		ret = page->pgmap->ops->migrate_to_ram(&vmf);
 		uhmm_page_put(page);
 		if (ret)

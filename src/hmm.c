@@ -375,7 +375,7 @@ static int range_validate(const struct uhmm_range *r)
 	return 0;
 }
 
-UHMM_EXPORT int uhmm_range_fault(struct uhmm_range *range)
+static int range_fault(struct uhmm_range *range)
 {
 	struct fault_ctx c = { .range = range };
 	int ret, pass;
@@ -409,6 +409,24 @@ UHMM_EXPORT int uhmm_range_fault(struct uhmm_range *range)
 	}
 	free(c.vmas);
 	free(c.state);
+	return ret;
+}
+
+UHMM_EXPORT int uhmm_range_fault(struct uhmm_range *range)
+{
+	uint64_t t0 = uhmm_now_ns();
+	int ret = range_fault(range);
+
+	uhmm_stat_add(UHMM_STAT(range_faults), 1);
+	if (ret == 0)
+		uhmm_stat_add(UHMM_STAT(range_fault_pages), (range->end - range->start) >> UHMM_PAGE_SHIFT);
+	else if (ret == -EBUSY)
+		uhmm_stat_add(UHMM_STAT(range_fault_busy), 1);
+	if (uhmm_tracing() && ret != -EINVAL)
+		uhmm_trace_span("range_fault", "mirror", t0, uhmm_now_ns(),
+				"\"start\":\"%#llx\",\"npages\":%llu,\"ret\":%d",
+				(unsigned long long)range->start,
+				(unsigned long long)((range->end - range->start) >> UHMM_PAGE_SHIFT), ret);
 	return ret;
 }
 

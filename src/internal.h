@@ -10,6 +10,7 @@
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
 
@@ -166,11 +167,16 @@ struct uhmm_mm {
 	struct uhmm_spanset missing;	/* spans registered MISSING|WP (under lock) */
 	struct uhmm_spanset self_zap;	/* zaps uhmm makes itself (under lock) */
 
+	/* zap.c: quiet userfaultfd + scratch area for event-free zaps */
+	pthread_mutex_t zap_lock;	/* leaf lock over the scratch area */
+	int zap_state;			/* 0 not set up, 1 ready, -1 unavailable */
+	int zap_uffd;
+	uint64_t zap_area;
+
 	/* device-private table (devpriv.c); dp_lock is a leaf lock */
 	pthread_mutex_t dp_lock;
 	struct uhmm_radix devpriv;
 
-	atomic_ulong stat_events[8];	/* invalidations by enum uhmm_notifier_event */
 };
 
 /* The current process's mm if it exists (no reference taken), else NULL. */
@@ -262,5 +268,33 @@ int uhmm_mm_self_zap(struct uhmm_mm *mm, uint64_t start, uint64_t end);
 bool uhmm_mm_take_self_zap(struct uhmm_mm *mm, uint64_t start, uint64_t end);
 void uhmm_wake(struct uhmm_mm *mm, uint64_t start, uint64_t end);
 int uhmm_install_page(struct uhmm_mm *mm, uint64_t addr, const void *data);
+
+/* ---- stats.c: counters behind uhmm_stats() ---- */
+#define UHMM_STAT_N (sizeof(struct uhmm_stats) / sizeof(uint64_t))
+#define UHMM_STAT(field) (offsetof(struct uhmm_stats, field) / sizeof(uint64_t))
+extern _Atomic uint64_t uhmm_stat_v[UHMM_STAT_N];
+static inline void uhmm_stat_add(size_t idx, uint64_t n)
+{
+	atomic_fetch_add_explicit(&uhmm_stat_v[idx], n, memory_order_relaxed);
+}
+uint64_t uhmm_now_ns(void);
+const char *uhmm_event_name(unsigned int event);
+
+/* ---- trace.c: Chrome trace-event JSON, one write(2) per event ---- */
+extern atomic_bool uhmm_trace_on;
+static inline bool uhmm_tracing(void)
+{
+	return atomic_load_explicit(&uhmm_trace_on, memory_order_relaxed);
+}
+/* A complete event ("ph":"X") from @t0 to @t1 (ns); @args: JSON members or NULL. */
+void uhmm_trace_span(const char *name, const char *cat, uint64_t t0, uint64_t t1, const char *args, ...)
+	__attribute__((format(printf, 5, 6)));
+/* Pages [start, start + n pages) now live @where ("system", "device", "freed", "poisoned"). */
+void uhmm_trace_residency(uint64_t start, uint64_t n, const char *where, const void *owner);
+
+/* ---- zap.c ---- */
+/* Take the CPU pages of [start, end) out (empty ptes), raising no event if it can. */
+int uhmm_zap_range(struct uhmm_mm *mm, uint64_t start, uint64_t end);
+void uhmm_zap_fini(struct uhmm_mm *mm);
 
 #endif /* UHMM_INTERNAL_H */

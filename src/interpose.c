@@ -20,10 +20,8 @@
 #include <unistd.h>
 
 #include "internal.h"
+#include "../uapi/uhmm_uapi.h"
 
-#ifndef MADV_DONTNEED_LOCKED
-#define MADV_DONTNEED_LOCKED 24
-#endif
 #ifndef MADV_PAGEOUT
 #define MADV_PAGEOUT 21
 #endif

@@ -201,7 +201,7 @@ static void kfeatures_probe(void)
 
 	if (force && *force && strcmp(force, "0") != 0) {
 		kf.flags |= UHMM_FEAT_FALLBACK_FORCED;
-		kf.flags &= ~(UHMM_FEAT_PAGEMAP_SCAN | UHMM_FEAT_PROCMAP_QUERY);
+		kf.flags &= ~(UHMM_FEAT_PAGEMAP_SCAN | UHMM_FEAT_PROCMAP_QUERY | UHMM_FEAT_UFFD_MOVE);
 	}
 }
 

@@ -8,8 +8,9 @@
  *            device-private table (DP_BUSY: other migrations skip it, CPU
  *            faults on it wait); write-protect the present ones (CPU writes
  *            wait, reads go on: the data cannot change under the copy).
- *  pages:    system -> device: zap the CPU page (a MADV_DONTNEED the worker
- *            knows is ours) and map the device page in the table;
+ *  pages:    system -> device: zap the CPU page (zap.c: UFFDIO_MOVE out,
+ *            else a MADV_DONTNEED the worker knows is ours) and map the
+ *            device page in the table;
  *            device -> system: install the driver-filled staging page
  *            (UFFDIO_COPY) and unmap the device page.
  *  finalize: un-protect what did not move, drop references, release the
@@ -32,6 +33,7 @@
 
 struct mig_priv {
 	struct uhmm_mm *mm;
+	uint64_t t0;		/* setup's start, for the trace */
 	uint8_t st[];
 };
 
@@ -110,9 +112,13 @@ int uhmm_mm_self_zap(struct uhmm_mm *mm, uint64_t start, uint64_t end)
 	pthread_mutex_unlock(&mm->lock);
 	if (ret)
 		return ret;
-	/* raw: the interposed madvise() would invalidate the devices again */
-	if (syscall(SYS_madvise, start, end - start, MADV_DONTNEED) == 0)
+	/* raw: the interposed madvise() would invalidate the devices again;
+	 * DONTNEED_LOCKED (5.18+) where the range is mlocked */
+	if (syscall(SYS_madvise, start, end - start, MADV_DONTNEED) == 0 ||
+	    (errno == EINVAL && syscall(SYS_madvise, start, end - start, MADV_DONTNEED_LOCKED) == 0)) {
+		uhmm_stat_add(UHMM_STAT(zaps_madvised), (end - start) >> UHMM_PAGE_SHIFT);
 		return 0;
+	}
 	ret = -errno;
 	pthread_mutex_lock(&mm->lock);
 	uhmm_spanset_remove(&mm->self_zap, start, end);
@@ -368,6 +374,7 @@ UHMM_EXPORT int uhmm_migrate_vma_setup(struct uhmm_migrate_vma *m)
 	if (!c.priv)
 		return -ENOMEM;
 	c.priv->mm = m->mm;
+	c.priv->t0 = uhmm_now_ns();
 
 	/* One VMA list serves registration and collection; the registered
 	 * sets are exact once the events read so far are handled. Pieces past
@@ -397,6 +404,8 @@ UHMM_EXPORT int uhmm_migrate_vma_setup(struct uhmm_migrate_vma *m)
 	uhmm_invalidate_end(m->mm);
 	free(c.pte);
 	m->priv = c.priv;
+	if (m->cpages)
+		uhmm_stat_add(UHMM_STAT(migrations), 1);
 	return 0;
 err:
 	free(c.pte);
@@ -452,7 +461,7 @@ static void commit_run_to_device(struct uhmm_migrate_vma *m, struct mig_priv *p,
 {
 	uint64_t start = m->start + (i << UHMM_PAGE_SHIFT), end = m->start + (j << UHMM_PAGE_SHIFT);
 
-	if (uhmm_mm_self_zap(p->mm, start, end) == 0) {
+	if (uhmm_zap_range(p->mm, start, end) == 0) {
 		pthread_mutex_lock(&p->mm->dp_lock);
 		for (uint64_t k = i; k < j; k++)
 			if (uhmm_dp_install_locked(p->mm, m->start + (k << UHMM_PAGE_SHIFT),
@@ -463,6 +472,31 @@ static void commit_run_to_device(struct uhmm_migrate_vma *m, struct mig_priv *p,
 	for (uint64_t k = i; k < j; k++)
 		if (!(p->st[k] & MS_COMMITTED))
 			m->src[k] &= ~UHMM_MIGRATE_PFN_MIGRATE;
+}
+
+/* Count (and trace where they now live) the committed entries of [i, j). */
+static void account_run(struct uhmm_migrate_vma *m, const struct mig_priv *p, uint64_t i, uint64_t j, bool to_dev)
+{
+	uint64_t total = 0;
+
+	for (uint64_t k = i; k < j; k++) {
+		uint64_t r = k;
+
+		while (r < j && (p->st[r] & MS_COMMITTED))
+			r++;
+		if (r == k)
+			continue;
+		total += r - k;
+		if (uhmm_tracing()) {
+			struct uhmm_page *dpage = uhmm_migrate_pfn_to_page(m->dst[k]);
+
+			uhmm_trace_residency(m->start + (k << UHMM_PAGE_SHIFT), r - k, to_dev ? "device" : "system",
+					     dpage ? dpage->pgmap->owner : NULL);
+		}
+		k = r;
+	}
+	uhmm_stat_add(to_dev ? UHMM_STAT(pages_to_device) : UHMM_STAT(pages_to_system), total);
+	uhmm_stat_add(to_dev ? UHMM_STAT(bytes_to_device) : UHMM_STAT(bytes_to_system), total << UHMM_PAGE_SHIFT);
 }
 
 /* Which way entry @i goes: 1 to the device, -1 to the system, 0 nowhere. */
@@ -489,11 +523,13 @@ UHMM_EXPORT void uhmm_migrate_vma_pages(struct uhmm_migrate_vma *m)
 			while (j < m->npages && entry_direction(m->src[j], m->dst[j]) == 1)
 				j++;
 			commit_run_to_device(m, p, i, j);
+			account_run(m, p, i, j, true);
 		} else if (dir == -1) {
 			while (j < m->npages && entry_direction(m->src[j], m->dst[j]) == -1 &&
 			       staging_follows(m->dst[j - 1], m->dst[j]))
 				j++;
 			commit_run_to_system(m, p, i, j);
+			account_run(m, p, i, j, false);
 		} else {
 			m->src[i] &= ~UHMM_MIGRATE_PFN_MIGRATE;
 		}
@@ -531,6 +567,11 @@ UHMM_EXPORT void uhmm_migrate_vma_finalize(struct uhmm_migrate_vma *m)
 	pthread_mutex_unlock(&p->mm->dp_lock);
 	/* Claims are released: a thread woken now and faulting again is served. */
 	uhmm_wake(p->mm, m->start, m->end);
+	if (uhmm_tracing())
+		uhmm_trace_span("migrate", "migrate", p->t0, uhmm_now_ns(),
+				"\"start\":\"%#llx\",\"npages\":%llu,\"cpages\":%llu",
+				(unsigned long long)m->start, (unsigned long long)m->npages,
+				(unsigned long long)m->cpages);
 	free(p);
 	m->priv = NULL;
 }
@@ -591,9 +632,13 @@ UHMM_EXPORT void uhmm_migrate_device_pages(uint64_t *src, uint64_t *dst, uint64_
 		struct uhmm_page *page = uhmm_migrate_pfn_to_page(src[i]);
 
 		if (page && entry_direction(src[i], dst[i]) == -1 &&
-		    commit_to_system(page->pgmap->mm, page->claim_addr, dst[i]))
+		    commit_to_system(page->pgmap->mm, page->claim_addr, dst[i])) {
 			src[i] |= MIGRATE_PFN_COMMITTED;
-		else
+			uhmm_stat_add(UHMM_STAT(pages_to_system), 1);
+			uhmm_stat_add(UHMM_STAT(bytes_to_system), UHMM_PAGE_SIZE);
+			if (uhmm_tracing())
+				uhmm_trace_residency(page->claim_addr, 1, "system", NULL);
+		} else
 			src[i] &= ~UHMM_MIGRATE_PFN_MIGRATE;
 	}
 }

@@ -118,6 +118,8 @@ static void mm_fork_child(void)
 	if (mm) {
 		close(mm->uffd);
 		close(mm->stop_efd);
+		if (mm->zap_state > 0)
+			close(mm->zap_uffd);	/* its scratch area is MADV_DONTFORK */
 	}
 	mm_current = NULL;
 	pthread_mutex_unlock(&mm_global_lock);
@@ -139,6 +141,7 @@ static void mm_free(struct uhmm_mm *mm)
 	uhmm_spanset_free(&mm->missing);
 	uhmm_spanset_free(&mm->self_zap);
 	uhmm_radix_free(&mm->devpriv);
+	uhmm_zap_fini(mm);
 	pthread_mutex_destroy(&mm->dp_lock);
 	pthread_cond_destroy(&mm->cond);
 	pthread_mutex_destroy(&mm->lock);
@@ -158,6 +161,7 @@ static int mm_create(struct uhmm_mm **out)
 	mm->stop_efd = -1;
 	pthread_mutex_init(&mm->lock, NULL);
 	pthread_mutex_init(&mm->dp_lock, NULL);
+	pthread_mutex_init(&mm->zap_lock, NULL);
 	pthread_cond_init(&mm->cond, NULL);
 	mm->uffd = uhmm_uffd_open(UHMM_UFFD_WANT_FEATURES, &mm->uffd_features);
 	if (mm->uffd < 0) {

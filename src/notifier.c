@@ -111,7 +111,11 @@ UHMM_EXPORT unsigned long uhmm_interval_read_begin(struct uhmm_interval_notifier
 
 UHMM_EXPORT bool uhmm_interval_read_retry(struct uhmm_interval_notifier *sub, unsigned long seq)
 {
-	return seq_load(&sub->invalidate_seq) != seq;
+	bool retry = seq_load(&sub->invalidate_seq) != seq;
+
+	if (retry)
+		uhmm_stat_add(UHMM_STAT(read_retries), 1);
+	return retry;
 }
 
 UHMM_EXPORT bool uhmm_interval_check_retry(struct uhmm_interval_notifier *sub, unsigned long seq)
@@ -174,8 +178,13 @@ void uhmm_invalidate_start(struct uhmm_mm *mm, const struct uhmm_notifier_range 
 	seq = mm->invalidate_seq;
 	pthread_mutex_unlock(&mm->lock);
 
-	if (r->event < UHMM_ARRAY_SIZE(mm->stat_events))
-		atomic_fetch_add(&mm->stat_events[r->event], 1);
+	if (r->event < UHMM_ARRAY_SIZE(((struct uhmm_stats *)0)->invalidations))
+		uhmm_stat_add(UHMM_STAT(invalidations) + r->event, 1);
+	if (uhmm_tracing())
+		uhmm_trace_span("invalidate", "invalidate", uhmm_now_ns(), uhmm_now_ns(),
+				"\"event\":\"%s\",\"start\":\"%#llx\",\"end\":\"%#llx\",\"notifiers\":%zu",
+				uhmm_event_name(r->event), (unsigned long long)r->start,
+				(unsigned long long)r->end, n);
 	for (size_t i = 0; i < n; i++)
 		hit[i]->ops->invalidate(hit[i], r, seq);
 	if (hit != stack)

@@ -179,6 +179,8 @@ static void handle_remove(struct uhmm_mm *mm, const struct uffd_msg *m)
 		return;
 	uhmm_invalidate(mm, start, end, UHMM_NOTIFY_CLEAR, NULL);
 	uhmm_dp_drop_range(mm, start, end);
+	if (uhmm_tracing())
+		uhmm_trace_residency(start, (end - start) >> UHMM_PAGE_SHIFT, "freed", NULL);
 }
 
 static void handle_unmap(struct uhmm_mm *mm, const struct uffd_msg *m)
@@ -188,6 +190,8 @@ static void handle_unmap(struct uhmm_mm *mm, const struct uffd_msg *m)
 	uhmm_mm_forget(mm, start, end);
 	uhmm_invalidate(mm, start, end, UHMM_NOTIFY_UNMAP, NULL);
 	uhmm_dp_drop_range(mm, start, end);
+	if (uhmm_tracing())
+		uhmm_trace_residency(start, (end - start) >> UHMM_PAGE_SHIFT, "freed", NULL);
 }
 
 /* mremap() moved a registered range: the registration moved with it. */
@@ -210,15 +214,26 @@ static void handle_remap(struct uhmm_mm *mm, const struct uffd_msg *m)
 /* A page fault: a write to a page a migration protects, or a missing page of a trapping span. */
 static void handle_fault(struct uhmm_mm *mm, const struct uffd_msg *m)
 {
-	if (m->arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WP)
+	uint64_t t0 = uhmm_now_ns(), t1;
+	bool wp = m->arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WP;
+
+	if (wp)
 		uhmm_fault_wp(mm, m->arg.pagefault.address);
 	else
 		uhmm_fault_missing(mm, m->arg.pagefault.address, (unsigned int)m->arg.pagefault.flags,
 				   (pid_t)m->arg.pagefault.feat.ptid);
+	t1 = uhmm_now_ns();
+	uhmm_stat_add(UHMM_STAT(faults), 1);
+	uhmm_stat_add(UHMM_STAT(fault_ns), t1 - t0);
+	if (uhmm_tracing())
+		uhmm_trace_span("fault", "fault", t0, t1, "\"addr\":\"%#llx\",\"kind\":\"%s\",\"thread\":%d",
+				(unsigned long long)m->arg.pagefault.address, wp ? "write-protect" : "missing",
+				(int)m->arg.pagefault.feat.ptid);
 }
 
 static void worker_dispatch(struct uhmm_mm *mm, const struct uffd_msg *m)
 {
+	uhmm_stat_add(UHMM_STAT(events), 1);
 	switch (m->event) {
 	case UFFD_EVENT_PAGEFAULT:
 		handle_fault(mm, m);

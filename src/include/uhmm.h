@@ -558,6 +558,68 @@ struct iovec;
  */
 ssize_t uhmm_access_vm_iov(uint64_t addr, const struct iovec *iov, int iovcnt, unsigned int flags);
 
+/* ------------------------------------------------------------------------ */
+/* Statistics and tracing                                                   */
+/* ------------------------------------------------------------------------ */
+
+/*
+ * Process-wide counters since the library was loaded (a fork child starts
+ * from its parent's values). Every field is a uint64_t; fields are only
+ * ever added at the end, so a program built against an older header gets
+ * the prefix it knows.
+ */
+struct uhmm_stats {
+	uint64_t faults;		/* CPU faults served by uhmm's service thread */
+	uint64_t faults_device;		/* of which on device pages: migrate_to_ram() called */
+	uint64_t fault_ns;		/* time the service thread spent serving faults */
+	uint64_t pages_to_device;	/* pages committed by migrations, each way */
+	uint64_t pages_to_system;
+	uint64_t bytes_to_device;
+	uint64_t bytes_to_system;
+	uint64_t migrations;		/* uhmm_migrate_vma_setup() calls that collected a page */
+	uint64_t invalidations[8];	/* by enum uhmm_notifier_event */
+	uint64_t range_faults;		/* uhmm_range_fault() calls */
+	uint64_t range_fault_pages;	/* pages they covered */
+	uint64_t range_fault_busy;	/* of which returned -EBUSY (the caller retries) */
+	uint64_t read_retries;		/* uhmm_interval_read_retry() that said retry */
+	uint64_t poisons;		/* pages poisoned: the device could not return them */
+	uint64_t zaps_moved;		/* pages taken from the CPU with UFFDIO_MOVE (no event) */
+	uint64_t zaps_madvised;		/* pages taken with MADV_DONTNEED (an event round trip) */
+	uint64_t events;		/* userfaultfd messages handled */
+};
+
+/**
+ * uhmm_stats() - read the counters
+ * @out: filled with the first @size bytes of the counters
+ * @size: sizeof(*out) as the caller knows it; a multiple of 8
+ *
+ * Safe at any time from any thread; each counter is read atomically (not
+ * the set as a whole). With UHMM_STATS=1 in the environment uhmm prints
+ * them to stderr at exit.
+ * Return: the bytes written (min(@size, sizeof(struct uhmm_stats))),
+ * -EINVAL for a NULL @out or a @size that is 0 or not a multiple of 8.
+ */
+long uhmm_stats(struct uhmm_stats *out, size_t size);
+
+/**
+ * uhmm_trace_start() - write a trace of faults, migrations and invalidations
+ * @path: file to create (truncated), in the Chrome trace-event JSON array
+ *        format that Perfetto and chrome://tracing load
+ *
+ * Also started at load time when UHMM_TRACE=path is set. Each event is one
+ * write(2) of one line (O_APPEND), so threads and fork children interleave
+ * whole events. Off, a trace point costs one relaxed atomic load.
+ * Return: 0; -EINVAL for a NULL or empty @path; -EBUSY if a trace is
+ * already being written; -errno from open(2).
+ */
+int uhmm_trace_start(const char *path);
+
+/**
+ * uhmm_trace_stop() - finish the trace file (also done at exit)
+ * Return: the number of events written, -ENOENT if no trace is running.
+ */
+long uhmm_trace_stop(void);
+
 #ifdef __cplusplus
 }
 #endif

@@ -40,6 +40,10 @@
 #define UFFD_FEATURE_MOVE (1 << 16)
 #endif
 
+#ifndef MADV_DONTNEED_LOCKED	/* 5.18 */
+#define MADV_DONTNEED_LOCKED 24
+#endif
+
 #ifndef _UFFDIO_MOVE
 #define _UFFDIO_MOVE (0x05)
 #endif

@@ -1,0 +1,137 @@
+// SPDX-License-Identifier: MIT
+/*
+ * Zapping CPU pages that migrate to a device, without an event round trip.
+ *
+ * The obvious zap, MADV_DONTNEED, raises a REMOVE event on uhmm's
+ * userfaultfd, and the kernel holds the zapping thread until uhmm's reader
+ * thread has read it: two cross-CPU wake-ups per zap, tens of microseconds
+ * each on a VM, the largest fixed cost of a migration to the device.
+ *
+ * UFFDIO_MOVE raises no event. uhmm keeps a quiet userfaultfd (no event
+ * features) with one 2 MiB scratch area registered on it, moves the pages
+ * of the range into the scratch area (the range is left with empty ptes,
+ * exactly as after MADV_DONTNEED, so the next CPU touch traps as MISSING),
+ * then discards them there with MADV_DONTNEED: the scratch area is not
+ * registered with the event-raising userfaultfd, so that zap is silent.
+ *
+ * UFFDIO_MOVE refuses what it cannot move: pages shared with a fork child
+ * (not anon-exclusive), pinned pages, VMAs whose protection differs from
+ * the scratch area's (read-only, executable, mlocked, protection keys). The
+ * rest of the range then takes the MADV_DONTNEED path (uhmm_mm_self_zap).
+ *
+ * @zap_lock serialises users of the one scratch area; it is a leaf lock held
+ * only across the two system calls.
+ */
+#include <stdlib.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include "internal.h"
+#include "../uapi/uhmm_uapi.h"
+
+/* Set up the quiet userfaultfd and its scratch area; under zap_lock. */
+static int zap_setup(struct uhmm_mm *mm)
+{
+	uint64_t features, raw, base;
+	int fd;
+
+	if (!(uhmm_kfeatures()->flags & UHMM_FEAT_UFFD_MOVE))
+		return -EOPNOTSUPP;
+	fd = uhmm_uffd_open(UFFD_FEATURE_MOVE, &features);
+	if (fd < 0)
+		return fd;
+	if (!(features & UFFD_FEATURE_MOVE))
+		goto err_close;
+	raw = (uint64_t)syscall(SYS_mmap, NULL, 2 * UHMM_PMD_SIZE, PROT_READ | PROT_WRITE,
+				MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	if ((long)raw == -1)
+		goto err_close;
+	base = uhmm_align_up(raw, UHMM_PMD_SIZE);	/* PMD-aligned: a THP moves whole */
+	if (base > raw)
+		syscall(SYS_munmap, raw, base - raw);
+	syscall(SYS_munmap, base + UHMM_PMD_SIZE, raw + 2 * UHMM_PMD_SIZE - base - UHMM_PMD_SIZE);
+	syscall(SYS_madvise, base, UHMM_PMD_SIZE, MADV_DONTFORK);
+	/*
+	 * MISSING|WP like the ranges it takes pages from: UFFDIO_MOVE wants
+	 * equal vm_page_prot, and uffd-wp changes it.
+	 */
+	if (uhmm_uffd_register(fd, base, base + UHMM_PMD_SIZE,
+			       UFFDIO_REGISTER_MODE_MISSING | UFFDIO_REGISTER_MODE_WP, NULL)) {
+		syscall(SYS_munmap, base, UHMM_PMD_SIZE);
+		goto err_close;
+	}
+	mm->zap_uffd = fd;
+	mm->zap_area = base;
+	return 0;
+
+err_close:
+	close(fd);
+	return -EOPNOTSUPP;
+}
+
+/*
+ * Move [start, end) (within one PMD) into the scratch area at the same
+ * offset, then discard it. Returns the bytes taken out from @start on.
+ */
+static uint64_t zap_piece(struct uhmm_mm *mm, uint64_t start, uint64_t end)
+{
+	uint64_t dst = mm->zap_area + (start & (UHMM_PMD_SIZE - 1));
+	struct uffdio_move mv = {
+		.dst = dst, .src = start, .len = end - start,
+		.mode = UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES | UFFDIO_MOVE_MODE_DONTWAKE,
+	};
+	uint64_t done = 0;
+
+	/* A partial move fails with EAGAIN and says how far it got; a page it
+	 * cannot take fails the next call with another errno. */
+	for (int tries = 0; done < end - start && tries < 64; tries++) {
+		mv.move = 0;
+		if (ioctl(mm->zap_uffd, UFFDIO_MOVE, &mv) == 0)
+			mv.move = (int64_t)mv.len;
+		else if (mv.move <= 0 && errno != EAGAIN)
+			break;
+		if (mv.move > 0) {
+			done += (uint64_t)mv.move;
+			mv.dst += (uint64_t)mv.move;
+			mv.src += (uint64_t)mv.move;
+			mv.len -= (uint64_t)mv.move;
+		}
+	}
+	if (done) {
+		syscall(SYS_madvise, dst, done, MADV_DONTNEED);
+		uhmm_stat_add(UHMM_STAT(zaps_moved), done >> UHMM_PAGE_SHIFT);
+	}
+	return done;
+}
+
+int uhmm_zap_range(struct uhmm_mm *mm, uint64_t start, uint64_t end)
+{
+	uint64_t a = start;
+
+	pthread_mutex_lock(&mm->zap_lock);
+	if (mm->zap_state == 0)
+		mm->zap_state = zap_setup(mm) == 0 ? 1 : -1;
+	while (mm->zap_state > 0 && a < end) {
+		uint64_t e = uhmm_align_down(a, UHMM_PMD_SIZE) + UHMM_PMD_SIZE;
+		uint64_t n = zap_piece(mm, a, e < end ? e : end);
+
+		a += n;
+		if (a < e && a < end)
+			break;	/* refused: the rest goes the slow way */
+	}
+	pthread_mutex_unlock(&mm->zap_lock);
+	return a < end ? uhmm_mm_self_zap(mm, a, end) : 0;
+}
+
+/* Release the quiet userfaultfd and its area (mm teardown). */
+void uhmm_zap_fini(struct uhmm_mm *mm)
+{
+	if (mm->zap_state > 0) {
+		syscall(SYS_munmap, mm->zap_area, UHMM_PMD_SIZE);
+		close(mm->zap_uffd);
+	}
+	mm->zap_state = 0;
+	pthread_mutex_destroy(&mm->zap_lock);
+}
