@@ -99,7 +99,7 @@ install: $(STATIC) $(SHARED) $(BUILD)/uhmm
 	ln -sf libuhmm.so.$(SOVERSION) $(DESTDIR)$(LIBDIR)/libuhmm.so
 	install -m 644 $(BUILD)/uhmm.pc $(DESTDIR)$(LIBDIR)/pkgconfig/uhmm.pc
 	install -m 755 $(BUILD)/uhmm $(DESTDIR)$(BINDIR)/uhmm
-	for s in 3 7; do for f in man/*.$$s; do [ -e "$$f" ] || continue; \
+	for s in 1 3 7; do for f in man/*.$$s; do [ -e "$$f" ] || continue; \
 		install -d $(DESTDIR)$(MANDIR)/man$$s; install -m 644 $$f $(DESTDIR)$(MANDIR)/man$$s/; done; done
 
 uninstall:
@@ -107,7 +107,7 @@ uninstall:
 	-rmdir $(DESTDIR)$(INCLUDEDIR)/uhmm
 	rm -f $(DESTDIR)$(LIBDIR)/libuhmm.a $(DESTDIR)$(LIBDIR)/libuhmm.so*
 	rm -f $(DESTDIR)$(LIBDIR)/pkgconfig/uhmm.pc $(DESTDIR)$(BINDIR)/uhmm
-	for f in man/*.3 man/*.7; do [ -e "$$f" ] || continue; \
+	for f in man/*.1 man/*.3 man/*.7; do [ -e "$$f" ] || continue; \
 		rm -f $(DESTDIR)$(MANDIR)/man$${f##*.}/$$(basename $$f); done
 
 clean:

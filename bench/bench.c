@@ -8,6 +8,8 @@
 #define _GNU_SOURCE 1
 #include <errno.h>
 #include <sched.h>
+#include <stdatomic.h>
+#include <stdbool.h>
 #include <fcntl.h>
 #include <linux/userfaultfd.h>
 #include <poll.h>
@@ -325,6 +327,77 @@ static struct result bench_bare_uffd(enum placement where)
 	return summarize(placement_name[where], "us", v, LAT_REPS);
 }
 
+/* ---- the cost of tracing ---- */
+
+static bool nop_invalidate(struct uhmm_interval_notifier *sub, const struct uhmm_notifier_range *r,
+			   unsigned long seq)
+{
+	(void)r;
+	uhmm_interval_set_seq(sub, seq);
+	return true;
+}
+static const struct uhmm_interval_notifier_ops nop_ops = { .invalidate = nop_invalidate };
+
+/* uhmm_range_fault() of one present page: the cheapest traced call. */
+static struct result bench_range_fault_1(struct uhmm_mm *mm, const char *name)
+{
+	struct uhmm_interval_notifier sub;
+	double v[LAT_REPS * 10];
+	char *p = map_buf(PAGE);
+	uint64_t pfn;
+	struct uhmm_range r = { .notifier = &sub, .start = (uintptr_t)p, .end = (uintptr_t)p + PAGE,
+				.hmm_pfns = &pfn, .default_flags = UHMM_PFN_REQ_FAULT };
+
+	uhmm_interval_notifier_insert(&sub, mm, r.start, PAGE, &nop_ops);
+	for (int i = 0; i < LAT_REPS * 10; i++) {
+		double t = now_s();
+
+		r.notifier_seq = uhmm_interval_read_begin(&sub);
+		uhmm_range_fault(&r);
+		v[i] = (now_s() - t) * 1e6;
+	}
+	uhmm_interval_notifier_remove(&sub);
+	munmap(p, PAGE);
+	return summarize(name, "us", v, LAT_REPS * 10);
+}
+
+/*
+ * What a trace point costs when tracing is off: a relaxed atomic load and a
+ * branch never taken, measured in a loop (ns), against range_fault() with
+ * tracing off and on.
+ */
+static void bench_trace(struct result *out)
+{
+	static _Atomic bool flag;
+	char path[] = "/tmp/uhmm-bench-trace-XXXXXX";
+	int fd = mkstemp(path);
+	struct uhmm_mm *mm;
+	double v[REPS];
+	long hits = 0;
+
+	for (int r = 0; r < REPS; r++) {
+		double t = now_s();
+
+		for (int i = 0; i < 10000000; i++)
+			if (__builtin_expect(atomic_load_explicit(&flag, memory_order_relaxed), 0))
+				hits++;
+		v[r] = (now_s() - t) / 1e7 * 1e9 * 1e-3;	/* us, like the other latencies */
+	}
+	out[0] = summarize("trace point, tracing off (load + branch)", "us", v, REPS);
+	out[0].med *= 1e3, out[0].min *= 1e3, out[0].max *= 1e3, out[0].unit = "ns";
+	if (hits || fd < 0 || uhmm_mm_get(&mm)) {
+		out[1] = out[2] = (struct result){ "range_fault (no mm)", "us", 0, 0, 0 };
+		return;
+	}
+	close(fd);
+	out[1] = bench_range_fault_1(mm, "range_fault 1 page, tracing off");
+	uhmm_trace_start(path);
+	out[2] = bench_range_fault_1(mm, "range_fault 1 page, tracing on");
+	uhmm_trace_stop();
+	unlink(path);
+	uhmm_mm_put(mm);
+}
+
 /* ---- output ---- */
 
 static void print_table(const struct result *r, int n)
@@ -342,7 +415,7 @@ static void print_json(const struct result *r, int n, const double *ratio, const
 		       r[i].name, r[i].unit, r[i].med, r[i].min, r[i].max, i + 1 < n ? "," : "");
 	printf("  ],\n  \"ratios\": {\n");
 	for (int i = 0; i < nr; i++)
-		printf("    \"%s\": %.3f%s\n", rname[i], ratio[i], i + 1 < nr ? "," : "");
+		printf("    \"%s\": %.4f%s\n", rname[i], ratio[i], i + 1 < nr ? "," : "");
 	printf("  }\n}\n");
 }
 
@@ -351,7 +424,7 @@ int cmd_bench(int argc, char **argv)
 	size_t mib = 64;
 	bool json = false;
 	struct uhmm_dmirror *d;
-	struct result r[10];
+	struct result r[13];
 	int ret;
 
 	for (int i = 1; i < argc; i++) {
@@ -377,26 +450,30 @@ int cmd_bench(int argc, char **argv)
 	r[7] = bench_bare_uffd(OTHER_CPU);
 	uhmm_dmirror_close(d);
 	bench_raw_migrate(mib << 20, &r[8]);
+	bench_trace(&r[10]);
 
 	const char *rname[] = {
 		"migrate_to_device_vs_memcpy", "migrate_to_system_vs_memcpy",
 		"sequential_fault_back_vs_memcpy", "fault_back_vs_bare_uffd_scheduler",
 		"fault_back_vs_bare_uffd_same_cpu", "fault_back_vs_bare_uffd_other_cpu",
 		"uhmm_migrate_vma_to_device_vs_memcpy", "uhmm_migrate_vma_to_system_vs_memcpy",
+		"trace_off_cost_per_range_fault", "trace_on_vs_off_range_fault",
 	};
 	double ratio[] = {
 		r[1].med / r[0].med, r[2].med / r[0].med, r[3].med / r[0].med,
 		r[4].med / r[5].med, r[4].med / r[6].med, r[4].med / r[7].med,
 		r[8].med / r[0].med, r[9].med / r[0].med,
+		/* range_fault passes 1 trace point: its off cost as a share of the call */
+		r[10].med / 1e3 / r[11].med, r[12].med / r[11].med,
 	};
 	if (json) {
-		print_json(r, 10, ratio, rname, 8);
+		print_json(r, 13, ratio, rname, 10);
 		return 0;
 	}
 	printf("uhmm bench: %zu MiB buffers, 4 KiB pages, median of %d (latencies: of %d)\n", mib, REPS, LAT_REPS);
-	print_table(r, 10);
+	print_table(r, 13);
 	printf("\nratios (uhmm / raw mechanism, same run):\n");
-	for (int i = 0; i < 8; i++)
-		printf("  %-36s %.3f\n", rname[i], ratio[i]);
+	for (int i = 0; i < 10; i++)
+		printf("  %-36s %.4f\n", rname[i], ratio[i]);
 	return 0;
 }

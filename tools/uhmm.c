@@ -19,10 +19,15 @@ static void usage(FILE *f)
 		"  bench [--json] [--size-mib N]\n"
 		"                  uhmm's data paths next to memcpy and a bare userfaultfd\n"
 		"                  round trip, in the same run\n"
+		"  trace [-o FILE] [--stats] -- PROGRAM [ARGS...]\n"
+		"                  run PROGRAM with uhmm's trace on (Chrome trace-event JSON)\n"
+		"  residency TRACE [-o FILE.svg] [--width N] [--rows N]\n"
+		"                  draw where each page lived over time (system, device N)\n"
 		"  help            this text\n"
 		"  version         the library version\n"
 		"\n"
-		"Exit status: 0 on success, 1 on failure, 2 on a usage error.\n");
+		"Exit status: 0 on success, 1 on failure, 2 on a usage error\n"
+		"(uhmm trace: the program's status).\n");
 }
 
 int main(int argc, char **argv)
@@ -37,6 +42,10 @@ int main(int argc, char **argv)
 		return cmd_demo(argc - 1, argv + 1);
 	if (strcmp(argv[1], "bench") == 0)
 		return cmd_bench(argc - 1, argv + 1);
+	if (strcmp(argv[1], "trace") == 0)
+		return cmd_trace(argc - 1, argv + 1);
+	if (strcmp(argv[1], "residency") == 0)
+		return cmd_residency(argc - 1, argv + 1);
 	if (strcmp(argv[1], "help") == 0 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
 		usage(stdout);
 		return 0;

@@ -4,5 +4,7 @@
 
 int cmd_info(int argc, char **argv);
 int cmd_demo(int argc, char **argv);
+int cmd_trace(int argc, char **argv);
+int cmd_residency(int argc, char **argv);
 
 #endif
