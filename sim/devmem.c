@@ -215,6 +215,20 @@ static void migrate_alloc_and_copy(struct uhmm_dmirror *dm, struct uhmm_migrate_
 }
 
 /* Map what migrated in the device page table (the kernel's finalize_and_map). */
+static uint64_t dpt_get_raw(struct uhmm_dmirror *dm, uint64_t addr)
+{
+	return uhmm_radix_get(&dm->pt, addr >> DM_PAGE_SHIFT);
+}
+
+/* Remember the address a device page of ours is mapped at (eviction clears it). */
+void dmirror_devmem_note_addr(uint64_t pfn, uint64_t addr)
+{
+	struct uhmm_page *page = uhmm_pfn_to_page(pfn);
+
+	if (page)
+		uhmm_page_set_zone_device_data(page, (void *)(uintptr_t)addr);
+}
+
 static void migrate_map(struct uhmm_dmirror *dm, const struct uhmm_migrate_vma *m)
 {
 	pthread_mutex_lock(&dm->lock);
@@ -226,6 +240,7 @@ static void migrate_map(struct uhmm_dmirror *dm, const struct uhmm_migrate_vma *
 		uhmm_radix_set(&dm->pt, addr >> DM_PAGE_SHIFT,
 			       DPT_READ | DPT_WRITE | DPT_DEVPAGE |
 				       (uhmm_migrate_pfn_to_pfn(m->dst[i]) << DPT_PFN_SHIFT));
+		dmirror_devmem_note_addr(uhmm_migrate_pfn_to_pfn(m->dst[i]), addr);
 	}
 	pthread_mutex_unlock(&dm->lock);
 }
@@ -312,8 +327,14 @@ static int migrate_to_dev(struct uhmm_dmirror *dm, struct uhmm_dmirror_cmd *c)
 /* ---- device -> system ---- */
 
 /* Copy device pages into system pages; drop them from the device page table. */
+/*
+ * Device -> system. The copy and the unmapping from our page table are one
+ * step under our lock: a device WRITE either lands before the copy (and
+ * goes with it) or finds no entry and faults (and waits for the page).
+ */
 static void migrate_copy_to_sys(struct uhmm_dmirror *dm, struct uhmm_migrate_vma *m)
 {
+	pthread_mutex_lock(&dm->lock);
 	for (uint64_t i = 0; i < m->npages; i++) {
 		struct uhmm_page *spage = uhmm_migrate_pfn_to_page(m->src[i]);
 		void *sys;
@@ -325,8 +346,7 @@ static void migrate_copy_to_sys(struct uhmm_dmirror *dm, struct uhmm_migrate_vma
 			continue;
 		memcpy(sys, page_mem(spage), DM_PAGE_SIZE);
 	}
-	/* The data is leaving the device: its mappings go (our own MIGRATE events were skipped). */
-	pthread_mutex_lock(&dm->lock);
+	/* The data is leaving the device: its mappings go (our own MIGRATE events keep them). */
 	for (uint64_t i = 0; i < m->npages; i++)
 		if (m->dst[i] & UHMM_MIGRATE_PFN_VALID)
 			uhmm_radix_set(&dm->pt, (m->start >> DM_PAGE_SHIFT) + i, 0);
@@ -342,9 +362,13 @@ static uint64_t count_migrated(const struct uhmm_migrate_vma *m)
 	return n;
 }
 
-/* Returns 0 with *@migrated counted and *@first_ok telling whether entry 0 moved. */
+/*
+ * Returns 0 with *@migrated counted and *@first saying what became of entry
+ * 0: 1 moved (or its address went away meanwhile), 0 not collected (another
+ * migration held it), -1 no system page to move it to.
+ */
 static int migrate_range_to_sys(struct uhmm_dmirror *dm, void *owner, uint64_t start, uint64_t end,
-				struct uhmm_page *fault_page, uint64_t *migrated, bool *first_ok)
+				struct uhmm_page *fault_page, uint64_t *migrated, int *first)
 {
 	uint64_t src[DM_MIGRATE_PAGES], dst[DM_MIGRATE_PAGES];
 	struct uhmm_migrate_vma m = {
@@ -352,14 +376,16 @@ static int migrate_range_to_sys(struct uhmm_dmirror *dm, void *owner, uint64_t s
 		.flags = UHMM_MIGRATE_VMA_SELECT_DEVICE_PRIVATE, .fault_page = fault_page,
 	};
 	int ret = uhmm_migrate_vma_setup(&m);
+	bool collected;
 
 	if (ret)
 		return ret;
+	collected = src[0] & UHMM_MIGRATE_PFN_MIGRATE;
 	migrate_copy_to_sys(dm, &m);
 	uhmm_migrate_vma_pages(&m);
 	*migrated += count_migrated(&m);
-	if (first_ok)
-		*first_ok = (src[0] & UHMM_MIGRATE_PFN_MIGRATE) && (dst[0] & UHMM_MIGRATE_PFN_VALID);
+	if (first)
+		*first = !collected ? 0 : (dst[0] & UHMM_MIGRATE_PFN_VALID) ? 1 : -1;	/* -1: no system page */
 	uhmm_migrate_vma_finalize(&m);
 	return 0;
 }
@@ -390,14 +416,15 @@ static int dmirror_migrate_to_ram(struct uhmm_vm_fault *vmf)
 {
 	struct uhmm_dmirror *dm = page_dmirror(vmf->page);
 	uint64_t migrated = 0;
-	bool first_ok = false;
+	int first = 0;
 	int ret;
 
 	ret = migrate_range_to_sys(dm, uhmm_pagemap_owner(uhmm_page_pgmap(vmf->page)), vmf->address,
-				   vmf->address + DM_FAULT_AROUND * DM_PAGE_SIZE, vmf->page, &migrated, &first_ok);
+				   vmf->address + DM_FAULT_AROUND * DM_PAGE_SIZE, vmf->page, &migrated, &first);
 	if (ret)
 		return ret;
-	return first_ok ? 0 : -ENOMEM;
+	/* Not even collected (another migration held it): uhmm looks again. */
+	return first < 0 ? -ENOMEM : 0;
 }
 
 /* ---- eviction ---- */
@@ -409,15 +436,23 @@ static int evict_chunk(struct uhmm_dmirror *dm, struct dmirror_chunk *chunk)
 	uint64_t *src = calloc(n, sizeof(*src)), *dst = calloc(n, sizeof(*dst));
 	int ret = src && dst ? uhmm_migrate_device_range(src, first, n) : -ENOMEM;
 
+	/* As in migrate_copy_to_sys(): copy and unmap from our table in one step. */
+	pthread_mutex_lock(&dm->lock);
 	for (uint64_t i = 0; !ret && i < n; i++) {
 		void *sys;
+		uint64_t addr;
 
 		if (!(src[i] & UHMM_MIGRATE_PFN_MIGRATE))
 			continue;
+		addr = (uint64_t)(uintptr_t)uhmm_page_zone_device_data(uhmm_pagemap_page(chunk->pgmap, i));
+		if (addr && (dpt_get_raw(dm, addr) & DPT_DEVPAGE) &&
+		    dpt_get_raw(dm, addr) >> DPT_PFN_SHIFT == first + i)
+			uhmm_radix_set(&dm->pt, addr >> DM_PAGE_SHIFT, 0);
 		sys = uhmm_migrate_alloc_system_page(&dst[i]);
 		if (sys)
 			memcpy(sys, chunk->mem + (i << DM_PAGE_SHIFT), DM_PAGE_SIZE);
 	}
+	pthread_mutex_unlock(&dm->lock);
 	if (!ret) {
 		uhmm_migrate_device_pages(src, dst, n);
 		uhmm_migrate_device_finalize(src, dst, n);

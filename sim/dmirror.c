@@ -53,17 +53,35 @@ static uint64_t dpt_entry_from_pfn(uint64_t hmm_pfn)
 
 /* ---- the notifier ---- */
 
+static int drop_system_entry(void *arg, uint64_t key, uint64_t *val)
+{
+	(void)arg;
+	(void)key;
+	if (!(*val & DPT_DEVPAGE))
+		*val = 0;
+	return 0;
+}
+
 static bool dmirror_invalidate(struct uhmm_interval_notifier *sub,
 			       const struct uhmm_notifier_range *range, unsigned long cur_seq)
 {
 	struct uhmm_dmirror *dm = (struct uhmm_dmirror *)((char *)sub - offsetof(struct uhmm_dmirror, notifier));
 
-	/* Our own migrations update the page table themselves. */
-	if (range->event == UHMM_NOTIFY_MIGRATE && range->owner == dm->owner)
-		return true;
+	bool own_migration = range->event == UHMM_NOTIFY_MIGRATE && range->owner == dm->owner;
+
 	pthread_mutex_lock(&dm->lock);
 	uhmm_interval_set_seq(sub, cur_seq);
-	dpt_clear(dm, range->start, range->end);
+	/*
+	 * Our own migrations map the device pages themselves; but the system
+	 * pages they take must go now, or a READ/WRITE of ours racing the
+	 * migration would copy through a page that is being write-protected
+	 * and zapped (and, holding our lock, wait on a fault that needs it).
+	 */
+	if (own_migration && range->end > range->start)
+		uhmm_radix_walk(&dm->pt, range->start >> DM_PAGE_SHIFT, (range->end - 1) >> DM_PAGE_SHIFT,
+				drop_system_entry, NULL);
+	else
+		dpt_clear(dm, range->start, range->end);
 	dm->invalidations++;
 	pthread_mutex_unlock(&dm->lock);
 	return true;
@@ -97,6 +115,8 @@ static int dmirror_install(struct uhmm_dmirror *dm, const struct uhmm_range *ran
 		ret = dpt_set(dm, range->start + (i << DM_PAGE_SHIFT), dpt_entry_from_pfn(pfn));
 		if (ret)
 			return ret;
+		if (uhmm_pfn_to_pfn(pfn) >= UHMM_DEVICE_PFN_BASE)	/* where eviction finds it */
+			dmirror_devmem_note_addr(uhmm_pfn_to_pfn(pfn), range->start + (i << DM_PAGE_SHIFT));
 	}
 	return 0;
 }
@@ -212,7 +232,20 @@ static int dmirror_do_copy(struct uhmm_dmirror *dm, uint64_t start, uint64_t npa
 			ret = -ENOENT;
 			break;
 		}
-		ret = dmirror_copy_page(dm, entry, addr, bounce + (*done << DM_PAGE_SHIFT), write);
+		if (!(entry & (DPT_DEVPAGE | DPT_ZERO))) {
+			/*
+			 * A system page: copied through the CPU's page table, so
+			 * it is coherent without our lock, and the copy may fault
+			 * into uhmm (a page a migration holds, a kernel-mode
+			 * access uhmm must serve), whose work may need our lock
+			 * (invalidate, migrate_to_ram): never hold it across.
+			 */
+			pthread_mutex_unlock(&dm->lock);
+			ret = dmirror_copy_page(dm, entry, addr, bounce + (*done << DM_PAGE_SHIFT), write);
+			pthread_mutex_lock(&dm->lock);
+		} else {
+			ret = dmirror_copy_page(dm, entry, addr, bounce + (*done << DM_PAGE_SHIFT), write);
+		}
 		if (ret)
 			break;
 	}

@@ -11,6 +11,7 @@
  * it wait (the migration wakes them), other migrations skip it.
  */
 #include <signal.h>
+#include <sched.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
@@ -20,7 +21,7 @@
 #include "internal.h"
 #include "../uapi/uhmm_uapi.h"
 
-#define FAULT_TRIES 3
+#define FAULT_TRIES 8
 
 static uint64_t vpn(uint64_t addr) { return addr >> UHMM_PAGE_SHIFT; }
 
@@ -59,14 +60,18 @@ uint64_t uhmm_dp_claim_locked(struct uhmm_mm *mm, uint64_t addr)
 	return v;
 }
 
-void uhmm_dp_release_locked(struct uhmm_mm *mm, uint64_t addr)
+struct uhmm_page *uhmm_dp_release_locked(struct uhmm_mm *mm, uint64_t addr)
 {
 	uint64_t *slot = uhmm_radix_slot(&mm->devpriv, vpn(addr), false);
+	struct uhmm_page *dropped = NULL;
 
 	if (slot && *slot) {
-		*slot &= ~DP_BUSY;
+		if ((*slot & DP_DROPPED) && DP_PAGE(*slot))
+			dropped = uhmm_dp_remove_locked(mm, addr);	/* its address is gone */
+		*slot &= ~DP_FLAGS;
 		mm->devpriv.count -= *slot == 0;
 	}
+	return dropped;
 }
 
 int uhmm_dp_install_locked(struct uhmm_mm *mm, uint64_t addr, struct uhmm_page *page)
@@ -76,7 +81,7 @@ int uhmm_dp_install_locked(struct uhmm_mm *mm, uint64_t addr, struct uhmm_page *
 	if (!slot)
 		return -ENOMEM;
 	mm->devpriv.count += *slot == 0;
-	*slot = (uintptr_t)page | (*slot & DP_BUSY);
+	*slot = (uintptr_t)page | (*slot & DP_FLAGS);
 	page->vaddr = addr;
 	uhmm_page_get(page);
 	atomic_fetch_add(&page->pgmap->mapped, 1);
@@ -95,9 +100,15 @@ uint64_t uhmm_dp_claim(struct uhmm_mm *mm, uint64_t addr)
 
 void uhmm_dp_release(struct uhmm_mm *mm, uint64_t addr)
 {
+	struct uhmm_page *dropped;
+
 	pthread_mutex_lock(&mm->dp_lock);
-	uhmm_dp_release_locked(mm, addr);
+	dropped = uhmm_dp_release_locked(mm, addr);
 	pthread_mutex_unlock(&mm->dp_lock);
+	if (dropped)
+		uhmm_page_put(dropped);
+	/* a CPU fault that found the page busy meanwhile is waiting for this */
+	uhmm_wake(mm, uhmm_align_down(addr, UHMM_PAGE_SIZE), uhmm_align_down(addr, UHMM_PAGE_SIZE) + UHMM_PAGE_SIZE);
 }
 
 /* Map @addr to @page (the entry must be claimed); the table takes a reference. */
@@ -112,22 +123,48 @@ int uhmm_dp_install(struct uhmm_mm *mm, uint64_t addr, struct uhmm_page *page)
 }
 
 /* Unmap @addr's page, keeping a busy mark; the caller owns the returned reference. */
-struct uhmm_page *uhmm_dp_remove(struct uhmm_mm *mm, uint64_t addr)
+struct uhmm_page *uhmm_dp_remove_locked(struct uhmm_mm *mm, uint64_t addr)
 {
+	uint64_t *slot = uhmm_radix_slot(&mm->devpriv, vpn(addr), false);
 	struct uhmm_page *page = NULL;
-	uint64_t *slot;
 
-	pthread_mutex_lock(&mm->dp_lock);
-	slot = uhmm_radix_slot(&mm->devpriv, vpn(addr), false);
 	if (slot && DP_PAGE(*slot)) {
 		page = DP_PAGE(*slot);
 		page->vaddr = 0;
 		atomic_fetch_sub(&page->pgmap->mapped, 1);
-		*slot &= DP_BUSY;
+		*slot &= DP_FLAGS;
 		mm->devpriv.count -= *slot == 0;
 	}
+	return page;
+}
+
+struct uhmm_page *uhmm_dp_remove(struct uhmm_mm *mm, uint64_t addr)
+{
+	struct uhmm_page *page;
+
+	pthread_mutex_lock(&mm->dp_lock);
+	page = uhmm_dp_remove_locked(mm, addr);
 	pthread_mutex_unlock(&mm->dp_lock);
 	return page;
+}
+
+static int mark_dropped(void *arg, uint64_t key, uint64_t *val)
+{
+	(void)key;
+	if (arg)
+		*val |= DP_DROPPED;
+	else
+		*val &= ~DP_DROPPED;
+	return 0;
+}
+
+void uhmm_dp_mark_dropped(struct uhmm_mm *mm, uint64_t start, uint64_t end, bool dropped)
+{
+	if (end <= start)
+		return;
+	pthread_mutex_lock(&mm->dp_lock);
+	(void)uhmm_radix_walk(&mm->devpriv, vpn(start), vpn(end - 1), mark_dropped, dropped ? mm : NULL);
+	pthread_mutex_unlock(&mm->dp_lock);
 }
 
 struct drop_ctx {
@@ -142,7 +179,11 @@ static int drop_one(void *arg, uint64_t key, uint64_t *val)
 	struct uhmm_page *page = DP_PAGE(*val);
 
 	(void)key;
-	if ((*val & DP_BUSY) || !page)
+	if (*val & DP_BUSY) {
+		*val |= DP_DROPPED;	/* the migration holding it must not bring it back */
+		return 0;
+	}
+	if (!page)
 		return 0;
 	if (d->n == d->cap) {
 		size_t cap = d->cap ? 2 * d->cap : 64;
@@ -276,7 +317,8 @@ static void dp_poison(struct uhmm_mm *mm, uint64_t addr, pid_t tid)
 		atomic_fetch_add(&page->pgmap->poisoned, 1);
 		uhmm_page_put(page);
 	}
-	if (ioctl(mm->uffd, UFFDIO_POISON, &p) < 0 && errno != EEXIST) {
+	/* ENOENT: the address was unmapped meanwhile, nothing left to poison */
+	if (ioctl(mm->uffd, UFFDIO_POISON, &p) < 0 && errno != EEXIST && errno != ENOENT) {
 		/* No UFFDIO_POISON (before 6.6): signal the faulting thread. */
 		uhmm_log(UHMM_LOG_ERR, "uhmm: cannot poison %#llx: %s", (unsigned long long)addr,
 			 strerror(errno));
@@ -305,6 +347,8 @@ int uhmm_dp_fault(struct uhmm_mm *mm, uint64_t addr, unsigned int flags, pid_t t
 
 		pthread_mutex_lock(&mm->dp_lock);
 		v = uhmm_radix_get(&mm->devpriv, vpn(addr));
+		if (v & DP_DROPPED)
+			v = DP_BUSY;	/* the program is zapping it: wait for that to finish */
 		page = DP_PAGE(v);
 		if (page && !(v & DP_BUSY))
 			uhmm_page_get(page);	/* keep it alive across the callback */
@@ -319,7 +363,15 @@ int uhmm_dp_fault(struct uhmm_mm *mm, uint64_t addr, unsigned int flags, pid_t t
 		uhmm_page_put(page);
 		if (ret)
 			break;
-		ret = -EAGAIN;	/* still there: the driver left it; try again */
+		/*
+		 * Still there? Another migration may have held the page while
+		 * the driver's setup looked (it skips busy pages): if one holds
+		 * it now, its finalize wakes us; else try again.
+		 */
+		if (uhmm_dp_get(mm, addr) & DP_BUSY)
+			return -EBUSY;
+		ret = -EAGAIN;
+		sched_yield();
 	}
 	if (ret == -EAGAIN)
 		ret = -EIO;
@@ -394,12 +446,16 @@ void uhmm_fault_missing(struct uhmm_mm *mm, uint64_t addr, unsigned int uffd_fla
 	uint64_t v = uhmm_dp_get(mm, page);
 	struct uffdio_zeropage z = { .range = { .start = page, .len = UHMM_PAGE_SIZE } };
 
-	if (v & DP_BUSY)
+	if (v & DP_BUSY) {
+		uhmm_service_defer(mm, page);
 		return;
+	}
 	if (v) {
 		if (uhmm_dp_fault(mm, page, (uffd_flags & UFFD_PAGEFAULT_FLAG_WRITE) ? UHMM_FAULT_WRITE : 0,
-				  tid) == -EBUSY)
+				  tid) == -EBUSY) {
+			uhmm_service_defer(mm, page);
 			return;
+		}
 		uhmm_wake(mm, page, page + UHMM_PAGE_SIZE);
 		return;
 	}
@@ -409,15 +465,21 @@ void uhmm_fault_missing(struct uhmm_mm *mm, uint64_t addr, unsigned int uffd_fla
 
 /*
  * A write to a write-protected page. A migration in flight holds it: the
- * writer waits until finalize wakes it. Otherwise a stray: let it write.
+ * writer waits until finalize wakes it. Otherwise it is a zero page that
+ * uhmm_range_fault() reported to devices (or a stray): the write is about
+ * to replace it, so devices drop it first (the kernel's copy-on-write
+ * invalidation), then the write goes on.
  */
 void uhmm_fault_wp(struct uhmm_mm *mm, uint64_t addr)
 {
 	uint64_t page = uhmm_align_down(addr, UHMM_PAGE_SIZE);
 	struct uffdio_writeprotect wp = { .range = { .start = page, .len = UHMM_PAGE_SIZE }, .mode = 0 };
 
-	if (uhmm_dp_get(mm, page) & DP_BUSY)
+	if (uhmm_dp_get(mm, page) & DP_BUSY) {
+		uhmm_service_defer(mm, page);
 		return;
+	}
+	uhmm_invalidate(mm, page, page + UHMM_PAGE_SIZE, UHMM_NOTIFY_CLEAR, NULL);
 	if (ioctl(mm->uffd, UFFDIO_WRITEPROTECT, &wp) < 0)
 		uhmm_wake(mm, page, page + UHMM_PAGE_SIZE);
 }

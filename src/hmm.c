@@ -11,6 +11,7 @@
  */
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/uio.h>
 #include <limits.h>
@@ -190,6 +191,32 @@ static int fault_run(struct uhmm_mm *mm, uint64_t start, uint64_t end, bool writ
 }
 
 /*
+ * A write fault is about to replace zero pages of [s, e) that uhmm
+ * write-protected when it reported them (ctx_protect_zero()): do here what
+ * the service thread would do for a CPU write (invalidate, un-protect), so
+ * that a kernel-mode write works in user-mode-only mode too. Pages a
+ * migration holds keep their protection.
+ */
+static void ctx_release_zero(struct fault_ctx *c, uint64_t s, uint64_t e)
+{
+	struct uhmm_range *r = c->range;
+	struct uhmm_mm *mm = r->notifier->mm;
+	bool any = false;
+
+	for (uint64_t a = s; a < e && !any; a += UHMM_PAGE_SIZE)
+		any = c->state[page_index(r, a)] & UHMM_PTE_ZERO;
+	if (!any)
+		return;
+	uhmm_invalidate(mm, s, e, UHMM_NOTIFY_CLEAR, NULL);
+	for (uint64_t a = s; a < e; a += UHMM_PAGE_SIZE) {
+		struct uffdio_writeprotect wp = { .range = { .start = a, .len = UHMM_PAGE_SIZE }, .mode = 0 };
+
+		if ((c->state[page_index(r, a)] & UHMM_PTE_ZERO) && !(uhmm_dp_get(mm, a) & DP_BUSY))
+			(void)ioctl(mm->uffd, UFFDIO_WRITEPROTECT, &wp);
+	}
+}
+
+/*
  * Fault in the runs of pages of VMA @v that need it. Returns the number of
  * runs faulted (0: nothing needed) or -errno.
  */
@@ -208,6 +235,8 @@ static int ctx_fault_vma(struct fault_ctx *c, const struct uhmm_vma *v, uint64_t
 			run_start = a;
 			run_need = need;
 		} else if (run_need && (!need || a == e)) {
+			if (run_need & UHMM_PFN_REQ_WRITE)
+				ctx_release_zero(c, run_start, a);
 			ret = fault_run(r->notifier->mm, run_start, a, run_need & UHMM_PFN_REQ_WRITE);
 			if (ret)
 				return ret;
@@ -357,6 +386,40 @@ static int ctx_pass(struct fault_ctx *c)
 	return faulted > 0;
 }
 
+/*
+ * The zero page a device is told about must not change silently: the
+ * kernel invalidates when a CPU write replaces it (copy-on-write), but user
+ * space sees no such event. So uhmm write-protects (userfaultfd WP) the
+ * zero-page runs it reports; the CPU's first write then faults to the
+ * service thread, which invalidates the page before letting the write go
+ * on (uhmm_fault_wp). A page that stopped being the zero page before the
+ * protection took is read again and reported as it is now.
+ */
+static int ctx_protect_zero(struct fault_ctx *c)
+{
+	struct uhmm_range *r = c->range;
+
+	for (uint64_t i = 0, j; i < c->npages; i = j) {
+		for (j = i + 1; (c->state[i] & UHMM_PTE_ZERO) && j < c->npages && (c->state[j] & UHMM_PTE_ZERO);)
+			j++;
+		if (!(c->state[i] & UHMM_PTE_ZERO))
+			continue;
+		uint64_t s = r->start + (i << UHMM_PAGE_SHIFT), e = r->start + (j << UHMM_PAGE_SHIFT);
+		struct uffdio_writeprotect wp = { .range = { .start = s, .len = e - s }, .mode = UFFDIO_WRITEPROTECT_MODE_WP };
+
+		if (ioctl(r->notifier->mm->uffd, UFFDIO_WRITEPROTECT, &wp) < 0) {
+			if (errno == EAGAIN)
+				return -EBUSY;	/* the mm is changing: the caller starts over */
+			continue;	/* not trappable (a file mapping, no WP): as before */
+		}
+		int ret = uhmm_pagemap_read(s, e, c->state + i, false);
+
+		if (ret)
+			return ret;
+	}
+	return 0;
+}
+
 static int range_validate(const struct uhmm_range *r)
 {
 	const struct uhmm_interval_notifier *n;
@@ -399,6 +462,8 @@ static int range_fault(struct uhmm_range *range)
 		if (ret <= 0)
 			break;
 	}
+	if (ret == 0)
+		ret = ctx_protect_zero(&c);
 	if (ret == 0) {
 		ctx_fill(&c);
 		if (uhmm_interval_check_retry(range->notifier, range->notifier_seq))

@@ -119,6 +119,7 @@ struct uhmm_spanset {
 	size_t cap;
 };
 bool uhmm_spanset_covers(const struct uhmm_spanset *s, uint64_t start, uint64_t end);
+bool uhmm_spanset_intersects(const struct uhmm_spanset *s, uint64_t start, uint64_t end);
 int uhmm_spanset_add(struct uhmm_spanset *s, uint64_t start, uint64_t end);
 int uhmm_spanset_remove(struct uhmm_spanset *s, uint64_t start, uint64_t end);
 void uhmm_spanset_free(struct uhmm_spanset *s);
@@ -147,6 +148,10 @@ struct uhmm_mm {
 	bool reading;				/* the reader is in read() (under lock) */
 	bool stopping;				/* (under lock) */
 	bool paused, worker_busy;		/* fork() quiesces the worker (under lock) */
+	bool fork_pending;			/* the migration gate is closed (under lock) */
+	uint64_t *deferred;			/* faults left waiting on a busy page (worker only) */
+	size_t n_deferred, cap_deferred;
+	unsigned long migrating;		/* migrations to a device in flight (under lock) */
 
 	/*
 	 * @lock protects the notifier list, the invalidation state, the
@@ -173,6 +178,14 @@ struct uhmm_mm {
 	int zap_uffd;
 	uint64_t zap_area;
 
+	/*
+	 * remap_lock: mremap() takes it exclusive; migrations (setup to
+	 * finalize) and registrations take it shared. A migration's claims and
+	 * addresses, and a registration that would split the VMA, must not
+	 * straddle an mremap() (the kernel's mmap_lock does this for it).
+	 */
+	pthread_rwlock_t remap_lock;
+
 	/* device-private table (devpriv.c); dp_lock is a leaf lock */
 	pthread_mutex_t dp_lock;
 	struct uhmm_radix devpriv;
@@ -190,6 +203,12 @@ void uhmm_service_resume(struct uhmm_mm *mm);
 bool uhmm_in_service_thread(void);
 /* Does [start, end) touch memory of uhmm's own threads (never registered)? */
 bool uhmm_service_owns(struct uhmm_mm *mm, uint64_t start, uint64_t end);
+/*
+ * A fault the worker left waiting because a migration holds the page: the
+ * holder wakes it when it lets go, and the worker wakes it again every
+ * millisecond until then, so that no wake-up can be missed.
+ */
+void uhmm_service_defer(struct uhmm_mm *mm, uint64_t addr);
 /* Wait until every userfaultfd event read so far has been handled. */
 void uhmm_service_sync(struct uhmm_mm *mm);
 
@@ -234,10 +253,14 @@ struct uhmm_pagemap {
 /*
  * mm->devpriv maps a virtual page number to the device page holding its
  * data (pointer), or marks it DP_BUSY while a migration owns it (with or
- * without a page). Under mm->dp_lock, a leaf lock.
+ * without a page). DP_DROPPED: while it was busy, the CPU mapping went away
+ * (munmap, madvise): the migration must not commit it, and finalize frees
+ * whatever device page the entry still holds. Under mm->dp_lock, a leaf lock.
  */
 #define DP_BUSY 1ULL
-#define DP_PAGE(v) ((struct uhmm_page *)(uintptr_t)((v) & ~DP_BUSY))
+#define DP_DROPPED 2ULL
+#define DP_FLAGS (DP_BUSY | DP_DROPPED)
+#define DP_PAGE(v) ((struct uhmm_page *)(uintptr_t)((v) & ~DP_FLAGS))
 
 uint64_t uhmm_dp_get(struct uhmm_mm *mm, uint64_t addr);
 /* Mark @addr busy if it is not; returns its value before, or DP_BUSY if it was busy. */
@@ -245,7 +268,14 @@ uint64_t uhmm_dp_claim(struct uhmm_mm *mm, uint64_t addr);
 void uhmm_dp_release(struct uhmm_mm *mm, uint64_t addr);	/* drop the busy mark */
 /* The same three with mm->dp_lock held by the caller, for whole ranges. */
 uint64_t uhmm_dp_claim_locked(struct uhmm_mm *mm, uint64_t addr);
-void uhmm_dp_release_locked(struct uhmm_mm *mm, uint64_t addr);
+/* Release; returns a dropped entry's page, whose table reference the caller puts (unlocked). */
+struct uhmm_page *uhmm_dp_release_locked(struct uhmm_mm *mm, uint64_t addr);
+struct uhmm_page *uhmm_dp_remove_locked(struct uhmm_mm *mm, uint64_t addr);
+/*
+ * The program is about to unmap or zap [start, end) (@dropped), or its call
+ * failed (!@dropped): no migration may put a page back there meanwhile.
+ */
+void uhmm_dp_mark_dropped(struct uhmm_mm *mm, uint64_t start, uint64_t end, bool dropped);
 int uhmm_dp_install_locked(struct uhmm_mm *mm, uint64_t addr, struct uhmm_page *page);
 int uhmm_dp_install(struct uhmm_mm *mm, uint64_t addr, struct uhmm_page *page); /* takes a ref */
 struct uhmm_page *uhmm_dp_remove(struct uhmm_mm *mm, uint64_t addr); /* returns the table's ref */
@@ -267,6 +297,15 @@ bool uhmm_mm_is_missing(struct uhmm_mm *mm, uint64_t addr);
 int uhmm_mm_self_zap(struct uhmm_mm *mm, uint64_t start, uint64_t end);
 bool uhmm_mm_take_self_zap(struct uhmm_mm *mm, uint64_t start, uint64_t end);
 void uhmm_wake(struct uhmm_mm *mm, uint64_t start, uint64_t end);
+/*
+ * The migration gate: a migration that may move pages to a device holds it
+ * from setup to finalize; fork() closes it (waits for those in flight, makes
+ * new ones wait) so that no page lands on a device after fork() brought
+ * them all back.
+ */
+void uhmm_migrate_gate_close(struct uhmm_mm *mm);
+void uhmm_migrate_gate_open(struct uhmm_mm *mm);
+bool uhmm_migrate_gate_closer(void);	/* is this thread forking? */
 int uhmm_install_page(struct uhmm_mm *mm, uint64_t addr, const void *data);
 
 /* ---- stats.c: counters behind uhmm_stats() ---- */
@@ -291,6 +330,9 @@ void uhmm_trace_span(const char *name, const char *cat, uint64_t t0, uint64_t t1
 	__attribute__((format(printf, 5, 6)));
 /* Pages [start, start + n pages) now live @where ("system", "device", "freed", "poisoned"). */
 void uhmm_trace_residency(uint64_t start, uint64_t n, const char *where, const void *owner);
+
+/* Register all of [start, end) in the strongest mode any part of it has (mremap needs one VMA). */
+int uhmm_mm_unify_registration(struct uhmm_mm *mm, uint64_t start, uint64_t end);
 
 /* ---- zap.c ---- */
 /* Take the CPU pages of [start, end) out (empty ptes), raising no event if it can. */

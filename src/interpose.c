@@ -67,13 +67,41 @@ static void guard_forget(struct inval_guard *g, const void *addr, size_t len)
 			       uhmm_align_up((uintptr_t)addr + len, UHMM_PAGE_SIZE));
 }
 
+/*
+ * The pages of [addr, addr + len) are about to go: no migration may put
+ * them back meanwhile (uhmm_dp_mark_dropped()); once they are gone, their
+ * device pages go too, before the call returns (the kernel's zap frees
+ * device-private entries in the same call; the event would come later).
+ */
+static void guard_drop(struct inval_guard *g, const void *addr, size_t len)
+{
+	if (g->mm && len && !uhmm_in_service_thread())
+		uhmm_dp_mark_dropped(g->mm, uhmm_align_down((uintptr_t)addr, UHMM_PAGE_SIZE),
+				     uhmm_align_up((uintptr_t)addr + len, UHMM_PAGE_SIZE), true);
+}
+
+static void guard_dropped(struct inval_guard *g, const void *addr, size_t len, bool done)
+{
+	uint64_t s = uhmm_align_down((uintptr_t)addr, UHMM_PAGE_SIZE);
+	uint64_t e = uhmm_align_up((uintptr_t)addr + len, UHMM_PAGE_SIZE);
+
+	if (!g->mm || !len || uhmm_in_service_thread())
+		return;
+	if (done)
+		uhmm_dp_drop_range(g->mm, s, e);
+	else
+		uhmm_dp_mark_dropped(g->mm, s, e, false);
+}
+
 UHMM_EXPORT int munmap(void *addr, size_t len)
 {
 	struct inval_guard g = { 0 };
 	long ret;
 
 	guard_open(&g, addr, len, UHMM_NOTIFY_UNMAP);
+	guard_drop(&g, addr, len);
 	ret = syscall(SYS_munmap, addr, len);
+	guard_dropped(&g, addr, len, ret == 0);
 	if (ret == 0)
 		guard_forget(&g, addr, len);
 	guard_close(&g);
@@ -82,7 +110,8 @@ UHMM_EXPORT int munmap(void *addr, size_t len)
 
 UHMM_EXPORT void *mremap(void *old, size_t old_size, size_t new_size, int flags, ...)
 {
-	struct inval_guard g = { 0 };
+	struct inval_guard g = { .mm = uhmm_mm_peek() };
+	bool locked = g.mm && !uhmm_in_service_thread();
 	void *new_addr = NULL;
 	long ret;
 
@@ -92,11 +121,29 @@ UHMM_EXPORT void *mremap(void *old, size_t old_size, size_t new_size, int flags,
 		va_start(ap, flags);
 		new_addr = va_arg(ap, void *);
 		va_end(ap);
-		guard_open(&g, new_addr, new_size, UHMM_NOTIFY_UNMAP);
 	}
+	/*
+	 * No migration (its claims are addresses) and no registration (it
+	 * would split the VMA) may straddle the move; the kernel's mmap_lock
+	 * gives it that. Taken before any invalidation is opened.
+	 */
+	if (locked)
+		pthread_rwlock_wrlock(&g.mm->remap_lock);
+	if (flags & MREMAP_FIXED)
+		guard_open(&g, new_addr, new_size, UHMM_NOTIFY_UNMAP);
 	guard_open(&g, old, old_size, UHMM_NOTIFY_UNMAP);
+	/*
+	 * mremap() wants one VMA (6.17+ moves several, but stops with EFAULT
+	 * at the first one a userfaultfd watches, having moved the ones
+	 * before), and uhmm registering part of a mapping splits it: make the
+	 * registration uniform first, so that the pieces merge back.
+	 */
+	if (locked)
+		(void)uhmm_mm_unify_registration(g.mm, (uintptr_t)old, (uintptr_t)old + old_size);
 	ret = syscall(SYS_mremap, old, old_size, new_size, flags, new_addr);
 	guard_close(&g);
+	if (locked)
+		pthread_rwlock_unlock(&g.mm->remap_lock);
 	return (void *)ret;
 }
 
@@ -118,11 +165,16 @@ static bool madvise_drops_pages(int advice)
 UHMM_EXPORT int madvise(void *addr, size_t len, int advice)
 {
 	struct inval_guard g = { 0 };
+	bool data_goes = madvise_drops_pages(advice) && advice != MADV_COLLAPSE && advice != MADV_PAGEOUT;
 	long ret;
 
 	if (madvise_drops_pages(advice))
-		guard_open(&g, addr, len, UHMM_NOTIFY_CLEAR);
+		guard_open(&g, addr, len, UHMM_NOTIFY_CLEAR);	/* COLLAPSE, PAGEOUT: pages move, data stays */
+	if (data_goes)
+		guard_drop(&g, addr, len);	/* DONTNEED, FREE, REMOVE: the data goes */
 	ret = syscall(SYS_madvise, addr, len, advice);
+	if (data_goes)
+		guard_dropped(&g, addr, len, ret == 0);
 	guard_close(&g);
 	return (int)ret;
 }

@@ -30,15 +30,76 @@
 #define MS_CLAIMED (1u << 0)
 #define MS_WP (1u << 1)
 #define MS_COMMITTED (1u << 2)
+#define MS_DROPPED_PUT 0xff	/* finalize: dst holds a dropped page to put */
 
 struct mig_priv {
 	struct uhmm_mm *mm;
+	bool gated;		/* holds the migration gate (may move pages to a device) */
 	uint64_t t0;		/* setup's start, for the trace */
 	uint8_t st[];
 };
 
 #define SELECT_KNOWN (UHMM_MIGRATE_VMA_SELECT_SYSTEM | UHMM_MIGRATE_VMA_SELECT_DEVICE_PRIVATE | \
 		      UHMM_MIGRATE_VMA_SELECT_DEVICE_COHERENT | UHMM_MIGRATE_VMA_SELECT_COMPOUND)
+
+/* ---- the migration gate (see internal.h) ---- */
+
+/* Gate passes this thread holds: a nested migration must not wait for a fork
+ * that waits for the outer one. */
+static __thread unsigned int gate_depth;
+/* This thread is the one forking: its evictions pass the closed gate. */
+static __thread bool gate_closer;
+
+static void gate_enter(struct uhmm_mm *mm)
+{
+	/*
+	 * The service thread passes: migrations in flight may wait for it
+	 * (uhmm_service_sync()), and fork() pauses it before copying the page
+	 * tables anyway.
+	 */
+	bool passes = gate_depth || gate_closer || uhmm_in_service_thread();
+
+	pthread_mutex_lock(&mm->lock);
+	while (mm->fork_pending && !passes)
+		pthread_cond_wait(&mm->cond, &mm->lock);
+	mm->migrating++;
+	pthread_mutex_unlock(&mm->lock);
+	gate_depth++;
+}
+
+static void gate_exit(struct uhmm_mm *mm)
+{
+	pthread_mutex_lock(&mm->lock);
+	if (--mm->migrating == 0)
+		pthread_cond_broadcast(&mm->cond);
+	pthread_mutex_unlock(&mm->lock);
+	if (gate_depth)
+		gate_depth--;	/* finalize may run on another thread than setup */
+}
+
+void uhmm_migrate_gate_close(struct uhmm_mm *mm)
+{
+	pthread_mutex_lock(&mm->lock);
+	mm->fork_pending = true;
+	while (mm->migrating)
+		pthread_cond_wait(&mm->cond, &mm->lock);
+	pthread_mutex_unlock(&mm->lock);
+	gate_closer = true;
+}
+
+bool uhmm_migrate_gate_closer(void)
+{
+	return gate_closer;
+}
+
+void uhmm_migrate_gate_open(struct uhmm_mm *mm)
+{
+	gate_closer = false;
+	pthread_mutex_lock(&mm->lock);
+	mm->fork_pending = false;
+	pthread_cond_broadcast(&mm->cond);
+	pthread_mutex_unlock(&mm->lock);
+}
 
 /* ---- registration and helpers shared with the fault path ---- */
 
@@ -287,7 +348,7 @@ static void collect_page(struct collect *c, const struct uhmm_vma *v, uint64_t i
 			m->src[i] = UHMM_MIGRATE_PFN_MIGRATE;	/* a hole of anonymous memory */
 	}
 	if (!(m->src[i] & UHMM_MIGRATE_PFN_MIGRATE)) {
-		uhmm_dp_release_locked(c->priv->mm, addr);
+		(void)uhmm_dp_release_locked(c->priv->mm, addr);	/* claimed just now: not dropped */
 		return;
 	}
 	c->priv->st[i] |= MS_CLAIMED;
@@ -375,11 +436,22 @@ UHMM_EXPORT int uhmm_migrate_vma_setup(struct uhmm_migrate_vma *m)
 		return -ENOMEM;
 	c.priv->mm = m->mm;
 	c.priv->t0 = uhmm_now_ns();
+	/*
+	 * Every migration passes the gate: one bringing a page back that
+	 * commits after fork() copied the page tables would leave the child a
+	 * hole. Only the forking thread's own evictions pass it closed.
+	 */
+	c.priv->gated = true;
+	pthread_rwlock_rdlock(&m->mm->remap_lock);	/* no mremap() until finalize */
+	if (c.priv->gated)
+		gate_enter(m->mm);
 
 	/* One VMA list serves registration and collection; the registered
 	 * sets are exact once the events read so far are handled. Pieces past
-	 * the 32nd are simply not collected. */
-	uhmm_service_sync(m->mm);
+	 * the 32nd are simply not collected. Not while forking: the worker may
+	 * be waiting at the closed gate. */
+	if (!gate_closer)
+		uhmm_service_sync(m->mm);
 	n = uhmm_vma_list(m->start, m->end, v, UHMM_ARRAY_SIZE(v));
 	ret = n < 0 ? n : 0;
 	n = n > (int)UHMM_ARRAY_SIZE(v) ? (int)UHMM_ARRAY_SIZE(v) : n;
@@ -408,6 +480,9 @@ UHMM_EXPORT int uhmm_migrate_vma_setup(struct uhmm_migrate_vma *m)
 		uhmm_stat_add(UHMM_STAT(migrations), 1);
 	return 0;
 err:
+	if (c.priv->gated)
+		gate_exit(m->mm);
+	pthread_rwlock_unlock(&m->mm->remap_lock);
 	free(c.pte);
 	free(c.priv);
 	m->cpages = 0;
@@ -416,14 +491,33 @@ err:
 
 /* ---- commit ---- */
 
-/* Device -> system: put the staging page in place and unmap the device page. */
+/*
+ * Device -> system: put the staging page in place and unmap the device
+ * page. Under dp_lock, so that an address the program unmaps or zaps
+ * meanwhile (DP_DROPPED, set under the same lock before its system call)
+ * is never filled again.
+ */
 static bool commit_to_system(struct uhmm_mm *mm, uint64_t addr, uint64_t dst)
 {
-	if (uhmm_install_page(mm, addr, system_page_addr(dst)))
-		return false;
+	bool ok;
+
+	pthread_mutex_lock(&mm->dp_lock);
+	ok = !(uhmm_radix_get(&mm->devpriv, addr >> UHMM_PAGE_SHIFT) & DP_DROPPED) &&
+	     uhmm_install_page(mm, addr, system_page_addr(dst)) == 0;
 	/* The table's reference passes to the migration; finalize drops it. */
-	(void)uhmm_dp_remove(mm, addr);
-	return true;
+	if (ok)
+		(void)uhmm_dp_remove_locked(mm, addr);
+	pthread_mutex_unlock(&mm->dp_lock);
+	return ok;
+}
+
+/* Is any entry of [i, j) dropped? (dp_lock held) */
+static bool run_dropped(struct uhmm_migrate_vma *m, struct mig_priv *p, uint64_t i, uint64_t j)
+{
+	for (uint64_t k = i; k < j; k++)
+		if (uhmm_radix_get(&p->mm->devpriv, (m->start >> UHMM_PAGE_SHIFT) + k) & DP_DROPPED)
+			return true;
+	return false;
 }
 
 /*
@@ -433,17 +527,22 @@ static bool commit_to_system(struct uhmm_mm *mm, uint64_t addr, uint64_t dst)
  */
 static void commit_run_to_system(struct uhmm_migrate_vma *m, struct mig_priv *p, uint64_t i, uint64_t j)
 {
-	uint64_t addr = m->start + (i << UHMM_PAGE_SHIFT);
-	long done = install_range(p->mm, addr, system_page_addr(m->dst[i]), (j - i) << UHMM_PAGE_SHIFT);
-	uint64_t ok = done > 0 ? (uint64_t)done >> UHMM_PAGE_SHIFT : 0;
+	uint64_t addr = m->start + (i << UHMM_PAGE_SHIFT), ok = 0;
+	long done = 0;
 
-	for (uint64_t k = i; k < j; k++) {
+	pthread_mutex_lock(&p->mm->dp_lock);	/* see commit_to_system() */
+	if (!run_dropped(m, p, i, j))
+		done = install_range(p->mm, addr, system_page_addr(m->dst[i]), (j - i) << UHMM_PAGE_SHIFT);
+	ok = done > 0 ? (uint64_t)done >> UHMM_PAGE_SHIFT : 0;
+	for (uint64_t k = i; k < i + ok; k++) {
+		(void)uhmm_dp_remove_locked(p->mm, m->start + (k << UHMM_PAGE_SHIFT));
+		p->st[k] |= MS_COMMITTED;
+	}
+	pthread_mutex_unlock(&p->mm->dp_lock);
+	for (uint64_t k = i + ok; k < j; k++) {
 		uint64_t a = m->start + (k << UHMM_PAGE_SHIFT);
 
-		if (k < i + ok) {
-			(void)uhmm_dp_remove(p->mm, a);
-			p->st[k] |= MS_COMMITTED;
-		} else if (k > i + ok && commit_to_system(p->mm, a, m->dst[k])) {
+		if ((k > i + ok || done <= 0) && commit_to_system(p->mm, a, m->dst[k])) {
 			p->st[k] |= MS_COMMITTED;
 		} else {
 			m->src[k] &= ~UHMM_MIGRATE_PFN_MIGRATE;	/* not missing there: stays */
@@ -456,19 +555,24 @@ static bool staging_follows(uint64_t prev, uint64_t next)
 	return uhmm_migrate_pfn_to_pfn(next) == uhmm_migrate_pfn_to_pfn(prev) + 1;
 }
 
-/* System -> device: zap a run of CPU pages, then map the device pages. */
+/*
+ * System -> device: zap a run of CPU pages, then map the device pages. The
+ * check for entries the program dropped meanwhile, the zap and the mapping
+ * are one step under dp_lock (see commit_to_system()): a dropped page is
+ * left alone, and its data goes with the program's own zap.
+ */
 static void commit_run_to_device(struct uhmm_migrate_vma *m, struct mig_priv *p, uint64_t i, uint64_t j)
 {
 	uint64_t start = m->start + (i << UHMM_PAGE_SHIFT), end = m->start + (j << UHMM_PAGE_SHIFT);
 
-	if (uhmm_zap_range(p->mm, start, end) == 0) {
-		pthread_mutex_lock(&p->mm->dp_lock);
+	pthread_mutex_lock(&p->mm->dp_lock);
+	if (!run_dropped(m, p, i, j) && uhmm_zap_range(p->mm, start, end) == 0) {
 		for (uint64_t k = i; k < j; k++)
 			if (uhmm_dp_install_locked(p->mm, m->start + (k << UHMM_PAGE_SHIFT),
 						   uhmm_migrate_pfn_to_page(m->dst[k])) == 0)
 				p->st[k] |= MS_COMMITTED;
-		pthread_mutex_unlock(&p->mm->dp_lock);
 	}
+	pthread_mutex_unlock(&p->mm->dp_lock);
 	for (uint64_t k = i; k < j; k++)
 		if (!(p->st[k] & MS_COMMITTED))
 			m->src[k] &= ~UHMM_MIGRATE_PFN_MIGRATE;
@@ -561,10 +665,19 @@ UHMM_EXPORT void uhmm_migrate_vma_finalize(struct uhmm_migrate_vma *m)
 	for (uint64_t i = 0; i < m->npages; i++)
 		finalize_entry(p->mm, m->start + (i << UHMM_PAGE_SHIFT), m->src[i], m->dst[i], p->st[i]);
 	pthread_mutex_lock(&p->mm->dp_lock);
-	for (uint64_t i = 0; i < m->npages; i++)
+	for (uint64_t i = 0; i < m->npages; i++) {
+		struct uhmm_page *dropped = NULL;
+
 		if (p->st[i] & MS_CLAIMED)
-			uhmm_dp_release_locked(p->mm, m->start + (i << UHMM_PAGE_SHIFT));
+			dropped = uhmm_dp_release_locked(p->mm, m->start + (i << UHMM_PAGE_SHIFT));
+		if (dropped)	/* the address went away while we held it */
+			m->dst[i] = uhmm_migrate_pfn(uhmm_page_to_pfn(dropped));	/* put below */
+		p->st[i] = dropped ? MS_DROPPED_PUT : p->st[i];
+	}
 	pthread_mutex_unlock(&p->mm->dp_lock);
+	for (uint64_t i = 0; i < m->npages; i++)
+		if (p->st[i] == MS_DROPPED_PUT)
+			uhmm_page_put(uhmm_migrate_pfn_to_page(m->dst[i]));
 	/* Claims are released: a thread woken now and faulting again is served. */
 	uhmm_wake(p->mm, m->start, m->end);
 	if (uhmm_tracing())
@@ -572,6 +685,9 @@ UHMM_EXPORT void uhmm_migrate_vma_finalize(struct uhmm_migrate_vma *m)
 				"\"start\":\"%#llx\",\"npages\":%llu,\"cpages\":%llu",
 				(unsigned long long)m->start, (unsigned long long)m->npages,
 				(unsigned long long)m->cpages);
+	if (p->gated)
+		gate_exit(p->mm);
+	pthread_rwlock_unlock(&p->mm->remap_lock);
 	free(p);
 	m->priv = NULL;
 }
@@ -602,6 +718,12 @@ UHMM_EXPORT int uhmm_migrate_device_range(uint64_t *src, uint64_t start_pfn, uin
 	last = uhmm_pfn_to_page(start_pfn + npages - 1);
 	if (!last || last->pgmap != first->pgmap)
 		return -EINVAL;
+	/* Held until finalize if a page is collected: claims must not straddle an mremap(). */
+	pthread_rwlock_rdlock(&first->pgmap->mm->remap_lock);
+	/* page->vaddr is exact once the events read so far (an mremap's) are handled */
+	uhmm_service_sync(first->pgmap->mm);
+	bool any = false;
+
 	for (uint64_t i = 0; i < npages; i++) {
 		struct uhmm_page *page = first + i;
 		struct uhmm_mm *mm = page->pgmap->mm;
@@ -622,7 +744,10 @@ UHMM_EXPORT int uhmm_migrate_device_range(uint64_t *src, uint64_t start_pfn, uin
 		}
 		page->claim_addr = addr;
 		src[i] = uhmm_migrate_pfn(start_pfn + i) | UHMM_MIGRATE_PFN_MIGRATE | UHMM_MIGRATE_PFN_WRITE;
+		any = true;
 	}
+	if (!any)
+		pthread_rwlock_unlock(&first->pgmap->mm->remap_lock);	/* finalize has nothing to do */
 	return 0;
 }
 
@@ -645,6 +770,8 @@ UHMM_EXPORT void uhmm_migrate_device_pages(uint64_t *src, uint64_t *dst, uint64_
 
 UHMM_EXPORT void uhmm_migrate_device_finalize(uint64_t *src, uint64_t *dst, uint64_t npages)
 {
+	struct uhmm_mm *locked = NULL;	/* the remap_lock migrate_device_range() kept */
+
 	for (uint64_t i = 0; src && dst && i < npages; i++) {
 		struct uhmm_page *page = uhmm_migrate_pfn_to_page(src[i]);
 		struct uhmm_mm *mm;
@@ -658,8 +785,10 @@ UHMM_EXPORT void uhmm_migrate_device_finalize(uint64_t *src, uint64_t *dst, uint
 		mm = page->pgmap->mm;
 		addr = page->claim_addr;
 		finalize_entry(mm, addr, src[i], dst[i], device_entry_state(src[i]));
-		uhmm_dp_release(mm, addr);
-		uhmm_wake(mm, addr, addr + UHMM_PAGE_SIZE);
+		uhmm_dp_release(mm, addr);	/* and wakes */
 		src[i] &= ~MIGRATE_PFN_COMMITTED;
+		locked = mm;
 	}
+	if (locked)
+		pthread_rwlock_unlock(&locked->remap_lock);
 }

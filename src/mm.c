@@ -22,6 +22,8 @@
 #include "../uapi/uhmm_uapi.h"
 
 static pthread_mutex_t mm_global_lock = PTHREAD_MUTEX_INITIALIZER;
+/* One fork() at a time runs the handlers: they share mm->fork_inval and the gate. */
+static pthread_mutex_t fork_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct uhmm_mm *mm_current;
 static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
 
@@ -49,19 +51,24 @@ static void mm_fork_prepare(void)
 	struct uhmm_vma *v;
 	int n;
 
+	pthread_mutex_lock(&fork_lock);
 	pthread_mutex_lock(&mm_global_lock);
 	mm = uhmm_mm_is_current(mm_current) ? mm_current : NULL;
 	if (mm)
 		atomic_fetch_add(&mm->refs, 1);
 	pthread_mutex_unlock(&mm_global_lock);
-	if (!mm)
+	if (!mm) {
+		pthread_mutex_lock(&mm_global_lock);
 		return;
+	}
 
 	/*
 	 * The child must see the data of device-resident pages, which it
-	 * cannot fault back (its copy of the mm is abandoned): bring them all
-	 * back first.
+	 * cannot fault back (its copy of the mm is abandoned): close the gate
+	 * (migrations to a device in flight finish, new ones wait for the
+	 * fork to be over), then bring every device page back.
 	 */
+	uhmm_migrate_gate_close(mm);
 	if (uhmm_dp_any(mm))
 		uhmm_dp_evict_range(mm, 0, UINT64_MAX);
 	mm->fork_inval = calloc(1, sizeof(*mm->fork_inval));
@@ -100,13 +107,17 @@ static void mm_fork_parent(void)
 	struct uhmm_mm *mm = uhmm_mm_is_current(mm_current) ? mm_current : NULL;
 
 	pthread_mutex_unlock(&mm_global_lock);
-	if (!mm)
+	if (!mm) {
+		pthread_mutex_unlock(&fork_lock);
 		return;
+	}
 	uhmm_service_resume(mm);
 	for (size_t i = 0; mm->fork_inval && i < mm->fork_inval->n; i++)
 		uhmm_invalidate_end(mm);
 	free(mm->fork_inval);
 	mm->fork_inval = NULL;
+	uhmm_migrate_gate_open(mm);
+	pthread_mutex_unlock(&fork_lock);
 	uhmm_mm_put(mm);
 }
 
@@ -123,6 +134,7 @@ static void mm_fork_child(void)
 	}
 	mm_current = NULL;
 	pthread_mutex_unlock(&mm_global_lock);
+	pthread_mutex_unlock(&fork_lock);	/* this thread took it in the parent */
 	uhmm_procfs_after_fork_child();
 }
 
@@ -140,8 +152,10 @@ static void mm_free(struct uhmm_mm *mm)
 	uhmm_spanset_free(&mm->registered);
 	uhmm_spanset_free(&mm->missing);
 	uhmm_spanset_free(&mm->self_zap);
+	free(mm->deferred);
 	uhmm_radix_free(&mm->devpriv);
 	uhmm_zap_fini(mm);
+	pthread_rwlock_destroy(&mm->remap_lock);
 	pthread_mutex_destroy(&mm->dp_lock);
 	pthread_cond_destroy(&mm->cond);
 	pthread_mutex_destroy(&mm->lock);
@@ -162,6 +176,7 @@ static int mm_create(struct uhmm_mm **out)
 	pthread_mutex_init(&mm->lock, NULL);
 	pthread_mutex_init(&mm->dp_lock, NULL);
 	pthread_mutex_init(&mm->zap_lock, NULL);
+	pthread_rwlock_init(&mm->remap_lock, NULL);
 	pthread_cond_init(&mm->cond, NULL);
 	mm->uffd = uhmm_uffd_open(UHMM_UFFD_WANT_FEATURES, &mm->uffd_features);
 	if (mm->uffd < 0) {
@@ -288,6 +303,34 @@ static int mm_register_vma(struct uhmm_mm *mm, const struct uhmm_vma *v, uint64_
 	return 0;
 }
 
+int uhmm_mm_unify_registration(struct uhmm_mm *mm, uint64_t start, uint64_t end)
+{
+	uint64_t mode = UFFDIO_REGISTER_MODE_WP;
+	struct uhmm_vma v[2];
+	int n, ret = -ENOENT;
+
+	start = uhmm_align_down(start, UHMM_PAGE_SIZE);
+	end = uhmm_align_up(end, UHMM_PAGE_SIZE);
+	if (end <= start || uhmm_service_owns(mm, start, end))
+		return -EINVAL;
+	/* The kernel's VMAs, not uhmm's sets: those lag behind unmap events. */
+	n = uhmm_vma_list(start, end, v, 2);
+	if (n < 2 || (v[0].flags & UHMM_VMA_SPECIAL))
+		return n < 0 ? n : -ENOENT;
+	pthread_mutex_lock(&mm->lock);
+	if (uhmm_spanset_intersects(&mm->registered, start, end)) {
+		if (uhmm_spanset_intersects(&mm->missing, start, end))
+			mode |= UFFDIO_REGISTER_MODE_MISSING;
+		ret = uhmm_uffd_register(mm->uffd, start, end, mode, NULL);
+		if (ret == 0)
+			ret = uhmm_spanset_add(&mm->registered, start, end);
+		if (ret == 0 && (mode & UFFDIO_REGISTER_MODE_MISSING))
+			ret = uhmm_spanset_add(&mm->missing, start, end);
+	}
+	pthread_mutex_unlock(&mm->lock);
+	return ret;
+}
+
 /*
  * Register exactly the mapped parts of [start, end). Rounding out (to keep
  * VMA splits down) was tried and dropped: anonymous VMAs merge, so a
@@ -295,26 +338,16 @@ static int mm_register_vma(struct uhmm_mm *mm, const struct uhmm_vma *v, uint64_
  * arena, a sanitizer's shadow), whose later munmap would then wait on
  * uhmm's reader. Adjacent registrations merge back into one VMA.
  */
-int uhmm_mm_register(struct uhmm_mm *mm, uint64_t start, uint64_t end)
+static int mm_register_range(struct uhmm_mm *mm, uint64_t start, uint64_t end, struct uhmm_vma *v, int cap)
 {
 	uint64_t cursor = start;
-	struct uhmm_vma v[32];
-	bool covered;
 	int n, ret;
 
-	/* The set is exact only once the events read so far are handled. */
-	uhmm_service_sync(mm);
-	pthread_mutex_lock(&mm->lock);
-	covered = uhmm_spanset_covers(&mm->registered, start, end);
-	pthread_mutex_unlock(&mm->lock);
-	if (covered)
-		return 0;
-
 	while (cursor < end) {
-		n = uhmm_vma_list(cursor, end, v, UHMM_ARRAY_SIZE(v));
+		n = uhmm_vma_list(cursor, end, v, cap);
 		if (n <= 0)
 			return n;
-		for (int i = 0; i < n && i < (int)UHMM_ARRAY_SIZE(v); i++) {
+		for (int i = 0; i < n && i < cap; i++) {
 			uint64_t s = v[i].start > start ? v[i].start : start;
 			uint64_t e = v[i].end < end ? v[i].end : end;
 
@@ -323,11 +356,31 @@ int uhmm_mm_register(struct uhmm_mm *mm, uint64_t start, uint64_t end)
 				return ret;
 			cursor = v[i].end;
 		}
-		if (n <= (int)UHMM_ARRAY_SIZE(v))
+		if (n <= cap)
 			break;
 	}
 	return 0;
 }
+
+int uhmm_mm_register(struct uhmm_mm *mm, uint64_t start, uint64_t end)
+{
+	struct uhmm_vma v[32];
+	bool covered;
+	int ret;
+
+	/* The set is exact only once the events read so far are handled. */
+	uhmm_service_sync(mm);
+	pthread_mutex_lock(&mm->lock);
+	covered = uhmm_spanset_covers(&mm->registered, start, end);
+	pthread_mutex_unlock(&mm->lock);
+	if (covered)
+		return 0;
+	pthread_rwlock_rdlock(&mm->remap_lock);
+	ret = mm_register_range(mm, start, end, v, (int)UHMM_ARRAY_SIZE(v));
+	pthread_rwlock_unlock(&mm->remap_lock);
+	return ret;
+}
+
 
 void uhmm_mm_forget(struct uhmm_mm *mm, uint64_t start, uint64_t end)
 {

@@ -28,6 +28,8 @@
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
+#include <stdlib.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "internal.h"
@@ -253,6 +255,51 @@ static void worker_dispatch(struct uhmm_mm *mm, const struct uffd_msg *m)
 	}
 }
 
+void uhmm_service_defer(struct uhmm_mm *mm, uint64_t addr)
+{
+	if (mm->n_deferred == mm->cap_deferred) {	/* worker only: no lock needed */
+		size_t cap = mm->cap_deferred ? 2 * mm->cap_deferred : 16;
+		uint64_t *d = realloc(mm->deferred, cap * sizeof(*d));
+
+		if (!d)
+			return;	/* the holder's own wake-up remains */
+		mm->deferred = d;
+		mm->cap_deferred = cap;
+	}
+	mm->deferred[mm->n_deferred++] = addr;
+}
+
+/* Wake the deferred faults (called with mm->lock held, drops it meanwhile). */
+static void worker_rewake(struct uhmm_mm *mm)
+{
+	size_t n = mm->n_deferred;
+
+	mm->n_deferred = 0;
+	pthread_mutex_unlock(&mm->lock);
+	for (size_t i = 0; i < n; i++)	/* a fault still blocked comes back as a new event */
+		uhmm_wake(mm, mm->deferred[i], mm->deferred[i] + UHMM_PAGE_SIZE);
+	pthread_mutex_lock(&mm->lock);
+}
+
+/* Wait for work; with deferred faults, no longer than a millisecond. */
+static void worker_wait(struct uhmm_mm *mm)
+{
+	struct timespec ts;
+
+	if (!mm->n_deferred) {
+		pthread_cond_wait(&mm->cond, &mm->lock);
+		return;
+	}
+	clock_gettime(CLOCK_REALTIME, &ts);
+	ts.tv_nsec += 1000000;
+	if (ts.tv_nsec >= 1000000000) {
+		ts.tv_sec++;
+		ts.tv_nsec -= 1000000000;
+	}
+	if (pthread_cond_timedwait(&mm->cond, &mm->lock, &ts) == ETIMEDOUT)
+		worker_rewake(mm);
+}
+
 static void *worker_main(void *arg)
 {
 	struct uhmm_mm *mm = arg;
@@ -263,7 +310,7 @@ static void *worker_main(void *arg)
 		struct uffd_msg m;
 
 		while ((!mm->q_len || mm->paused) && !mm->stopping)
-			pthread_cond_wait(&mm->cond, &mm->lock);
+			worker_wait(mm);
 		if (!mm->q_len)
 			break;
 		mm->worker_busy = true;

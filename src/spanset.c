@@ -32,6 +32,13 @@ bool uhmm_spanset_covers(const struct uhmm_spanset *s, uint64_t start, uint64_t 
 	return i < s->n && s->v[i].start <= start && s->v[i].end >= end;
 }
 
+bool uhmm_spanset_intersects(const struct uhmm_spanset *s, uint64_t start, uint64_t end)
+{
+	size_t i = spanset_find(s, start);
+
+	return i < s->n && s->v[i].start < end;
+}
+
 static int spanset_reserve(struct uhmm_spanset *s, size_t extra)
 {
 	struct uhmm_span *v;
