@@ -38,7 +38,7 @@ LDLIBS := -pthread
 
 LIB_SRCS := $(wildcard src/*.c src/lib/*.c sim/*.c)
 LIB_OBJS := $(LIB_SRCS:%.c=$(BUILD)/%.o)
-TEST_SRCS := $(wildcard test/*.c test/conformance/*.c)
+TEST_SRCS := $(wildcard test/*.c test/conformance/*.c) test/stress/stress.c
 TEST_OBJS := $(TEST_SRCS:%.c=$(BUILD)/%.o)
 TOOL_SRCS := $(wildcard tools/*.c bench/*.c)
 TOOL_OBJS := $(TOOL_SRCS:%.c=$(BUILD)/%.o)
@@ -69,6 +69,9 @@ $(BUILD)/uhmm: $(TOOL_OBJS) $(STATIC)
 $(BUILD)/uhmm-tests: $(TEST_OBJS) $(STATIC)
 	$(CC) $(ALL_CFLAGS) -o $@ $(TEST_OBJS) $(STATIC) $(LDLIBS)
 
+$(BUILD)/uhmm-stress: $(BUILD)/test/stress/main.o $(BUILD)/test/stress/stress.o $(STATIC)
+	$(CC) $(ALL_CFLAGS) -o $@ $^ $(LDLIBS)
+
 $(BUILD)/examples/%: examples/%.c $(STATIC)
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -o $@ $< $(STATIC) $(LDLIBS)
@@ -85,6 +88,11 @@ bench: $(BUILD)/uhmm
 # told not to; the fork tests do exactly that, on purpose.
 check: $(BUILD)/uhmm-tests
 	TSAN_OPTIONS="die_after_fork=0 $(TSAN_OPTIONS)" $(BUILD)/uhmm-tests $(TESTFLAGS)
+
+# The model-checked stress test, long (make check runs a 3-second one).
+# STRESSFLAGS: -s SEED -t SECONDS -T THREADS -r REGIONS -p PAGES -n OPS -F
+stress: $(BUILD)/uhmm-stress
+	$(BUILD)/uhmm-stress $(STRESSFLAGS)
 
 # uhmm.pc is made at install time: it must name this install's PREFIX.
 install: $(STATIC) $(SHARED) $(BUILD)/uhmm
@@ -113,4 +121,4 @@ uninstall:
 clean:
 	rm -rf build build-*
 
-.PHONY: all demo bench check install uninstall clean
+.PHONY: all demo bench check stress install uninstall clean

@@ -1,0 +1,54 @@
+// SPDX-License-Identifier: MIT
+/* make stress: the long run of the model-checked stress test. */
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+
+#include "stress.h"
+
+#include "uhmm.h"
+
+static void log_stderr(void *arg, int level, const char *msg)
+{
+	(void)arg;
+	fprintf(stderr, "uhmm[%d]: %s\n", level, msg);
+}
+
+int main(int argc, char **argv)
+{
+	struct stress_opts o = { .seed = (uint64_t)time(NULL), .seconds = 60, .threads = 4, .regions = 3,
+				 .pages = 32, .fork = true };
+	struct stress_report r;
+	int c, ret;
+
+	while ((c = getopt(argc, argv, "s:t:T:r:p:n:FCx:h")) != -1) {
+		switch (c) {
+		case 's': o.seed = strtoull(optarg, NULL, 0); break;
+		case 't': o.seconds = atof(optarg); break;
+		case 'T': o.threads = atoi(optarg); break;
+		case 'r': o.regions = atoi(optarg); break;
+		case 'p': o.pages = atoi(optarg); break;
+		case 'n': o.max_ops = atol(optarg); break;
+		case 'F': o.fork = false; break;
+		case 'C': o.no_chaos = true; break;
+		case 'x': o.skip_ops = optarg; break;
+		default:
+			fprintf(stderr, "usage: %s [-s SEED] [-t SECONDS] [-T THREADS] [-r REGIONS] [-p PAGES] "
+					"[-n OPS_PER_THREAD] [-F (no fork)] [-C (no chaos thread)] [-x OPS_TO_SKIP]\n"
+					"  operations: S store, C check, W device write, R device read, M to device,\n"
+					"  Y to system, L release, D madvise(DONTNEED), F munmap+mmap, P mprotect,\n"
+					"  X mremap, K fork\n", argv[0]);
+			return c == 'h' ? 0 : 2;
+		}
+	}
+	if (o.threads < 1 || o.regions < 1 || o.pages < 1 || o.seconds <= 0)
+		return 2;
+	uhmm_set_logger(log_stderr, NULL);
+	printf("stress: seed %llu (rerun with -s %llu)\n", (unsigned long long)o.seed, (unsigned long long)o.seed);
+	fflush(stdout);
+	ret = stress_run(&o, &r);
+	stress_print(&o, &r);
+	printf("stress: %s\n", ret ? "FAILED" : "passed");
+	return ret;
+}
