@@ -70,7 +70,8 @@ static void gate_enter(struct uhmm_mm *mm)
 static void gate_exit(struct uhmm_mm *mm)
 {
 	pthread_mutex_lock(&mm->lock);
-	if (--mm->migrating == 0)
+	/* only a fork waits for this: a broadcast would also wake the worker */
+	if (--mm->migrating == 0 && mm->fork_pending)
 		pthread_cond_broadcast(&mm->cond);
 	pthread_mutex_unlock(&mm->lock);
 	if (gate_depth)
@@ -511,13 +512,19 @@ static bool commit_to_system(struct uhmm_mm *mm, uint64_t addr, uint64_t dst)
 	return ok;
 }
 
-/* Is any entry of [i, j) dropped? (dp_lock held) */
+static int entry_dropped(void *arg, uint64_t key, uint64_t *val)
+{
+	(void)arg;
+	(void)key;
+	return (*val & DP_DROPPED) != 0;
+}
+
+/* Is any entry of [i, j) dropped? (dp_lock held; one walk, not a lookup per page) */
 static bool run_dropped(struct uhmm_migrate_vma *m, struct mig_priv *p, uint64_t i, uint64_t j)
 {
-	for (uint64_t k = i; k < j; k++)
-		if (uhmm_radix_get(&p->mm->devpriv, (m->start >> UHMM_PAGE_SHIFT) + k) & DP_DROPPED)
-			return true;
-	return false;
+	uint64_t first = (m->start >> UHMM_PAGE_SHIFT) + i;
+
+	return uhmm_radix_walk(&p->mm->devpriv, first, first + (j - i) - 1, entry_dropped, NULL) != 0;
 }
 
 /*
