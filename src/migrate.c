@@ -358,6 +358,35 @@ static void collect_page(struct collect *c, const struct uhmm_vma *v, uint64_t i
 		c->priv->st[i] |= MS_WP;
 }
 
+/*
+ * The page-table snapshot was taken before the claims: a hole or zero page
+ * it showed may have been filled since (another migration bringing the page
+ * back from a device, or a CPU write to the zero page), and migrating it
+ * "without data" would zap that data. Once claimed, a page cannot be
+ * filled any more (faults wait, installs need the claim), so look again and
+ * leave alone what is no longer empty.
+ */
+static void collect_recheck_holes(struct collect *c)
+{
+	struct uhmm_migrate_vma *m = c->m;
+	bool any = false;
+
+	for (uint64_t i = 0; c->pte && i < m->npages && !any; i++)
+		any = (c->priv->st[i] & MS_CLAIMED) && !(m->src[i] & UHMM_MIGRATE_PFN_VALID);
+	if (!any || uhmm_pagemap_read(m->start, m->end, c->pte, false))
+		return;
+	for (uint64_t i = 0; i < m->npages; i++) {
+		if (!(c->priv->st[i] & MS_CLAIMED) || (m->src[i] & UHMM_MIGRATE_PFN_VALID))
+			continue;
+		if (!(c->pte[i] & UHMM_PTE_PRESENT) || (c->pte[i] & UHMM_PTE_ZERO))
+			continue;	/* still empty */
+		c->priv->st[i] = 0;
+		m->src[i] = 0;
+		m->cpages--;
+		uhmm_dp_release(c->priv->mm, m->start + (i << UHMM_PAGE_SHIFT));
+	}
+}
+
 /* Write-protect the runs of collected present system pages. */
 static void collect_protect(struct collect *c)
 {
@@ -473,6 +502,7 @@ UHMM_EXPORT int uhmm_migrate_vma_setup(struct uhmm_migrate_vma *m)
 					   .flags = UHMM_NOTIFIER_RANGE_BLOCKABLE, .owner = m->pgmap_owner };
 	uhmm_invalidate_start(m->mm, &r);
 	collect_vmas(&c, v, n);
+	collect_recheck_holes(&c);
 	collect_protect(&c);
 	uhmm_invalidate_end(m->mm);
 	free(c.pte);

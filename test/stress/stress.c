@@ -194,7 +194,8 @@ static void op_store(struct stress *s, struct owner *w, int ri, int a, int n, bo
 	}
 	if (by_device && (ret = dmcmd(s, d, UHMM_DMIRROR_WRITE, base + (size_t)a * PAGE, w->buf, n)) != 0) {
 		/* a failed WRITE may have copied a prefix: ask the pages what they hold */
-		unexpected(s, w, "device WRITE", ret);
+		if (!(ret == -EFAULT && s->o->efault_ok))
+			unexpected(s, w, "device WRITE", ret);
 		for (int p = a; p < a + n; p++)
 			if (holds(base + (size_t)p * PAGE, v[p - a]))
 				w->reg[ri].val[p] = v[p - a];
@@ -214,7 +215,7 @@ static void op_migrate(struct stress *s, struct owner *w, int ri, int a, int n, 
 	int ret = dmcmd(s, d, cmd, base, w->buf, n);	/* RELEASE: the range is checked, not used */
 
 	/* the chaos thread may hold or move some of the pages meanwhile */
-	if (ret && ret != -ENOENT && ret != -EBUSY)
+	if (ret && ret != -ENOENT && ret != -EBUSY && !(ret == -EFAULT && s->o->efault_ok))
 		unexpected(s, w, what == OP_TO_DEV ? "MIGRATE_TO_DEV" : what == OP_TO_SYS ? "MIGRATE_TO_SYS" : "RELEASE",
 			   ret);
 	if (what == OP_TO_DEV && ret == 0)
@@ -336,8 +337,10 @@ static void owner_step(struct stress *s, struct owner *w)
 	case OP_DEV_WRITE: op_store(s, w, ri, a, n, true, d); break;
 	case OP_DEV_READ:
 		ret = dmcmd(s, d, UHMM_DMIRROR_READ, base + (size_t)a * PAGE, w->buf, n);
-		if (ret)
+		if (ret && !(ret == -EFAULT && s->o->efault_ok))
 			unexpected(s, w, "device READ", ret);
+		else if (ret)
+			break;
 		else
 			check_pages(s, w, ri, a, n, w->buf, "device");
 		break;

@@ -19,6 +19,8 @@ struct stress_opts {
 	int pages;		/* per region */
 	bool fork;		/* include fork() with a verifying child */
 	bool no_chaos;		/* no chaos thread (owners only) */
+	bool efault_ok;		/* user-mode-only userfaultfd: a device's (kernel-mode) access to a
+				 * page another thread holds fails with EFAULT instead of waiting */
 	const char *skip_ops;	/* operation letters to leave out (see op_names in stress.c) */
 	bool verbose;
 };
