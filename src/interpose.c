@@ -215,9 +215,13 @@ UHMM_EXPORT void *mmap(void *addr, size_t len, int prot, int flags, int fd, off_
 	long ret;
 
 	/* MAP_FIXED replaces whatever was mapped there: an unmap first. */
-	if (flags & MAP_FIXED)
+	if (flags & MAP_FIXED) {
 		guard_open(&g, addr, len, UHMM_NOTIFY_UNMAP);
+		guard_drop(&g, addr, len);
+	}
 	ret = syscall(SYS_mmap, addr, len, prot, flags, fd, off);
+	if (flags & MAP_FIXED)
+		guard_dropped(&g, addr, len, ret != -1);
 	if (ret != -1)
 		guard_forget(&g, addr, len);
 	guard_close(&g);

@@ -757,8 +757,10 @@ UHMM_EXPORT int uhmm_migrate_device_range(uint64_t *src, uint64_t start_pfn, uin
 		return -EINVAL;
 	/* Held until finalize if a page is collected: claims must not straddle an mremap(). */
 	pthread_rwlock_rdlock(&first->pgmap->mm->remap_lock);
+	gate_enter(first->pgmap->mm);	/* an eviction committing after fork() copied the page tables leaves the child a hole */
 	/* page->vaddr is exact once the events read so far (an mremap's) are handled */
-	uhmm_service_sync(first->pgmap->mm);
+	if (!gate_closer)
+		uhmm_service_sync(first->pgmap->mm);
 	bool any = false;
 
 	for (uint64_t i = 0; i < npages; i++) {
@@ -783,8 +785,10 @@ UHMM_EXPORT int uhmm_migrate_device_range(uint64_t *src, uint64_t start_pfn, uin
 		src[i] = uhmm_migrate_pfn(start_pfn + i) | UHMM_MIGRATE_PFN_MIGRATE | UHMM_MIGRATE_PFN_WRITE;
 		any = true;
 	}
-	if (!any)
-		pthread_rwlock_unlock(&first->pgmap->mm->remap_lock);	/* finalize has nothing to do */
+	if (!any) {	/* finalize has nothing to do */
+		gate_exit(first->pgmap->mm);
+		pthread_rwlock_unlock(&first->pgmap->mm->remap_lock);
+	}
 	return 0;
 }
 
@@ -826,6 +830,8 @@ UHMM_EXPORT void uhmm_migrate_device_finalize(uint64_t *src, uint64_t *dst, uint
 		src[i] &= ~MIGRATE_PFN_COMMITTED;
 		locked = mm;
 	}
-	if (locked)
+	if (locked) {
+		gate_exit(locked);
 		pthread_rwlock_unlock(&locked->remap_lock);
+	}
 }

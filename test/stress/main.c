@@ -37,7 +37,7 @@ int main(int argc, char **argv)
 			fprintf(stderr, "usage: %s [-s SEED] [-t SECONDS] [-T THREADS] [-r REGIONS] [-p PAGES] "
 					"[-n OPS_PER_THREAD] [-F (no fork)] [-C (no chaos thread)] [-x OPS_TO_SKIP]\n"
 					"  operations: S store, C check, W device write, R device read, M to device,\n"
-					"  Y to system, L release, D madvise(DONTNEED), F munmap+mmap, P mprotect,\n"
+					"  Y to system, L release, D madvise(DONTNEED), F mmap(MAP_FIXED) over it, P mprotect,\n"
 					"  X mremap, K fork\n", argv[0]);
 			return c == 'h' ? 0 : 2;
 		}

@@ -9,7 +9,7 @@
  * and with a chaos thread that runs only value-preserving operations on
  * anybody's regions at random (migrations both ways by both devices,
  * RELEASE, device reads): those race with the owners' stores, madvise,
- * munmap, mremap, mprotect and fork, which is where data could get lost.
+ * mmap(MAP_FIXED) over a region, mremap, mprotect and fork, which is where data could get lost.
  *
  * Values: page contents are a pattern of a 32-bit value (0 = zeros), so a
  * partly copied or stale page shows. A mismatch prints the seed, the page
@@ -262,17 +262,20 @@ static void op_remap(struct stress *s, struct owner *w, int ri)
 	atomic_store(&w->reg[ri].base, to);	/* the values moved with it */
 }
 
+/*
+ * Fresh memory in place of the region: mmap(MAP_FIXED) over it (an unmap
+ * and a map in one call, at the same address, so that no other thread's
+ * region is ever placed where this one was: TSan cannot see the unmap
+ * through uhmm's interposed calls and would take the reuse for a race).
+ */
 static void op_fresh(struct stress *s, struct owner *w, int ri)
 {
-	char *old = atomic_load(&w->reg[ri].base), *fresh;
+	char *old = atomic_load(&w->reg[ri].base);
 
-	munmap(old, region_bytes(s));
-	fresh = map_region(s);
-	if (!fresh) {
-		unexpected(s, w, "mmap", -errno);
+	if (mmap(old, region_bytes(s), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) != old) {
+		unexpected(s, w, "mmap(MAP_FIXED)", -errno);
 		exit(2);
 	}
-	atomic_store(&w->reg[ri].base, fresh);
 	set_zero(s, w, ri, 0, s->o->pages, OP_FRESH);
 }
 
