@@ -43,6 +43,12 @@ void *dmirror_device_owner(unsigned int device)
 	return &device_owners[device];
 }
 
+/* Chunks are only ever appended to a fixed array, and the count published last. */
+static unsigned int devmem_nchunks(struct dmirror_devmem *mem)
+{
+	return __atomic_load_n(&mem->nchunks, __ATOMIC_ACQUIRE);
+}
+
 static struct uhmm_dmirror *page_dmirror(const struct uhmm_page *page)
 {
 	return uhmm_pagemap_driver_data(uhmm_page_pgmap(page));
@@ -54,7 +60,7 @@ static char *page_mem(struct uhmm_page *page)
 	struct uhmm_dmirror *dm = page_dmirror(page);
 	struct uhmm_pagemap *pgmap = uhmm_page_pgmap(page);
 
-	for (unsigned int i = 0; i < dm->devmem->nchunks; i++)
+	for (unsigned int i = 0, n = devmem_nchunks(dm->devmem); i < n; i++)
 		if (dm->devmem->chunks[i].pgmap == pgmap)
 			return dm->devmem->chunks[i].mem + (uhmm_page_index(page) << DM_PAGE_SHIFT);
 	return NULL;
@@ -102,7 +108,8 @@ static int devmem_add_chunk(struct uhmm_dmirror *dm)
 	}
 	for (uint64_t i = DM_CHUNK_DEV_PAGES; i-- > 0;)
 		mem->free[mem->nfree++] = uhmm_pagemap_page(c->pgmap, i);
-	mem->nchunks++;
+	/* published last: readers take the count without mem_lock (devmem_nchunks()) */
+	__atomic_store_n(&mem->nchunks, mem->nchunks + 1, __ATOMIC_RELEASE);
 	return 0;
 }
 
@@ -470,7 +477,7 @@ static int dmirror_release(struct uhmm_dmirror *dm)
 	/* Every device-page mapping goes: the pages are leaving. */
 	uhmm_radix_free(&dm->pt);
 	pthread_mutex_unlock(&dm->lock);
-	for (unsigned int i = 0; i < dm->devmem->nchunks && !ret; i++)
+	for (unsigned int i = 0, n = devmem_nchunks(dm->devmem); i < n && !ret; i++)
 		ret = evict_chunk(dm, &dm->devmem->chunks[i]);
 	return ret;
 }
