@@ -381,10 +381,9 @@ static void bench_trace(struct result *out)
 		for (int i = 0; i < 10000000; i++)
 			if (__builtin_expect(atomic_load_explicit(&flag, memory_order_relaxed), 0))
 				hits++;
-		v[r] = (now_s() - t) / 1e7 * 1e9 * 1e-3;	/* us, like the other latencies */
+		v[r] = (now_s() - t) / 1e7 * 1e9;	/* ns per trace point */
 	}
-	out[0] = summarize("trace point, tracing off (load + branch)", "us", v, REPS);
-	out[0].med *= 1e3, out[0].min *= 1e3, out[0].max *= 1e3, out[0].unit = "ns";
+	out[0] = summarize("trace point, tracing off (load + branch)", "ns", v, REPS);
 	if (hits || fd < 0 || uhmm_mm_get(&mm)) {
 		out[1] = out[2] = (struct result){ "range_fault (no mm)", "us", 0, 0, 0 };
 		return;

@@ -147,31 +147,36 @@ UHMM_EXPORT void *mremap(void *old, size_t old_size, size_t new_size, int flags,
 	return (void *)ret;
 }
 
-static bool madvise_drops_pages(int advice)
+/* Advice whose pages lose their data (devices drop them, device pages go). */
+static bool madvise_discards_data(int advice)
 {
 	switch (advice) {
 	case MADV_DONTNEED:
 	case MADV_FREE:
 	case MADV_REMOVE:
 	case MADV_DONTNEED_LOCKED:
-	case MADV_PAGEOUT:
-	case MADV_COLLAPSE:
 		return true;
 	default:
 		return false;
 	}
 }
 
+/* Advice that changes the CPU page table: the discarding kinds, and those that move pages. */
+static bool madvise_drops_pages(int advice)
+{
+	return madvise_discards_data(advice) || advice == MADV_PAGEOUT || advice == MADV_COLLAPSE;
+}
+
 UHMM_EXPORT int madvise(void *addr, size_t len, int advice)
 {
 	struct inval_guard g = { 0 };
-	bool data_goes = madvise_drops_pages(advice) && advice != MADV_COLLAPSE && advice != MADV_PAGEOUT;
+	bool data_goes = madvise_discards_data(advice);
 	long ret;
 
 	if (madvise_drops_pages(advice))
-		guard_open(&g, addr, len, UHMM_NOTIFY_CLEAR);	/* COLLAPSE, PAGEOUT: pages move, data stays */
+		guard_open(&g, addr, len, UHMM_NOTIFY_CLEAR);
 	if (data_goes)
-		guard_drop(&g, addr, len);	/* DONTNEED, FREE, REMOVE: the data goes */
+		guard_drop(&g, addr, len);
 	ret = syscall(SYS_madvise, addr, len, advice);
 	if (data_goes)
 		guard_dropped(&g, addr, len, ret == 0);

@@ -30,11 +30,9 @@
 #define MS_CLAIMED (1u << 0)
 #define MS_WP (1u << 1)
 #define MS_COMMITTED (1u << 2)
-#define MS_DROPPED_PUT 0xff	/* finalize: dst holds a dropped page to put */
 
 struct mig_priv {
 	struct uhmm_mm *mm;
-	bool gated;		/* holds the migration gate (may move pages to a device) */
 	uint64_t t0;		/* setup's start, for the trace */
 	uint8_t st[];
 };
@@ -470,11 +468,10 @@ UHMM_EXPORT int uhmm_migrate_vma_setup(struct uhmm_migrate_vma *m)
 	 * Every migration passes the gate: one bringing a page back that
 	 * commits after fork() copied the page tables would leave the child a
 	 * hole. Only the forking thread's own evictions pass it closed.
+	 * Order: remap_lock, then the gate.
 	 */
-	c.priv->gated = true;
 	pthread_rwlock_rdlock(&m->mm->remap_lock);	/* no mremap() until finalize */
-	if (c.priv->gated)
-		gate_enter(m->mm);
+	gate_enter(m->mm);
 
 	/* One VMA list serves registration and collection; the registered
 	 * sets are exact once the events read so far are handled. Pieces past
@@ -511,8 +508,7 @@ UHMM_EXPORT int uhmm_migrate_vma_setup(struct uhmm_migrate_vma *m)
 		uhmm_stat_add(UHMM_STAT(migrations), 1);
 	return 0;
 err:
-	if (c.priv->gated)
-		gate_exit(m->mm);
+	gate_exit(m->mm);
 	pthread_rwlock_unlock(&m->mm->remap_lock);
 	free(c.pte);
 	free(c.priv);
@@ -707,14 +703,13 @@ UHMM_EXPORT void uhmm_migrate_vma_finalize(struct uhmm_migrate_vma *m)
 
 		if (p->st[i] & MS_CLAIMED)
 			dropped = uhmm_dp_release_locked(p->mm, m->start + (i << UHMM_PAGE_SHIFT));
-		if (dropped)	/* the address went away while we held it */
-			m->dst[i] = uhmm_migrate_pfn(uhmm_page_to_pfn(dropped));	/* put below */
-		p->st[i] = dropped ? MS_DROPPED_PUT : p->st[i];
+		if (dropped) {	/* its address went away while we held it (rare) */
+			pthread_mutex_unlock(&p->mm->dp_lock);
+			uhmm_page_put(dropped);	/* page_free: never under dp_lock */
+			pthread_mutex_lock(&p->mm->dp_lock);
+		}
 	}
 	pthread_mutex_unlock(&p->mm->dp_lock);
-	for (uint64_t i = 0; i < m->npages; i++)
-		if (p->st[i] == MS_DROPPED_PUT)
-			uhmm_page_put(uhmm_migrate_pfn_to_page(m->dst[i]));
 	/* Claims are released: a thread woken now and faulting again is served. */
 	uhmm_wake(p->mm, m->start, m->end);
 	if (uhmm_tracing())
@@ -722,8 +717,7 @@ UHMM_EXPORT void uhmm_migrate_vma_finalize(struct uhmm_migrate_vma *m)
 				"\"start\":\"%#llx\",\"npages\":%llu,\"cpages\":%llu",
 				(unsigned long long)m->start, (unsigned long long)m->npages,
 				(unsigned long long)m->cpages);
-	if (p->gated)
-		gate_exit(p->mm);
+	gate_exit(p->mm);
 	pthread_rwlock_unlock(&p->mm->remap_lock);
 	free(p);
 	m->priv = NULL;

@@ -258,6 +258,31 @@ TEST(migrate_mremap_carries_pages)
 	uhmm_dmirror_close(d);
 }
 
+/*
+ * mremap of a mapping that is partly mirrored and partly on the device: the
+ * registrations split it into several VMAs, which mremap() (6.17+) would move
+ * only up to the first watched one, then fail with EFAULT. It moves whole,
+ * device pages included, and the old range is gone.
+ */
+TEST(migrate_mremap_partly_migrated)
+{
+	struct uhmm_dmirror *d = dmirror(0);
+	struct uhmm_dmirror_cmd c;
+	int *ptr = filled(BUF_SIZE, MAP_PRIVATE), *mirror = malloc(BUF_SIZE), *to;
+	void *dst = map_anon(BUF_SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE);
+	unsigned char v;
+
+	ASSERT_OK(dmcmd(d, UHMM_DMIRROR_READ, (char *)ptr + 100 * PAGE, mirror, 10, &c));
+	ASSERT_OK(dmcmd(d, UHMM_DMIRROR_MIGRATE_TO_DEV, (char *)ptr + 8 * PAGE, mirror, 8, &c));
+	ASSERT_EQ(c.cpages, 8);
+	to = mremap(ptr, BUF_SIZE, BUF_SIZE, MREMAP_MAYMOVE | MREMAP_FIXED, dst);
+	ASSERT_TRUE(to == dst);
+	ASSERT_EQ(mincore(ptr, PAGE, &v), -1);	/* nothing left behind */
+	ASSERT_EQ(errno, ENOMEM);
+	check_ints(to, BUF_SIZE, 1);
+	uhmm_dmirror_close(d);
+}
+
 /* fork: the child sees the data; the parent keeps its own (anon_write_child). */
 static void child_reads(void *arg)
 {

@@ -303,6 +303,35 @@ TEST(snapshot_thp)
 	uhmm_dmirror_close(d);
 }
 
+/*
+ * A device that mapped the zero page loses it when the CPU writes there
+ * (the kernel's copy-on-write invalidation, which user space must make
+ * itself): the next device READ faults again and sees the CPU's data.
+ */
+TEST(zero_page_then_cpu_write)
+{
+	struct uhmm_dmirror *d = dmirror(0);
+	struct uhmm_dmirror_cmd c;
+	char *p = map_anon(PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE), buf[PAGE];
+	uint8_t snap;
+	struct uhmm_stats a, b;
+
+	ASSERT_EQ(*(volatile char *)p, 0);
+	ASSERT_OK(dmcmd(d, UHMM_DMIRROR_READ, p, buf, 1, &c));
+	ASSERT_EQ(buf[0], 0);
+	ASSERT_OK(dmcmd(d, UHMM_DMIRROR_SNAPSHOT, p, &snap, 1, &c));
+	ASSERT_EQ(uhmm_stats(&a, sizeof(a)), (long)sizeof(a));
+	p[0] = 'x';
+	ASSERT_EQ(uhmm_stats(&b, sizeof(b)), (long)sizeof(b));
+	ASSERT_OK(dmcmd(d, UHMM_DMIRROR_READ, p, buf, 1, &c));
+	ASSERT_EQ(buf[0], 'x');
+	if (snap & UHMM_DMIRROR_PROT_ZERO) {	/* the fallback may not see the zero page */
+		ASSERT_GE(b.invalidations[UHMM_NOTIFY_CLEAR] - a.invalidations[UHMM_NOTIFY_CLEAR], 1);
+		ASSERT_EQ(c.faults, 1);	/* its mapping went: it faulted again */
+	}
+	uhmm_dmirror_close(d);
+}
+
 /* Every kind of page in one snapshot (CONFORMANCE.md section 2). */
 TEST(snapshot_mixed)
 {
