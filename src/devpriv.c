@@ -412,23 +412,30 @@ void uhmm_wake(struct uhmm_mm *mm, uint64_t start, uint64_t end)
 	ioctl(mm->uffd, UFFDIO_WAKE, &r);
 }
 
-/* Zero pages for [start, end), read-only zero page or a writable zeroed copy. */
+/*
+ * Zero pages for [start, end), read-only zero page or a writable zeroed copy.
+ * Each page's check and install are one step under dp_lock: a migration that
+ * claims the page in between would otherwise take it for a hole and zap what
+ * the install put there.
+ */
 int uhmm_fill_missing(struct uhmm_mm *mm, uint64_t start, uint64_t end, bool write)
 {
 	static const char zeros[UHMM_PAGE_SIZE] __attribute__((aligned(4096)));
 
 	for (uint64_t a = start; a < end; a += UHMM_PAGE_SIZE) {
-		int ret;
+		int ret = 0;
 
-		if (uhmm_dp_get(mm, a))
-			continue;	/* device-private or busy: not ours to fill */
-		if (write) {
-			ret = uhmm_install_page(mm, a, zeros);
-		} else {
-			struct uffdio_zeropage z = { .range = { .start = a, .len = UHMM_PAGE_SIZE } };
+		pthread_mutex_lock(&mm->dp_lock);
+		if (uhmm_radix_get(&mm->devpriv, vpn(a)) == 0) {	/* else device-private or busy: not ours */
+			if (write) {
+				ret = uhmm_install_page(mm, a, zeros);
+			} else {
+				struct uffdio_zeropage z = { .range = { .start = a, .len = UHMM_PAGE_SIZE } };
 
-			ret = ioctl(mm->uffd, UFFDIO_ZEROPAGE, &z) < 0 ? -errno : 0;
+				ret = ioctl(mm->uffd, UFFDIO_ZEROPAGE, &z) < 0 ? -errno : 0;
+			}
 		}
+		pthread_mutex_unlock(&mm->dp_lock);
 		if (ret && ret != -EEXIST)
 			return ret;
 	}
@@ -442,25 +449,39 @@ int uhmm_fill_missing(struct uhmm_mm *mm, uint64_t start, uint64_t end, bool wri
  */
 void uhmm_fault_missing(struct uhmm_mm *mm, uint64_t addr, unsigned int uffd_flags, pid_t tid)
 {
-	uint64_t page = uhmm_align_down(addr, UHMM_PAGE_SIZE);
-	uint64_t v = uhmm_dp_get(mm, page);
+	uint64_t page = uhmm_align_down(addr, UHMM_PAGE_SIZE), v;
 	struct uffdio_zeropage z = { .range = { .start = page, .len = UHMM_PAGE_SIZE } };
+	int err = 0;
 
+	/*
+	 * Check and install in one step (see uhmm_fill_missing()). A busy
+	 * entry without a device page that the program zapped meanwhile
+	 * (DP_DROPPED) is a system page a migration took before madvise()
+	 * discarded it: the migration will not commit it, and its own copy may
+	 * be the thread faulting here, so waiting for it would never end.
+	 * What the program asked for is what it gets: zeros.
+	 */
+	pthread_mutex_lock(&mm->dp_lock);
+	v = uhmm_radix_get(&mm->devpriv, vpn(page));
+	if (v == (DP_BUSY | DP_DROPPED))
+		v = 0;
+	if (!v && ioctl(mm->uffd, UFFDIO_ZEROPAGE, &z) < 0)
+		err = errno;
+	pthread_mutex_unlock(&mm->dp_lock);
+	if (!v) {
+		if (err)
+			uhmm_wake(mm, page, page + UHMM_PAGE_SIZE);	/* EEXIST: already there */
+		return;
+	}
 	if (v & DP_BUSY) {
 		uhmm_service_defer(mm, page);
 		return;
 	}
-	if (v) {
-		if (uhmm_dp_fault(mm, page, (uffd_flags & UFFD_PAGEFAULT_FLAG_WRITE) ? UHMM_FAULT_WRITE : 0,
-				  tid) == -EBUSY) {
-			uhmm_service_defer(mm, page);
-			return;
-		}
-		uhmm_wake(mm, page, page + UHMM_PAGE_SIZE);
+	if (uhmm_dp_fault(mm, page, (uffd_flags & UFFD_PAGEFAULT_FLAG_WRITE) ? UHMM_FAULT_WRITE : 0, tid) == -EBUSY) {
+		uhmm_service_defer(mm, page);
 		return;
 	}
-	if (ioctl(mm->uffd, UFFDIO_ZEROPAGE, &z) < 0)
-		uhmm_wake(mm, page, page + UHMM_PAGE_SIZE);	/* EEXIST: already there */
+	uhmm_wake(mm, page, page + UHMM_PAGE_SIZE);
 }
 
 /*
@@ -474,12 +495,26 @@ void uhmm_fault_wp(struct uhmm_mm *mm, uint64_t addr)
 {
 	uint64_t page = uhmm_align_down(addr, UHMM_PAGE_SIZE);
 	struct uffdio_writeprotect wp = { .range = { .start = page, .len = UHMM_PAGE_SIZE }, .mode = 0 };
+	bool busy;
+	int err = 0;
 
 	if (uhmm_dp_get(mm, page) & DP_BUSY) {
 		uhmm_service_defer(mm, page);
 		return;
 	}
 	uhmm_invalidate(mm, page, page + UHMM_PAGE_SIZE, UHMM_NOTIFY_CLEAR, NULL);
-	if (ioctl(mm->uffd, UFFDIO_WRITEPROTECT, &wp) < 0)
+	/*
+	 * Check again and un-protect in one step: a migration that claimed the
+	 * page since protects it for its copy, and must not find it writable.
+	 * (Notifier callbacks are driver code: never under dp_lock.)
+	 */
+	pthread_mutex_lock(&mm->dp_lock);
+	busy = uhmm_radix_get(&mm->devpriv, vpn(page)) & DP_BUSY;
+	if (!busy && ioctl(mm->uffd, UFFDIO_WRITEPROTECT, &wp) < 0)
+		err = errno;
+	pthread_mutex_unlock(&mm->dp_lock);
+	if (busy)
+		uhmm_service_defer(mm, page);
+	else if (err)
 		uhmm_wake(mm, page, page + UHMM_PAGE_SIZE);
 }

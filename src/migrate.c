@@ -30,6 +30,8 @@
 #define MS_CLAIMED (1u << 0)
 #define MS_WP (1u << 1)
 #define MS_COMMITTED (1u << 2)
+#define MS_EMPTY (1u << 3)	/* a hole or the zero page: protected, never un-protected */
+#define MS_VMA_WRITE (1u << 4)	/* its VMA is writable (for a page found filled, see recheck) */
 
 struct mig_priv {
 	struct uhmm_mm *mm;
@@ -174,9 +176,14 @@ int uhmm_mm_self_zap(struct uhmm_mm *mm, uint64_t start, uint64_t end)
 		return ret;
 	/* raw: the interposed madvise() would invalidate the devices again;
 	 * DONTNEED_LOCKED (5.18+) where the range is mlocked */
+	uint64_t t0 = uhmm_now_ns();
+
 	if (syscall(SYS_madvise, start, end - start, MADV_DONTNEED) == 0 ||
 	    (errno == EINVAL && syscall(SYS_madvise, start, end - start, MADV_DONTNEED_LOCKED) == 0)) {
 		uhmm_stat_add(UHMM_STAT(zaps_madvised), (end - start) >> UHMM_PAGE_SHIFT);
+		if (uhmm_tracing())	/* the slow zap: worth seeing */
+			uhmm_trace_span("self_zap", "migrate", t0, uhmm_now_ns(), "\"start\":\"%#llx\",\"npages\":%llu",
+					(unsigned long long)start, (unsigned long long)((end - start) >> UHMM_PAGE_SHIFT));
 		return 0;
 	}
 	ret = -errno;
@@ -352,64 +359,85 @@ static void collect_page(struct collect *c, const struct uhmm_vma *v, uint64_t i
 	}
 	c->priv->st[i] |= MS_CLAIMED;
 	m->cpages++;
-	if ((m->src[i] & UHMM_MIGRATE_PFN_VALID) && !page)
-		c->priv->st[i] |= MS_WP;
+	if (page)
+		return;
+	c->priv->st[i] |= (m->src[i] & UHMM_MIGRATE_PFN_VALID) ? MS_WP : MS_EMPTY;
+	if (v->flags & UHMM_VMA_WRITE)
+		c->priv->st[i] |= MS_VMA_WRITE;
 }
 
 /*
- * The page-table snapshot was taken before the claims: a hole or zero page
- * it showed may have been filled since (another migration bringing the page
- * back from a device, or a CPU write to the zero page), and migrating it
- * "without data" would zap that data. Once claimed, a page cannot be
- * filled any more (faults wait, installs need the claim), so look again and
- * leave alone what is no longer empty.
+ * Write-protect the runs of collected system entries, the empty ones too:
+ * a zero page is present, so a CPU write to it (copy-on-write, no fault in
+ * a MISSING span) would put data there that the zap then throws away; once
+ * protected, the write faults and waits for finalize. Protecting a hole is a
+ * no-op the run does not need to avoid.
  */
-static void collect_recheck_holes(struct collect *c)
-{
-	struct uhmm_migrate_vma *m = c->m;
-	bool any = false;
-
-	for (uint64_t i = 0; c->pte && i < m->npages && !any; i++)
-		any = (c->priv->st[i] & MS_CLAIMED) && !(m->src[i] & UHMM_MIGRATE_PFN_VALID);
-	if (!any || uhmm_pagemap_read(m->start, m->end, c->pte, false))
-		return;
-	for (uint64_t i = 0; i < m->npages; i++) {
-		if (!(c->priv->st[i] & MS_CLAIMED) || (m->src[i] & UHMM_MIGRATE_PFN_VALID))
-			continue;
-		if (!(c->pte[i] & UHMM_PTE_PRESENT) || (c->pte[i] & UHMM_PTE_ZERO))
-			continue;	/* still empty */
-		c->priv->st[i] = 0;
-		m->src[i] = 0;
-		m->cpages--;
-		uhmm_dp_release(c->priv->mm, m->start + (i << UHMM_PAGE_SHIFT));
-	}
-}
-
-/* Write-protect the runs of collected present system pages. */
 static void collect_protect(struct collect *c)
 {
 	struct uhmm_migrate_vma *m = c->m;
+	const uint8_t prot = MS_WP | MS_EMPTY;
 
 	for (uint64_t i = 0; i < m->npages;) {
 		uint64_t j = i;
 
-		if (!(c->priv->st[i] & MS_WP)) {
+		if (!(c->priv->st[i] & prot)) {
 			i++;
 			continue;
 		}
-		while (j < m->npages && (c->priv->st[j] & MS_WP))
+		while (j < m->npages && (c->priv->st[j] & prot))
 			j++;
 		if (write_protect(c->priv->mm, m->start + (i << UHMM_PAGE_SHIFT),
 				  m->start + (j << UHMM_PAGE_SHIFT), true)) {
 			/* cannot block writers: leave these pages where they are */
 			for (uint64_t k = i; k < j; k++) {
-				c->priv->st[k] &= (uint8_t)~(MS_WP | MS_CLAIMED);
+				c->priv->st[k] = 0;
 				m->src[k] = 0;
 				m->cpages--;
 				uhmm_dp_release(c->priv->mm, m->start + (k << UHMM_PAGE_SHIFT));
 			}
 		}
 		i = j;
+	}
+}
+
+/*
+ * The page-table snapshot was taken before the claims and the protection,
+ * and the program may have changed the page since: a hole or zero page it
+ * showed may hold data now (a CPU write to the zero page, another migration
+ * bringing the page back, a fault served just before the claim), and
+ * migrating it "without data" would zap that data; a data page may be gone
+ * (madvise(DONTNEED) before the claim), and copying it would fault on a page
+ * this very migration holds. Claimed and protected, a page cannot fill any
+ * more (faults wait, installs need the claim, writes fault); a later zap is
+ * marked DP_DROPPED and its fault served with zeros. So look again, and
+ * migrate each page as what it is now.
+ */
+static void collect_recheck(struct collect *c)
+{
+	struct uhmm_migrate_vma *m = c->m;
+	const uint8_t sys = MS_WP | MS_EMPTY;
+	bool any = false;
+
+	for (uint64_t i = 0; c->pte && i < m->npages && !any; i++)
+		any = c->priv->st[i] & sys;
+	if (!any || uhmm_pagemap_read(m->start, m->end, c->pte, false))
+		return;
+	for (uint64_t i = 0; i < m->npages; i++) {
+		uint8_t pte = c->pte[i], st = c->priv->st[i];
+		uint64_t addr = m->start + (i << UHMM_PAGE_SHIFT);
+		bool empty = !(pte & (UHMM_PTE_PRESENT | UHMM_PTE_SWAPPED)) || (pte & UHMM_PTE_ZERO);
+
+		if (!(st & sys) || empty == !!(st & MS_EMPTY))
+			continue;	/* a system entry still what it was */
+		if (empty) {
+			c->priv->st[i] = (uint8_t)((st & ~MS_WP) | MS_EMPTY);
+			m->src[i] = UHMM_MIGRATE_PFN_MIGRATE;
+		} else {
+			c->priv->st[i] = (uint8_t)((st & ~MS_EMPTY) | MS_WP);
+			m->src[i] = uhmm_migrate_pfn(addr >> UHMM_PAGE_SHIFT) | UHMM_MIGRATE_PFN_MIGRATE |
+				    ((st & MS_VMA_WRITE) ? UHMM_MIGRATE_PFN_WRITE : 0);
+		}
 	}
 }
 
@@ -499,8 +527,8 @@ UHMM_EXPORT int uhmm_migrate_vma_setup(struct uhmm_migrate_vma *m)
 					   .flags = UHMM_NOTIFIER_RANGE_BLOCKABLE, .owner = m->pgmap_owner };
 	uhmm_invalidate_start(m->mm, &r);
 	collect_vmas(&c, v, n);
-	collect_recheck_holes(&c);
 	collect_protect(&c);
+	collect_recheck(&c);
 	uhmm_invalidate_end(m->mm);
 	free(c.pte);
 	m->priv = c.priv;

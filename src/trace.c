@@ -89,6 +89,36 @@ void uhmm_trace_residency(uint64_t start, uint64_t n, const char *where, const v
 		trace_write(line, (size_t)len);
 }
 
+/* JSON-safe copy of a caller's label: printable ASCII without quotes or backslashes. */
+static void label_copy(char *dst, size_t cap, const char *src)
+{
+	size_t n = 0;
+
+	for (; src && *src && n + 1 < cap; src++)
+		dst[n++] = (*src >= 0x20 && *src < 0x7f && *src != '"' && *src != '\\') ? *src : '?';
+	dst[n] = 0;
+}
+
+UHMM_EXPORT int uhmm_trace_mark(const char *label, const void *addr, size_t len)
+{
+	char line[384], safe[64];
+	int n;
+
+	if (!label || !*label)
+		return -EINVAL;
+	if (!uhmm_tracing())
+		return 0;
+	label_copy(safe, sizeof(safe), label);
+	n = event_head(line, sizeof(line), safe, "mark", "i", uhmm_now_ns());
+	n += snprintf(line + n, sizeof(line) - (size_t)n,
+		      ",\"s\":\"t\",\"args\":{\"start\":\"%#llx\",\"npages\":%llu}},\n",
+		      (unsigned long long)(uintptr_t)addr,
+		      (unsigned long long)((len + UHMM_PAGE_SIZE - 1) >> UHMM_PAGE_SHIFT));
+	if ((size_t)n < sizeof(line))
+		trace_write(line, (size_t)n);
+	return 0;
+}
+
 UHMM_EXPORT int uhmm_trace_start(const char *path)
 {
 	char line[256];

@@ -620,6 +620,19 @@ int uhmm_trace_start(const char *path);
  */
 long uhmm_trace_stop(void);
 
+/**
+ * uhmm_trace_mark() - put the program's own event into the trace
+ * @label: the event's name (up to 63 printable characters; others become '?')
+ * @addr:  start of the memory it concerns (may be NULL)
+ * @len:   its length in bytes (0 for none)
+ *
+ * An instant event (category "mark", args start and npages), so a trace
+ * shows the program's steps next to the faults and migrations they cause.
+ * Return: 0 (also when no trace is running: then it costs one atomic load);
+ * -EINVAL for a NULL or empty @label.
+ */
+int uhmm_trace_mark(const char *label, const void *addr, size_t len);
+
 #ifdef __cplusplus
 }
 #endif

@@ -134,9 +134,10 @@ static void report_mismatch(struct stress *s, struct owner *w, int ri, int p, co
 	if (lost)
 		atomic_fetch_add(&s->lost, 1);
 	pthread_mutex_lock(&s->print_lock);
-	fprintf(stderr, "stress: MISMATCH seed %llu owner %d region %d page %d (%s read, op %ld): expected value %#x, "
+	fprintf(stderr, "stress: MISMATCH seed %llu owner %d region %d page %d at %p (%s read, op %ld): expected value %#x, "
 			"found word0 %#x%s\n  history (oldest first):",
-		(unsigned long long)s->o->seed, w->id, ri, p, by, w->ops, g->val[p], *(const uint32_t *)page,
+		(unsigned long long)s->o->seed, w->id, ri, p, (void *)(atomic_load(&g->base) + (size_t)p * PAGE), by,
+		w->ops, g->val[p], *(const uint32_t *)page,
 		lost ? " = an older value: LOST WRITE" : "");
 	for (int k = g->nh[p] > HIST ? g->nh[p] - HIST : 0; k < g->nh[p]; k++) {
 		const struct hist *h = &g->hist[p * HIST + k % HIST];
@@ -334,6 +335,12 @@ static void owner_step(struct stress *s, struct owner *w)
 
 	n = n > s->o->pages ? s->o->pages : n;
 	a = (int)(rnd(&w->rng) % (uint64_t)(s->o->pages - n + 1));
+	if (s->o->mark) {	/* the operation in the trace, next to what uhmm did for it */
+		char label[48];
+
+		snprintf(label, sizeof(label), "owner %d op %ld %c dev %d", w->id, w->ops, op_names[what], d);
+		uhmm_trace_mark(label, base + (size_t)a * PAGE, (size_t)n * PAGE);
+	}
 	switch (what) {
 	case OP_STORE: op_store(s, w, ri, a, n, false, d); break;
 	case OP_CHECK: check_pages(s, w, ri, a, n, base + (size_t)a * PAGE, "CPU"); break;

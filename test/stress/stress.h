@@ -21,6 +21,7 @@ struct stress_opts {
 	bool no_chaos;		/* no chaos thread (owners only) */
 	bool efault_ok;		/* user-mode-only userfaultfd: a device's (kernel-mode) access to a
 				 * page another thread holds fails with EFAULT instead of waiting */
+	bool mark;		/* put each owner operation into the uhmm trace (UHMM_TRACE=file) */
 	const char *skip_ops;	/* operation letters to leave out (see op_names in stress.c) */
 	bool verbose;
 };
