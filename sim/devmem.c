@@ -10,6 +10,7 @@
  * migration call; dm->mem_lock (chunks, free list) is a leaf.
  */
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -26,6 +27,7 @@
 struct dmirror_chunk {
 	struct uhmm_pagemap *pgmap;
 	char *mem;			/* backing store, DM_CHUNK_DEV_PAGES pages */
+	unsigned char *is_free;		/* per page, under mem_lock: catches a double free */
 };
 
 struct dmirror_devmem {
@@ -66,11 +68,33 @@ static char *page_mem(struct uhmm_page *page)
 	return NULL;
 }
 
+static unsigned char *page_free_flag(struct dmirror_devmem *mem, struct uhmm_page *page)
+{
+	struct uhmm_pagemap *pgmap = uhmm_page_pgmap(page);
+
+	for (unsigned int i = 0, n = devmem_nchunks(mem); i < n; i++)
+		if (mem->chunks[i].pgmap == pgmap)
+			return &mem->chunks[i].is_free[uhmm_page_index(page)];
+	return NULL;
+}
+
+/*
+ * A page freed twice would be handed out twice, and two addresses would
+ * share one page of device memory: uhmm's reference counting must never
+ * let that happen, and the reference device says so loudly if it does.
+ */
 static void dmirror_page_free(struct uhmm_page *page)
 {
 	struct dmirror_devmem *mem = page_dmirror(page)->devmem;
+	unsigned char *flag;
 
 	pthread_mutex_lock(&mem->mem_lock);
+	flag = page_free_flag(mem, page);
+	if (!flag || *flag) {
+		fprintf(stderr, "dmirror: device page %p freed twice\n", (void *)page);
+		abort();
+	}
+	*flag = 1;
 	mem->free[mem->nfree++] = page;
 	pthread_mutex_unlock(&mem->mem_lock);
 }
@@ -101,11 +125,15 @@ static int devmem_add_chunk(struct uhmm_dmirror *dm)
 				 MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
 	if (c->mem == MAP_FAILED)
 		return -ENOMEM;
-	ret = uhmm_pagemap_add(dm->mm, DM_CHUNK_DEV_PAGES, dm->owner, &dmirror_pagemap_ops, dm, &c->pgmap);
+	c->is_free = malloc(DM_CHUNK_DEV_PAGES);
+	ret = c->is_free ? uhmm_pagemap_add(dm->mm, DM_CHUNK_DEV_PAGES, dm->owner, &dmirror_pagemap_ops, dm,
+					    &c->pgmap) : -ENOMEM;
 	if (ret) {
+		free(c->is_free);
 		syscall(SYS_munmap, c->mem, DM_CHUNK_DEV_PAGES * DM_PAGE_SIZE);
 		return ret;
 	}
+	memset(c->is_free, 1, DM_CHUNK_DEV_PAGES);
 	for (uint64_t i = DM_CHUNK_DEV_PAGES; i-- > 0;)
 		mem->free[mem->nfree++] = uhmm_pagemap_page(c->pgmap, i);
 	/* published last: readers take the count without mem_lock (devmem_nchunks()) */
@@ -123,8 +151,10 @@ static struct uhmm_page *devmem_alloc(struct uhmm_dmirror *dm)
 	    UHMM_DMIRROR_FLAG_FAIL_ALLOC)
 		return NULL;
 	pthread_mutex_lock(&mem->mem_lock);
-	if (mem->nfree || devmem_add_chunk(dm) == 0)
+	if (mem->nfree || devmem_add_chunk(dm) == 0) {
 		page = mem->free[--mem->nfree];
+		*page_free_flag(mem, page) = 0;
+	}
 	pthread_mutex_unlock(&mem->mem_lock);
 	if (page && uhmm_page_init(page)) {
 		dmirror_page_free(page);	/* cannot happen: free pages have no reference */
@@ -244,8 +274,9 @@ static void migrate_map(struct uhmm_dmirror *dm, const struct uhmm_migrate_vma *
 
 		if (!(m->src[i] & UHMM_MIGRATE_PFN_MIGRATE) || !(m->dst[i] & UHMM_MIGRATE_PFN_VALID))
 			continue;
+		/* writable only if the CPU could write it (the kernel's finalize_and_map) */
 		uhmm_radix_set(&dm->pt, addr >> DM_PAGE_SHIFT,
-			       DPT_READ | DPT_WRITE | DPT_DEVPAGE |
+			       DPT_READ | DPT_DEVPAGE | ((m->dst[i] & UHMM_MIGRATE_PFN_WRITE) ? DPT_WRITE : 0) |
 				       (uhmm_migrate_pfn_to_pfn(m->dst[i]) << DPT_PFN_SHIFT));
 		dmirror_devmem_note_addr(uhmm_migrate_pfn_to_pfn(m->dst[i]), addr);
 	}
@@ -503,6 +534,8 @@ int dmirror_devmem_detach(struct uhmm_dmirror *dm)
 	}
 	if (ret)
 		return ret;
+	for (unsigned int i = 0; i < mem->nchunks; i++)
+		free(mem->chunks[i].is_free);
 	free(mem->free);
 	pthread_mutex_destroy(&mem->mem_lock);
 	free(mem);

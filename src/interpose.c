@@ -190,28 +190,40 @@ static bool prot_may_remove(int prot)
 	return (prot & (PROT_READ | PROT_WRITE)) != (PROT_READ | PROT_WRITE);
 }
 
-UHMM_EXPORT int mprotect(void *addr, size_t len, int prot)
+/*
+ * A protection change that may take a permission away waits for the
+ * migrations in flight and keeps new ones out (remap_lock exclusive, as the
+ * kernel's mmap_lock does): a migration decides each page's device
+ * permission from the VMA when it collects it and the device maps it just
+ * before finalize, so an mprotect() in between would leave the device a
+ * writable mapping of read-only memory that no invalidation clears.
+ */
+static long protect_call(long nr, void *addr, size_t len, int prot, int pkey, bool may_remove)
 {
-	struct inval_guard g = { 0 };
+	struct inval_guard g = { .mm = uhmm_mm_peek() };
+	bool locked = may_remove && g.mm && !uhmm_in_service_thread();
 	long ret;
 
-	if (prot_may_remove(prot))
+	if (locked)
+		pthread_rwlock_wrlock(&g.mm->remap_lock);
+	if (may_remove)
 		guard_open(&g, addr, len, UHMM_NOTIFY_PROTECTION_VMA);
-	ret = syscall(SYS_mprotect, addr, len, prot);
+	ret = nr == SYS_pkey_mprotect ? syscall(nr, addr, len, prot, pkey) : syscall(nr, addr, len, prot);
 	guard_close(&g);
-	return (int)ret;
+	if (locked)
+		pthread_rwlock_unlock(&g.mm->remap_lock);
+	return ret;
+}
+
+UHMM_EXPORT int mprotect(void *addr, size_t len, int prot)
+{
+	return (int)protect_call(SYS_mprotect, addr, len, prot, -1, prot_may_remove(prot));
 }
 
 UHMM_EXPORT int pkey_mprotect(void *addr, size_t len, int prot, int pkey)
 {
-	struct inval_guard g = { 0 };
-	long ret;
-
 	/* A protection key can take away access whatever @prot says. */
-	guard_open(&g, addr, len, UHMM_NOTIFY_PROTECTION_VMA);
-	ret = syscall(SYS_pkey_mprotect, addr, len, prot, pkey);
-	guard_close(&g);
-	return (int)ret;
+	return (int)protect_call(SYS_pkey_mprotect, addr, len, prot, pkey, true);
 }
 
 UHMM_EXPORT void *mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off)

@@ -158,6 +158,29 @@ TEST(migrate_to_sys_explicit)
 	uhmm_dmirror_close(d);
 }
 
+/*
+ * Read-only memory migrates, but the device maps it read-only, as the
+ * kernel's finalize_and_map does: a device WRITE is refused with -EPERM and
+ * changes nothing, on the device or in memory.
+ */
+TEST(migrate_read_only_stays_read_only)
+{
+	struct uhmm_dmirror *d = dmirror(0);
+	struct uhmm_dmirror_cmd c;
+	int *ptr = filled(16 * PAGE, MAP_PRIVATE), *buf = malloc(16 * PAGE);
+
+	ASSERT_OK(mprotect(ptr, 16 * PAGE, PROT_READ));
+	ASSERT_OK(dmcmd(d, UHMM_DMIRROR_MIGRATE_TO_DEV, ptr, buf, 16, &c));
+	ASSERT_EQ(c.cpages, 16);
+	fill_ints(buf, 16 * PAGE, 7);
+	ASSERT_EQ(dmcmd(d, UHMM_DMIRROR_WRITE, ptr, buf, 16, &c), -EPERM);
+	ASSERT_OK(dmcmd(d, UHMM_DMIRROR_READ, ptr, buf, 16, &c));
+	check_ints(buf, 16 * PAGE, 1);
+	check_ints(ptr, 16 * PAGE, 1);	/* and back on the CPU, intact */
+	free(buf);
+	uhmm_dmirror_close(d);
+}
+
 /* No VMA, or no read permission, anywhere in the range: -EINVAL before anything moves. */
 TEST(migrate_bad_range)
 {
