@@ -1,0 +1,104 @@
+// SPDX-License-Identifier: MIT
+/*
+ * Teardown and lifecycle with device-resident memory: a process that exits
+ * or execs while pages live on a device, a device closed while other threads
+ * fault on its pages. (The application's own userfaultfd on a range:
+ * foreign_userfaultfd_refused in migrate_api.c; a notifier removed while an
+ * invalidation is in flight: notifier_remove_waits_for_invalidation in
+ * notifier.c; the mm released at exit: mm_release_at_exit in mm.c.)
+ */
+#include <pthread.h>
+#include <stdatomic.h>
+#include <sys/wait.h>
+
+#include "harness.h"
+
+#define NPAGES 64
+
+/* Data on the device, then leave without closing anything. */
+static int *migrated_buffer(struct uhmm_dmirror **dp)
+{
+	struct uhmm_dmirror_cmd c;
+	int *p = map_anon(NPAGES * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE), *buf = malloc(NPAGES * PAGE);
+
+	*dp = dmirror(0);
+	fill_ints(p, NPAGES * PAGE, 1);
+	ASSERT_OK(dmcmd(*dp, UHMM_DMIRROR_MIGRATE_TO_DEV, p, buf, NPAGES, &c));
+	ASSERT_EQ(c.cpages, NPAGES);
+	free(buf);
+	return p;
+}
+
+static void child_exits(void *arg)
+{
+	struct uhmm_dmirror *d;
+
+	(void)arg;
+	(void)migrated_buffer(&d);
+	exit(5);	/* the library's destructors run with the pages on the device */
+}
+
+/* exit() with device-resident pages: the process ends, promptly, with its status. */
+TEST(exit_with_device_resident_memory)
+{
+	skip_if_asan_fork_threads();
+	ASSERT_EQ(run_child(child_exits, NULL), 5);
+}
+
+static void child_execs(void *arg)
+{
+	struct uhmm_dmirror *d;
+
+	(void)arg;
+	(void)migrated_buffer(&d);
+	execl("/bin/sh", "sh", "-c", "exit 7", (char *)NULL);
+	_exit(99);	/* exec failed */
+}
+
+/* exec() with device-resident pages: the new program starts and its status comes back. */
+TEST(exec_with_device_resident_memory)
+{
+	skip_if_asan_fork_threads();
+	ASSERT_EQ(run_child(child_execs, NULL), 7);
+}
+
+struct reader {
+	const int *p;
+	atomic_long bad;
+	atomic_int started;
+};
+
+static void *read_all(void *arg)
+{
+	struct reader *r = arg;
+
+	atomic_fetch_add(&r->started, 1);
+	for (int round = 0; round < 4; round++)
+		for (size_t i = 0; i < NPAGES * PAGE / sizeof(int); i += 97)
+			if (r->p[i] != (int)i)
+				atomic_fetch_add(&r->bad, 1);
+	return NULL;
+}
+
+/*
+ * The device goes away while two threads fault its pages back: close()
+ * evicts what they have not taken yet, every read sees the data, and
+ * nothing is left on the (closed) device.
+ */
+TEST(device_closed_while_threads_fault)
+{
+	struct uhmm_dmirror *d;
+	struct reader r = { 0 };
+	pthread_t t[2];
+
+	r.p = migrated_buffer(&d);
+	for (int i = 0; i < 2; i++)
+		ASSERT_OK(pthread_create(&t[i], NULL, read_all, &r));
+	while (atomic_load(&r.started) < 2)
+		sched_yield();
+	ASSERT_OK(uhmm_dmirror_close(d));
+	for (int i = 0; i < 2; i++)
+		pthread_join(t[i], NULL);
+	ASSERT_EQ(atomic_load(&r.bad), 0);
+	check_ints(r.p, NPAGES * PAGE, 1);
+}
