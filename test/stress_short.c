@@ -7,7 +7,10 @@
  *    RELEASE, DONTNEED, mmap(MAP_FIXED) over a region, mprotect, fork with a verifying
  *    child;
  *  - three owner threads sharing the devices (RELEASE evicts everybody's
- *    pages, fork copies everybody's), without mremap.
+ *    pages, fork copies everybody's), without mremap;
+ *  - one owner and the chaos thread (migrations both ways by both devices,
+ *    RELEASE and READs of the owner's pages at random, racing its stores,
+ *    DONTNEED, mmap(MAP_FIXED), mprotect and fork), without mremap.
  * The races the long run still finds are listed in docs/architecture.md
  * (known gaps). UHMM_STRESS_SEED reruns a seed.
  */
@@ -16,10 +19,10 @@
 #include "harness.h"
 #include "stress/stress.h"
 
-static void short_run(int threads, bool fork, const char *skip)
+static void short_run(int threads, bool fork, bool chaos, const char *skip)
 {
 	struct stress_opts o = { .seconds = 2, .threads = threads, .regions = 3, .pages = 32, .fork = fork,
-				 .no_chaos = true, .skip_ops = skip };
+				 .no_chaos = !chaos, .skip_ops = skip };
 	struct stress_report r;
 	const char *env = getenv("UHMM_STRESS_SEED");
 	int ret;
@@ -37,5 +40,6 @@ static void short_run(int threads, bool fork, const char *skip)
 	ASSERT_EQ(ret, 0);
 }
 
-TEST(stress_short_one_owner_with_fork) { short_run(1, true, "X"); }
-TEST(stress_short_three_owners) { short_run(3, true, "X"); }
+TEST(stress_short_one_owner_with_fork) { short_run(1, true, false, "X"); }
+TEST(stress_short_three_owners) { short_run(3, true, false, "X"); }
+TEST(stress_short_one_owner_and_chaos) { short_run(1, true, true, "X"); }
