@@ -254,4 +254,31 @@ TEST(trace_bad_arguments)
 	ASSERT_EQ(uhmm_trace_start(""), -EINVAL);
 	ASSERT_EQ(uhmm_trace_start("/nonexistent-dir/trace.json"), -ENOENT);
 	ASSERT_EQ(uhmm_trace_stop(), -ENOENT);
+	ASSERT_EQ(uhmm_trace_mark(NULL, NULL, 0), -EINVAL);
+	ASSERT_EQ(uhmm_trace_mark("", NULL, 0), -EINVAL);
+	ASSERT_OK(uhmm_trace_mark("no trace running", NULL, 0));
+}
+
+/* The program's own events: named, with their range, and never breaking the JSON. */
+TEST(trace_mark_puts_the_programs_events_in)
+{
+	char path[] = "/tmp/uhmm-trace-XXXXXX";
+	int fd = mkstemp(path);
+	size_t len;
+	char *buf;
+
+	ASSERT_GE(fd, 0);
+	close(fd);
+	ASSERT_OK(uhmm_trace_start(path));
+	ASSERT_OK(uhmm_trace_mark("step one", (void *)0x10000, 3 * PAGE));
+	ASSERT_OK(uhmm_trace_mark("quote\" back\\slash\nnewline", NULL, 1));
+	ASSERT_EQ(uhmm_trace_stop(), 2);
+	buf = read_file(path, &len);
+	unlink(path);
+	ASSERT_EQ(count(buf, "\"name\":\"step one\",\"cat\":\"mark\""), 1);
+	ASSERT_EQ(count(buf, "\"start\":\"0x10000\",\"npages\":3"), 1);
+	ASSERT_EQ(count(buf, "\"name\":\"quote? back?slash?newline\""), 1);
+	ASSERT_EQ(count(buf, "\"npages\":1}"), 1);
+	ASSERT_EQ(check_json_lines(buf), (size_t)4);
+	free(buf);
 }
