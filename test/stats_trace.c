@@ -178,6 +178,16 @@ static char *read_file(const char *path, size_t *len)
 	return buf;
 }
 
+/* The finished trace's text; the file is removed. */
+static char *take_trace(char *path)
+{
+	size_t len;
+	char *buf = read_file(path, &len);
+
+	unlink(path);
+	return buf;
+}
+
 static size_t count(const char *hay, const char *needle)
 {
 	size_t n = 0;
@@ -215,7 +225,7 @@ TEST(trace_records_faults_migrations_and_invalidations)
 {
 	char path[] = "/tmp/uhmm-trace-XXXXXX";
 	int fd = mkstemp(path), *p = map_anon(SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE);
-	size_t len, lines;
+	size_t lines;
 	long events;
 	char *buf;
 
@@ -235,8 +245,7 @@ TEST(trace_records_faults_migrations_and_invalidations)
 	ASSERT_GT(events, 0);
 	ASSERT_EQ(uhmm_trace_stop(), -ENOENT);
 
-	buf = read_file(path, &len);
-	unlink(path);
+	buf = take_trace(path);
 	ASSERT_GE(count(buf, "\"name\":\"fault\""), 1);
 	ASSERT_GE(count(buf, "\"name\":\"migrate\""), 2);
 	ASSERT_GE(count(buf, "\"event\":\"migrate\""), 1);
@@ -264,7 +273,6 @@ TEST(trace_mark_puts_the_programs_events_in)
 {
 	char path[] = "/tmp/uhmm-trace-XXXXXX";
 	int fd = mkstemp(path);
-	size_t len;
 	char *buf;
 
 	ASSERT_GE(fd, 0);
@@ -273,8 +281,7 @@ TEST(trace_mark_puts_the_programs_events_in)
 	ASSERT_OK(uhmm_trace_mark("step one", (void *)0x10000, 3 * PAGE));
 	ASSERT_OK(uhmm_trace_mark("quote\" back\\slash\nnewline", NULL, 1));
 	ASSERT_EQ(uhmm_trace_stop(), 2);
-	buf = read_file(path, &len);
-	unlink(path);
+	buf = take_trace(path);
 	ASSERT_EQ(count(buf, "\"name\":\"step one\",\"cat\":\"mark\""), 1);
 	ASSERT_EQ(count(buf, "\"start\":\"0x10000\",\"npages\":3"), 1);
 	ASSERT_EQ(count(buf, "\"name\":\"quote? back?slash?newline\""), 1);
