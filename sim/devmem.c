@@ -56,26 +56,30 @@ static struct uhmm_dmirror *page_dmirror(const struct uhmm_page *page)
 	return uhmm_pagemap_driver_data(uhmm_page_pgmap(page));
 }
 
-/* The backing store of a device page. */
-static char *page_mem(struct uhmm_page *page)
-{
-	struct uhmm_dmirror *dm = page_dmirror(page);
-	struct uhmm_pagemap *pgmap = uhmm_page_pgmap(page);
-
-	for (unsigned int i = 0, n = devmem_nchunks(dm->devmem); i < n; i++)
-		if (dm->devmem->chunks[i].pgmap == pgmap)
-			return dm->devmem->chunks[i].mem + (uhmm_page_index(page) << DM_PAGE_SHIFT);
-	return NULL;
-}
-
-static unsigned char *page_free_flag(struct dmirror_devmem *mem, struct uhmm_page *page)
+/* The chunk a device page belongs to. */
+static struct dmirror_chunk *page_chunk(struct dmirror_devmem *mem, struct uhmm_page *page)
 {
 	struct uhmm_pagemap *pgmap = uhmm_page_pgmap(page);
 
 	for (unsigned int i = 0, n = devmem_nchunks(mem); i < n; i++)
 		if (mem->chunks[i].pgmap == pgmap)
-			return &mem->chunks[i].is_free[uhmm_page_index(page)];
+			return &mem->chunks[i];
 	return NULL;
+}
+
+/* The backing store of a device page. */
+static char *page_mem(struct uhmm_page *page)
+{
+	struct dmirror_chunk *c = page_chunk(page_dmirror(page)->devmem, page);
+
+	return c ? c->mem + (uhmm_page_index(page) << DM_PAGE_SHIFT) : NULL;
+}
+
+static unsigned char *page_free_flag(struct dmirror_devmem *mem, struct uhmm_page *page)
+{
+	struct dmirror_chunk *c = page_chunk(mem, page);
+
+	return c ? &c->is_free[uhmm_page_index(page)] : NULL;
 }
 
 /*
@@ -251,7 +255,6 @@ static void migrate_alloc_and_copy(struct uhmm_dmirror *dm, struct uhmm_migrate_
 	}
 }
 
-/* Map what migrated in the device page table (the kernel's finalize_and_map). */
 static uint64_t dpt_get_raw(struct uhmm_dmirror *dm, uint64_t addr)
 {
 	return uhmm_radix_get(&dm->pt, addr >> DM_PAGE_SHIFT);
@@ -266,6 +269,7 @@ void dmirror_devmem_note_addr(uint64_t pfn, uint64_t addr)
 		uhmm_page_set_zone_device_data(page, (void *)(uintptr_t)addr);
 }
 
+/* Map what migrated in the device page table (the kernel's finalize_and_map). */
 static void migrate_map(struct uhmm_dmirror *dm, const struct uhmm_migrate_vma *m)
 {
 	pthread_mutex_lock(&dm->lock);
@@ -364,9 +368,9 @@ static int migrate_to_dev(struct uhmm_dmirror *dm, struct uhmm_dmirror_cmd *c)
 
 /* ---- device -> system ---- */
 
-/* Copy device pages into system pages; drop them from the device page table. */
 /*
- * Device -> system. The copy and the unmapping from our page table are one
+ * Device -> system: copy device pages into system pages and drop them from
+ * the device page table. The copy and the unmapping from our page table are one
  * step under our lock: a device WRITE either lands before the copy (and
  * goes with it) or finds no entry and faults (and waits for the page).
  */
@@ -478,14 +482,14 @@ static int evict_chunk(struct uhmm_dmirror *dm, struct dmirror_chunk *chunk)
 	pthread_mutex_lock(&dm->lock);
 	for (uint64_t i = 0; !ret && i < n; i++) {
 		void *sys;
-		uint64_t addr;
+		uint64_t addr, e;
 
 		if (!(src[i] & UHMM_MIGRATE_PFN_MIGRATE))
 			continue;
 		addr = (uint64_t)(uintptr_t)uhmm_page_zone_device_data(uhmm_pagemap_page(chunk->pgmap, i));
-		if (addr && (dpt_get_raw(dm, addr) & DPT_DEVPAGE) &&
-		    dpt_get_raw(dm, addr) >> DPT_PFN_SHIFT == first + i)
-			uhmm_radix_set(&dm->pt, addr >> DM_PAGE_SHIFT, 0);
+		e = addr ? dpt_get_raw(dm, addr) : 0;
+		if ((e & DPT_DEVPAGE) && e >> DPT_PFN_SHIFT == first + i)
+			uhmm_radix_set(&dm->pt, addr >> DM_PAGE_SHIFT, 0);	/* still this page at that address */
 		sys = uhmm_migrate_alloc_system_page(&dst[i]);
 		if (sys)
 			memcpy(sys, chunk->mem + (i << DM_PAGE_SHIFT), DM_PAGE_SIZE);

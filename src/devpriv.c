@@ -485,6 +485,37 @@ void uhmm_fault_missing(struct uhmm_mm *mm, uint64_t addr, unsigned int uffd_fla
 }
 
 /*
+ * Lift the write protection of [start, end), but not of the pages a
+ * migration holds (it protects them for its copy, and they must stay so
+ * until its finalize). The check and the un-protection are one step under
+ * dp_lock: a migration claiming a page in between would find it writable.
+ * Returns 0, -EBUSY if some page was held (the others are un-protected), or
+ * the ioctl's -errno.
+ */
+int uhmm_unprotect_unless_busy(struct uhmm_mm *mm, uint64_t start, uint64_t end)
+{
+	int ret = 0;
+
+	pthread_mutex_lock(&mm->dp_lock);
+	for (uint64_t a = start, b; a < end; a = b) {
+		bool busy = uhmm_radix_get(&mm->devpriv, vpn(a)) & DP_BUSY;
+
+		for (b = a + UHMM_PAGE_SIZE; b < end && busy == !!(uhmm_radix_get(&mm->devpriv, vpn(b)) & DP_BUSY);)
+			b += UHMM_PAGE_SIZE;
+		if (busy) {
+			ret = -EBUSY;
+			continue;
+		}
+		struct uffdio_writeprotect wp = { .range = { .start = a, .len = b - a }, .mode = 0 };
+
+		if (ioctl(mm->uffd, UFFDIO_WRITEPROTECT, &wp) < 0 && !ret)
+			ret = -errno;
+	}
+	pthread_mutex_unlock(&mm->dp_lock);
+	return ret;
+}
+
+/*
  * A write to a write-protected page. A migration in flight holds it: the
  * writer waits until finalize wakes it. Otherwise it is a zero page that
  * uhmm_range_fault() reported to devices (or a stray): the write is about
@@ -494,27 +525,17 @@ void uhmm_fault_missing(struct uhmm_mm *mm, uint64_t addr, unsigned int uffd_fla
 void uhmm_fault_wp(struct uhmm_mm *mm, uint64_t addr)
 {
 	uint64_t page = uhmm_align_down(addr, UHMM_PAGE_SIZE);
-	struct uffdio_writeprotect wp = { .range = { .start = page, .len = UHMM_PAGE_SIZE }, .mode = 0 };
-	bool busy;
-	int err = 0;
+	int ret;
 
+	/* held: no invalidation for it (the fault comes back every deferral) */
 	if (uhmm_dp_get(mm, page) & DP_BUSY) {
 		uhmm_service_defer(mm, page);
 		return;
 	}
 	uhmm_invalidate(mm, page, page + UHMM_PAGE_SIZE, UHMM_NOTIFY_CLEAR, NULL);
-	/*
-	 * Check again and un-protect in one step: a migration that claimed the
-	 * page since protects it for its copy, and must not find it writable.
-	 * (Notifier callbacks are driver code: never under dp_lock.)
-	 */
-	pthread_mutex_lock(&mm->dp_lock);
-	busy = uhmm_radix_get(&mm->devpriv, vpn(page)) & DP_BUSY;
-	if (!busy && ioctl(mm->uffd, UFFDIO_WRITEPROTECT, &wp) < 0)
-		err = errno;
-	pthread_mutex_unlock(&mm->dp_lock);
-	if (busy)
-		uhmm_service_defer(mm, page);
-	else if (err)
+	ret = uhmm_unprotect_unless_busy(mm, page, page + UHMM_PAGE_SIZE);
+	if (ret == -EBUSY)
+		uhmm_service_defer(mm, page);	/* claimed since the first look */
+	else if (ret)
 		uhmm_wake(mm, page, page + UHMM_PAGE_SIZE);
 }

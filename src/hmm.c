@@ -200,20 +200,14 @@ static int fault_run(struct uhmm_mm *mm, uint64_t start, uint64_t end, bool writ
 static void ctx_release_zero(struct fault_ctx *c, uint64_t s, uint64_t e)
 {
 	struct uhmm_range *r = c->range;
-	struct uhmm_mm *mm = r->notifier->mm;
 	bool any = false;
 
 	for (uint64_t a = s; a < e && !any; a += UHMM_PAGE_SIZE)
 		any = c->state[page_index(r, a)] & UHMM_PTE_ZERO;
 	if (!any)
 		return;
-	uhmm_invalidate(mm, s, e, UHMM_NOTIFY_CLEAR, NULL);
-	for (uint64_t a = s; a < e; a += UHMM_PAGE_SIZE) {
-		struct uffdio_writeprotect wp = { .range = { .start = a, .len = UHMM_PAGE_SIZE }, .mode = 0 };
-
-		if ((c->state[page_index(r, a)] & UHMM_PTE_ZERO) && !(uhmm_dp_get(mm, a) & DP_BUSY))
-			(void)ioctl(mm->uffd, UFFDIO_WRITEPROTECT, &wp);
-	}
+	uhmm_invalidate(r->notifier->mm, s, e, UHMM_NOTIFY_CLEAR, NULL);
+	(void)uhmm_unprotect_unless_busy(r->notifier->mm, s, e);
 }
 
 /*

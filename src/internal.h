@@ -288,6 +288,7 @@ int uhmm_dp_fault(struct uhmm_mm *mm, uint64_t addr, unsigned int flags, pid_t t
 int uhmm_dp_evict_range(struct uhmm_mm *mm, uint64_t start, uint64_t end);
 void uhmm_fault_missing(struct uhmm_mm *mm, uint64_t addr, unsigned int uffd_flags, pid_t tid);
 void uhmm_fault_wp(struct uhmm_mm *mm, uint64_t addr);
+int uhmm_unprotect_unless_busy(struct uhmm_mm *mm, uint64_t start, uint64_t end);
 /* Fill missing pages of a trapping span ourselves (kernel-mode access would EFAULT in user mode). */
 int uhmm_fill_missing(struct uhmm_mm *mm, uint64_t start, uint64_t end, bool write);
 

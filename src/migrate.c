@@ -589,25 +589,30 @@ static bool run_dropped(struct uhmm_migrate_vma *m, struct mig_priv *p, uint64_t
 static void commit_run_to_system(struct uhmm_migrate_vma *m, struct mig_priv *p, uint64_t i, uint64_t j)
 {
 	uint64_t addr = m->start + (i << UHMM_PAGE_SHIFT), ok = 0;
-	long done = 0;
+	bool dropped;
+	long done;
 
 	pthread_mutex_lock(&p->mm->dp_lock);	/* see commit_to_system() */
-	if (!run_dropped(m, p, i, j))
-		done = install_range(p->mm, addr, system_page_addr(m->dst[i]), (j - i) << UHMM_PAGE_SHIFT);
+	dropped = run_dropped(m, p, i, j);
+	done = dropped ? 0 : install_range(p->mm, addr, system_page_addr(m->dst[i]), (j - i) << UHMM_PAGE_SHIFT);
 	ok = done > 0 ? (uint64_t)done >> UHMM_PAGE_SHIFT : 0;
 	for (uint64_t k = i; k < i + ok; k++) {
 		(void)uhmm_dp_remove_locked(p->mm, m->start + (k << UHMM_PAGE_SHIFT));
 		p->st[k] |= MS_COMMITTED;
 	}
 	pthread_mutex_unlock(&p->mm->dp_lock);
+	/*
+	 * The rest goes page by page: all of a run with a dropped entry (each
+	 * page checked alone), or those after the page the copy stopped at
+	 * (that one is not missing there: it stays).
+	 */
 	for (uint64_t k = i + ok; k < j; k++) {
-		uint64_t a = m->start + (k << UHMM_PAGE_SHIFT);
+		bool stopped_here = !dropped && k == i + ok;
 
-		if ((k > i + ok || done <= 0) && commit_to_system(p->mm, a, m->dst[k])) {
+		if (!stopped_here && commit_to_system(p->mm, m->start + (k << UHMM_PAGE_SHIFT), m->dst[k]))
 			p->st[k] |= MS_COMMITTED;
-		} else {
-			m->src[k] &= ~UHMM_MIGRATE_PFN_MIGRATE;	/* not missing there: stays */
-		}
+		else
+			m->src[k] &= ~UHMM_MIGRATE_PFN_MIGRATE;
 	}
 }
 
@@ -639,29 +644,28 @@ static void commit_run_to_device(struct uhmm_migrate_vma *m, struct mig_priv *p,
 			m->src[k] &= ~UHMM_MIGRATE_PFN_MIGRATE;
 }
 
-/* Count (and trace where they now live) the committed entries of [i, j). */
+/* Count @n pages that moved to @addr's device or back, and trace where they live now. */
+static void account_pages(uint64_t addr, uint64_t n, bool to_dev, const void *owner)
+{
+	uhmm_stat_add(to_dev ? UHMM_STAT(pages_to_device) : UHMM_STAT(pages_to_system), n);
+	uhmm_stat_add(to_dev ? UHMM_STAT(bytes_to_device) : UHMM_STAT(bytes_to_system), n << UHMM_PAGE_SHIFT);
+	if (uhmm_tracing())
+		uhmm_trace_residency(addr, n, to_dev ? "device" : "system", owner);
+}
+
+/* Account the committed entries of [i, j), one call per run of them. */
 static void account_run(struct uhmm_migrate_vma *m, const struct mig_priv *p, uint64_t i, uint64_t j, bool to_dev)
 {
-	uint64_t total = 0;
-
 	for (uint64_t k = i; k < j; k++) {
 		uint64_t r = k;
+		struct uhmm_page *dpage = uhmm_migrate_pfn_to_page(m->dst[k]);
 
 		while (r < j && (p->st[r] & MS_COMMITTED))
 			r++;
-		if (r == k)
-			continue;
-		total += r - k;
-		if (uhmm_tracing()) {
-			struct uhmm_page *dpage = uhmm_migrate_pfn_to_page(m->dst[k]);
-
-			uhmm_trace_residency(m->start + (k << UHMM_PAGE_SHIFT), r - k, to_dev ? "device" : "system",
-					     dpage ? dpage->pgmap->owner : NULL);
-		}
+		if (r > k)
+			account_pages(m->start + (k << UHMM_PAGE_SHIFT), r - k, to_dev, dpage ? dpage->pgmap->owner : NULL);
 		k = r;
 	}
-	uhmm_stat_add(to_dev ? UHMM_STAT(pages_to_device) : UHMM_STAT(pages_to_system), total);
-	uhmm_stat_add(to_dev ? UHMM_STAT(bytes_to_device) : UHMM_STAT(bytes_to_system), total << UHMM_PAGE_SHIFT);
 }
 
 /* Which way entry @i goes: 1 to the device, -1 to the system, 0 nowhere. */
@@ -822,10 +826,7 @@ UHMM_EXPORT void uhmm_migrate_device_pages(uint64_t *src, uint64_t *dst, uint64_
 		if (page && entry_direction(src[i], dst[i]) == -1 &&
 		    commit_to_system(page->pgmap->mm, page->claim_addr, dst[i])) {
 			src[i] |= MIGRATE_PFN_COMMITTED;
-			uhmm_stat_add(UHMM_STAT(pages_to_system), 1);
-			uhmm_stat_add(UHMM_STAT(bytes_to_system), UHMM_PAGE_SIZE);
-			if (uhmm_tracing())
-				uhmm_trace_residency(page->claim_addr, 1, "system", NULL);
+			account_pages(page->claim_addr, 1, false, NULL);
 		} else
 			src[i] &= ~UHMM_MIGRATE_PFN_MIGRATE;
 	}

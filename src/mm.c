@@ -381,7 +381,6 @@ int uhmm_mm_register(struct uhmm_mm *mm, uint64_t start, uint64_t end)
 	return ret;
 }
 
-
 void uhmm_mm_forget(struct uhmm_mm *mm, uint64_t start, uint64_t end)
 {
 	pthread_mutex_lock(&mm->lock);

@@ -168,6 +168,15 @@ static void *reader_main(void *arg)
 
 /* ---- the worker ---- */
 
+/* The program's pages of [start, end) are gone: devices drop them, device pages are freed. */
+static void drop_pages(struct uhmm_mm *mm, uint64_t start, uint64_t end, enum uhmm_notifier_event event)
+{
+	uhmm_invalidate(mm, start, end, event, NULL);
+	uhmm_dp_drop_range(mm, start, end);
+	if (uhmm_tracing())
+		uhmm_trace_residency(start, (end - start) >> UHMM_PAGE_SHIFT, "freed", NULL);
+}
+
 /*
  * madvise(DONTNEED/FREE/REMOVE): devices drop their mappings, then the
  * device pages of the range are released (their data went with the zap).
@@ -179,10 +188,7 @@ static void handle_remove(struct uhmm_mm *mm, const struct uffd_msg *m)
 
 	if (uhmm_mm_take_self_zap(mm, start, end))
 		return;
-	uhmm_invalidate(mm, start, end, UHMM_NOTIFY_CLEAR, NULL);
-	uhmm_dp_drop_range(mm, start, end);
-	if (uhmm_tracing())
-		uhmm_trace_residency(start, (end - start) >> UHMM_PAGE_SHIFT, "freed", NULL);
+	drop_pages(mm, start, end, UHMM_NOTIFY_CLEAR);
 }
 
 static void handle_unmap(struct uhmm_mm *mm, const struct uffd_msg *m)
@@ -190,10 +196,7 @@ static void handle_unmap(struct uhmm_mm *mm, const struct uffd_msg *m)
 	uint64_t start = m->arg.remove.start, end = m->arg.remove.end;
 
 	uhmm_mm_forget(mm, start, end);
-	uhmm_invalidate(mm, start, end, UHMM_NOTIFY_UNMAP, NULL);
-	uhmm_dp_drop_range(mm, start, end);
-	if (uhmm_tracing())
-		uhmm_trace_residency(start, (end - start) >> UHMM_PAGE_SHIFT, "freed", NULL);
+	drop_pages(mm, start, end, UHMM_NOTIFY_UNMAP);
 }
 
 /* mremap() moved a registered range: the registration moved with it. */
