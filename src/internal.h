@@ -145,6 +145,7 @@ struct uhmm_mm {
 	struct uffd_msg *q;			/* ring of q_cap messages (under lock) */
 	size_t q_cap, q_head, q_len;
 	uint64_t ev_queued, ev_done;		/* messages queued / handled (under lock) */
+	uint64_t ev_current;			/* index of the message the worker handles (under lock) */
 	bool reading;				/* the reader is in read() (under lock) */
 	bool stopping;				/* (under lock) */
 	bool paused, worker_busy;		/* fork() quiesces the worker (under lock) */
@@ -170,7 +171,15 @@ struct uhmm_mm {
 	struct uhmm_fork_inval *fork_inval; /* invalidations held open across fork() */
 
 	struct uhmm_spanset missing;	/* spans registered MISSING|WP (under lock) */
-	struct uhmm_spanset self_zap;	/* zaps uhmm makes itself (under lock) */
+	/*
+	 * Zaps uhmm makes itself with MADV_DONTNEED (under lock): their REMOVE
+	 * events are not the program's. One zap may raise several (one per
+	 * VMA, and the kernel repeats one for a VMA split while it waited), so
+	 * an entry is kept until the worker has gone past every message queued
+	 * before its madvise() returned (@until, a message index).
+	 */
+	struct uhmm_self_zap { uint64_t start, end, until; } *self_zaps;
+	size_t n_self_zaps, cap_self_zaps;
 
 	/* zap.c: quiet userfaultfd + scratch area for event-free zaps */
 	pthread_mutex_t zap_lock;	/* leaf lock over the scratch area */
@@ -179,12 +188,15 @@ struct uhmm_mm {
 	uint64_t zap_area;
 
 	/*
-	 * remap_lock: mremap() takes it exclusive; migrations (setup to
-	 * finalize) and registrations take it shared. A migration's claims and
-	 * addresses, and a registration that would split the VMA, must not
-	 * straddle an mremap() (the kernel's mmap_lock does this for it).
+	 * mmap_lock, user space's counterpart of the kernel's: the program's
+	 * munmap(), mmap(MAP_FIXED), mremap() and permission-removing
+	 * mprotect() take it exclusive (interpose.c); migrations (setup to
+	 * finalize) and registrations take it shared. A migration's claims are
+	 * addresses, its device mappings rest on the VMAs it collected from,
+	 * and a registration would split a VMA being moved: none may straddle
+	 * a change of the mappings.
 	 */
-	pthread_rwlock_t remap_lock;
+	pthread_rwlock_t mmap_lock;
 
 	/* device-private table (devpriv.c); dp_lock is a leaf lock */
 	pthread_mutex_t dp_lock;
@@ -296,7 +308,8 @@ int uhmm_fill_missing(struct uhmm_mm *mm, uint64_t start, uint64_t end, bool wri
 bool uhmm_mm_is_missing(struct uhmm_mm *mm, uint64_t addr);
 /* Zap [start, end) without the worker treating it as an application madvise. */
 int uhmm_mm_self_zap(struct uhmm_mm *mm, uint64_t start, uint64_t end);
-bool uhmm_mm_take_self_zap(struct uhmm_mm *mm, uint64_t start, uint64_t end);
+bool uhmm_mm_is_self_zap(struct uhmm_mm *mm, uint64_t start, uint64_t end);
+uint64_t uhmm_service_read_mark(struct uhmm_mm *mm);
 void uhmm_wake(struct uhmm_mm *mm, uint64_t start, uint64_t end);
 /*
  * The migration gate: a migration that may move pages to a device holds it

@@ -68,6 +68,30 @@ static void guard_forget(struct inval_guard *g, const void *addr, size_t len)
 }
 
 /*
+ * Take mm->mmap_lock exclusive for a call that changes mappings or takes a
+ * permission away, as the kernel takes its mmap_lock for write: it waits for
+ * the migrations in flight (each collected its pages from the VMAs as they
+ * were, and maps them on the device just before finalize) and keeps new
+ * ones out. Taken before any invalidation is opened. Not on the service
+ * thread (migrations may wait for it).
+ */
+static bool map_lock(struct inval_guard *g)
+{
+	if (!g->mm)
+		g->mm = uhmm_mm_peek();
+	if (!g->mm || uhmm_in_service_thread())
+		return false;
+	pthread_rwlock_wrlock(&g->mm->mmap_lock);
+	return true;
+}
+
+static void map_unlock(struct inval_guard *g, bool locked)
+{
+	if (locked)
+		pthread_rwlock_unlock(&g->mm->mmap_lock);
+}
+
+/*
  * The pages of [addr, addr + len) are about to go: no migration may put
  * them back meanwhile (uhmm_dp_mark_dropped()); once they are gone, their
  * device pages go too, before the call returns (the kernel's zap frees
@@ -96,6 +120,7 @@ static void guard_dropped(struct inval_guard *g, const void *addr, size_t len, b
 UHMM_EXPORT int munmap(void *addr, size_t len)
 {
 	struct inval_guard g = { 0 };
+	bool locked = map_lock(&g);
 	long ret;
 
 	guard_open(&g, addr, len, UHMM_NOTIFY_UNMAP);
@@ -105,13 +130,14 @@ UHMM_EXPORT int munmap(void *addr, size_t len)
 	if (ret == 0)
 		guard_forget(&g, addr, len);
 	guard_close(&g);
+	map_unlock(&g, locked);
 	return (int)ret;
 }
 
 UHMM_EXPORT void *mremap(void *old, size_t old_size, size_t new_size, int flags, ...)
 {
-	struct inval_guard g = { .mm = uhmm_mm_peek() };
-	bool locked = g.mm && !uhmm_in_service_thread();
+	struct inval_guard g = { 0 };
+	bool locked;
 	void *new_addr = NULL;
 	long ret;
 
@@ -122,13 +148,7 @@ UHMM_EXPORT void *mremap(void *old, size_t old_size, size_t new_size, int flags,
 		new_addr = va_arg(ap, void *);
 		va_end(ap);
 	}
-	/*
-	 * No migration (its claims are addresses) and no registration (it
-	 * would split the VMA) may straddle the move; the kernel's mmap_lock
-	 * gives it that. Taken before any invalidation is opened.
-	 */
-	if (locked)
-		pthread_rwlock_wrlock(&g.mm->remap_lock);
+	locked = map_lock(&g);
 	if (flags & MREMAP_FIXED)
 		guard_open(&g, new_addr, new_size, UHMM_NOTIFY_UNMAP);
 	guard_open(&g, old, old_size, UHMM_NOTIFY_UNMAP);
@@ -142,8 +162,7 @@ UHMM_EXPORT void *mremap(void *old, size_t old_size, size_t new_size, int flags,
 		(void)uhmm_mm_unify_registration(g.mm, (uintptr_t)old, (uintptr_t)old + old_size);
 	ret = syscall(SYS_mremap, old, old_size, new_size, flags, new_addr);
 	guard_close(&g);
-	if (locked)
-		pthread_rwlock_unlock(&g.mm->remap_lock);
+	map_unlock(&g, locked);
 	return (void *)ret;
 }
 
@@ -190,28 +209,18 @@ static bool prot_may_remove(int prot)
 	return (prot & (PROT_READ | PROT_WRITE)) != (PROT_READ | PROT_WRITE);
 }
 
-/*
- * A protection change that may take a permission away waits for the
- * migrations in flight and keeps new ones out (remap_lock exclusive, as the
- * kernel's mmap_lock does): a migration decides each page's device
- * permission from the VMA when it collects it and the device maps it just
- * before finalize, so an mprotect() in between would leave the device a
- * writable mapping of read-only memory that no invalidation clears.
- */
+/* A protection change that may take a permission away is a change of the mappings (map_lock()). */
 static long protect_call(long nr, void *addr, size_t len, int prot, int pkey, bool may_remove)
 {
-	struct inval_guard g = { .mm = uhmm_mm_peek() };
-	bool locked = may_remove && g.mm && !uhmm_in_service_thread();
+	struct inval_guard g = { 0 };
+	bool locked = may_remove && map_lock(&g);
 	long ret;
 
-	if (locked)
-		pthread_rwlock_wrlock(&g.mm->remap_lock);
 	if (may_remove)
 		guard_open(&g, addr, len, UHMM_NOTIFY_PROTECTION_VMA);
 	ret = nr == SYS_pkey_mprotect ? syscall(nr, addr, len, prot, pkey) : syscall(nr, addr, len, prot);
 	guard_close(&g);
-	if (locked)
-		pthread_rwlock_unlock(&g.mm->remap_lock);
+	map_unlock(&g, locked);
 	return ret;
 }
 
@@ -229,6 +238,7 @@ UHMM_EXPORT int pkey_mprotect(void *addr, size_t len, int prot, int pkey)
 UHMM_EXPORT void *mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off)
 {
 	struct inval_guard g = { 0 };
+	bool locked = (flags & MAP_FIXED) && map_lock(&g);
 	long ret;
 
 	/* MAP_FIXED replaces whatever was mapped there: an unmap first. */
@@ -242,6 +252,7 @@ UHMM_EXPORT void *mmap(void *addr, size_t len, int prot, int flags, int fd, off_
 	if (ret != -1)
 		guard_forget(&g, addr, len);
 	guard_close(&g);
+	map_unlock(&g, locked);
 	return (void *)ret;
 }
 

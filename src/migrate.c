@@ -165,42 +165,79 @@ static int register_missing(struct uhmm_mm *mm, const struct uhmm_vma *v, int n,
 	return 0;
 }
 
+/* Under mm->lock. */
+static void self_zap_remove(struct uhmm_mm *mm, size_t i)
+{
+	mm->self_zaps[i] = mm->self_zaps[--mm->n_self_zaps];
+}
+
 int uhmm_mm_self_zap(struct uhmm_mm *mm, uint64_t start, uint64_t end)
 {
-	int ret;
+	uint64_t t0 = uhmm_now_ns();
+	size_t i;
+	int ret = 0;
 
 	pthread_mutex_lock(&mm->lock);
-	ret = uhmm_spanset_add(&mm->self_zap, start, end);
+	if (mm->n_self_zaps == mm->cap_self_zaps) {
+		size_t cap = mm->cap_self_zaps ? 2 * mm->cap_self_zaps : 8;
+		struct uhmm_self_zap *z = realloc(mm->self_zaps, cap * sizeof(*z));
+
+		if (z) {
+			mm->self_zaps = z;
+			mm->cap_self_zaps = cap;
+		} else {
+			ret = -ENOMEM;
+		}
+	}
+	if (!ret)	/* ours for every event until madvise() returns, then as below */
+		mm->self_zaps[mm->n_self_zaps++] = (struct uhmm_self_zap){ start, end, UINT64_MAX };
 	pthread_mutex_unlock(&mm->lock);
 	if (ret)
 		return ret;
 	/* raw: the interposed madvise() would invalidate the devices again;
 	 * DONTNEED_LOCKED (5.18+) where the range is mlocked */
-	uint64_t t0 = uhmm_now_ns();
-
 	if (syscall(SYS_madvise, start, end - start, MADV_DONTNEED) == 0 ||
 	    (errno == EINVAL && syscall(SYS_madvise, start, end - start, MADV_DONTNEED_LOCKED) == 0)) {
 		uhmm_stat_add(UHMM_STAT(zaps_madvised), (end - start) >> UHMM_PAGE_SHIFT);
 		if (uhmm_tracing())	/* the slow zap: worth seeing */
 			uhmm_trace_span("self_zap", "migrate", t0, uhmm_now_ns(), "\"start\":\"%#llx\",\"npages\":%llu",
 					(unsigned long long)start, (unsigned long long)((end - start) >> UHMM_PAGE_SHIFT));
-		return 0;
+	} else {
+		ret = -errno;
 	}
-	ret = -errno;
+	/* Every event this zap raised has been read (madvise waited for that) and is queued below the mark. */
+	uint64_t until = uhmm_service_read_mark(mm);
+
 	pthread_mutex_lock(&mm->lock);
-	uhmm_spanset_remove(&mm->self_zap, start, end);
+	for (i = 0; i < mm->n_self_zaps; i++)
+		if (mm->self_zaps[i].start == start && mm->self_zaps[i].end == end &&
+		    mm->self_zaps[i].until == UINT64_MAX)
+			break;
+	if (i < mm->n_self_zaps)
+		mm->self_zaps[i].until = until;
 	pthread_mutex_unlock(&mm->lock);
 	return ret;
 }
 
-bool uhmm_mm_take_self_zap(struct uhmm_mm *mm, uint64_t start, uint64_t end)
+/*
+ * Is the REMOVE event of [start, end) the worker is handling one of uhmm's
+ * own zaps? Entries whose events are all behind the worker are dropped.
+ */
+bool uhmm_mm_is_self_zap(struct uhmm_mm *mm, uint64_t start, uint64_t end)
 {
-	bool ours;
+	bool ours = false;
 
 	pthread_mutex_lock(&mm->lock);
-	ours = uhmm_spanset_covers(&mm->self_zap, start, end);
-	if (ours)
-		uhmm_spanset_remove(&mm->self_zap, start, end);
+	for (size_t i = 0; i < mm->n_self_zaps;) {
+		const struct uhmm_self_zap *z = &mm->self_zaps[i];
+
+		if (z->until <= mm->ev_current) {
+			self_zap_remove(mm, i);
+			continue;
+		}
+		ours = ours || (z->start <= start && end <= z->end);
+		i++;
+	}
 	pthread_mutex_unlock(&mm->lock);
 	return ours;
 }
@@ -496,9 +533,9 @@ UHMM_EXPORT int uhmm_migrate_vma_setup(struct uhmm_migrate_vma *m)
 	 * Every migration passes the gate: one bringing a page back that
 	 * commits after fork() copied the page tables would leave the child a
 	 * hole. Only the forking thread's own evictions pass it closed.
-	 * Order: remap_lock, then the gate.
+	 * Order: mmap_lock, then the gate.
 	 */
-	pthread_rwlock_rdlock(&m->mm->remap_lock);	/* no mremap() until finalize */
+	pthread_rwlock_rdlock(&m->mm->mmap_lock);	/* no mremap() until finalize */
 	gate_enter(m->mm);
 
 	/* One VMA list serves registration and collection; the registered
@@ -537,7 +574,7 @@ UHMM_EXPORT int uhmm_migrate_vma_setup(struct uhmm_migrate_vma *m)
 	return 0;
 err:
 	gate_exit(m->mm);
-	pthread_rwlock_unlock(&m->mm->remap_lock);
+	pthread_rwlock_unlock(&m->mm->mmap_lock);
 	free(c.pte);
 	free(c.priv);
 	m->cpages = 0;
@@ -750,7 +787,7 @@ UHMM_EXPORT void uhmm_migrate_vma_finalize(struct uhmm_migrate_vma *m)
 				(unsigned long long)m->start, (unsigned long long)m->npages,
 				(unsigned long long)m->cpages);
 	gate_exit(p->mm);
-	pthread_rwlock_unlock(&p->mm->remap_lock);
+	pthread_rwlock_unlock(&p->mm->mmap_lock);
 	free(p);
 	m->priv = NULL;
 }
@@ -772,48 +809,82 @@ static uint8_t device_entry_state(uint64_t src)
 	return MS_CLAIMED | ((src & MIGRATE_PFN_COMMITTED) ? MS_COMMITTED : 0);
 }
 
+static uint64_t page_vaddr(struct uhmm_mm *mm, const struct uhmm_page *page)
+{
+	uint64_t addr;
+
+	pthread_mutex_lock(&mm->dp_lock);
+	addr = page->vaddr;
+	pthread_mutex_unlock(&mm->dp_lock);
+	return addr;
+}
+
+/* Claim @page at @addr for an eviction; false if it is held or no longer there. */
+static bool claim_device_page(struct uhmm_mm *mm, struct uhmm_page *page, uint64_t addr)
+{
+	uint64_t e = uhmm_dp_claim(mm, addr);
+
+	if (e & DP_BUSY)
+		return false;
+	if (DP_PAGE(e) != page) {
+		uhmm_dp_release(mm, addr);
+		return false;
+	}
+	page->claim_addr = addr;
+	return true;
+}
+
 UHMM_EXPORT int uhmm_migrate_device_range(uint64_t *src, uint64_t start_pfn, uint64_t npages)
 {
 	struct uhmm_page *first = uhmm_pfn_to_page(start_pfn), *last;
+	struct uhmm_mm *mm;
+	bool any = false;
 
 	if (!src || !npages || !first)
 		return -EINVAL;
 	last = uhmm_pfn_to_page(start_pfn + npages - 1);
 	if (!last || last->pgmap != first->pgmap)
 		return -EINVAL;
+	mm = first->pgmap->mm;
 	/* Held until finalize if a page is collected: claims must not straddle an mremap(). */
-	pthread_rwlock_rdlock(&first->pgmap->mm->remap_lock);
-	gate_enter(first->pgmap->mm);	/* an eviction committing after fork() copied the page tables leaves the child a hole */
+	pthread_rwlock_rdlock(&mm->mmap_lock);
+	gate_enter(mm);	/* an eviction committing after fork() copied the page tables leaves the child a hole */
 	/* page->vaddr is exact once the events read so far (an mremap's) are handled */
 	if (!gate_closer)
-		uhmm_service_sync(first->pgmap->mm);
-	bool any = false;
+		uhmm_service_sync(mm);
+	/*
+	 * Runs of pages mapped at consecutive addresses are claimed inside a
+	 * MIGRATE invalidation of their addresses, as the kernel unmaps them
+	 * (migrate_device_unmap()): the notifier sequence moves, so a device
+	 * whose uhmm_range_fault() reported one of these pages just before the
+	 * claim cannot map it afterwards, and write into a page whose data is
+	 * about to leave.
+	 */
+	for (uint64_t i = 0, j; i < npages; i = j) {
+		uint64_t addr = page_vaddr(mm, first + i);
+		struct uhmm_notifier_range r;
 
-	for (uint64_t i = 0; i < npages; i++) {
-		struct uhmm_page *page = first + i;
-		struct uhmm_mm *mm = page->pgmap->mm;
-		uint64_t addr, e;
-
-		src[i] = 0;
-		pthread_mutex_lock(&mm->dp_lock);
-		addr = page->vaddr;
-		pthread_mutex_unlock(&mm->dp_lock);
+		for (j = i + 1; addr && j < npages && page_vaddr(mm, first + j) == addr + ((j - i) << UHMM_PAGE_SHIFT);)
+			j++;
+		for (uint64_t k = i; k < j; k++)
+			src[k] = 0;
 		if (!addr)
 			continue;
-		e = uhmm_dp_claim(mm, addr);
-		if (e & DP_BUSY)
-			continue;
-		if (DP_PAGE(e) != page) {
-			uhmm_dp_release(mm, addr);
-			continue;
+		r = (struct uhmm_notifier_range){ .start = addr, .end = addr + ((j - i) << UHMM_PAGE_SHIFT),
+						   .event = UHMM_NOTIFY_MIGRATE, .flags = UHMM_NOTIFIER_RANGE_BLOCKABLE,
+						   .owner = first->pgmap->owner };
+		uhmm_invalidate_start(mm, &r);
+		for (uint64_t k = i; k < j; k++) {
+			if (!claim_device_page(mm, first + k, addr + ((k - i) << UHMM_PAGE_SHIFT)))
+				continue;
+			src[k] = uhmm_migrate_pfn(start_pfn + k) | UHMM_MIGRATE_PFN_MIGRATE | UHMM_MIGRATE_PFN_WRITE;
+			any = true;
 		}
-		page->claim_addr = addr;
-		src[i] = uhmm_migrate_pfn(start_pfn + i) | UHMM_MIGRATE_PFN_MIGRATE | UHMM_MIGRATE_PFN_WRITE;
-		any = true;
+		uhmm_invalidate_end(mm);
 	}
 	if (!any) {	/* finalize has nothing to do */
-		gate_exit(first->pgmap->mm);
-		pthread_rwlock_unlock(&first->pgmap->mm->remap_lock);
+		gate_exit(mm);
+		pthread_rwlock_unlock(&mm->mmap_lock);
 	}
 	return 0;
 }
@@ -834,7 +905,7 @@ UHMM_EXPORT void uhmm_migrate_device_pages(uint64_t *src, uint64_t *dst, uint64_
 
 UHMM_EXPORT void uhmm_migrate_device_finalize(uint64_t *src, uint64_t *dst, uint64_t npages)
 {
-	struct uhmm_mm *locked = NULL;	/* the remap_lock migrate_device_range() kept */
+	struct uhmm_mm *locked = NULL;	/* the mmap_lock migrate_device_range() kept */
 
 	for (uint64_t i = 0; src && dst && i < npages; i++) {
 		struct uhmm_page *page = uhmm_migrate_pfn_to_page(src[i]);
@@ -855,6 +926,6 @@ UHMM_EXPORT void uhmm_migrate_device_finalize(uint64_t *src, uint64_t *dst, uint
 	}
 	if (locked) {
 		gate_exit(locked);
-		pthread_rwlock_unlock(&locked->remap_lock);
+		pthread_rwlock_unlock(&locked->mmap_lock);
 	}
 }

@@ -151,11 +151,11 @@ static void mm_free(struct uhmm_mm *mm)
 		close(mm->stop_efd);
 	uhmm_spanset_free(&mm->registered);
 	uhmm_spanset_free(&mm->missing);
-	uhmm_spanset_free(&mm->self_zap);
+	free(mm->self_zaps);
 	free(mm->deferred);
 	uhmm_radix_free(&mm->devpriv);
 	uhmm_zap_fini(mm);
-	pthread_rwlock_destroy(&mm->remap_lock);
+	pthread_rwlock_destroy(&mm->mmap_lock);
 	pthread_mutex_destroy(&mm->dp_lock);
 	pthread_cond_destroy(&mm->cond);
 	pthread_mutex_destroy(&mm->lock);
@@ -176,7 +176,7 @@ static int mm_create(struct uhmm_mm **out)
 	pthread_mutex_init(&mm->lock, NULL);
 	pthread_mutex_init(&mm->dp_lock, NULL);
 	pthread_mutex_init(&mm->zap_lock, NULL);
-	pthread_rwlock_init(&mm->remap_lock, NULL);
+	pthread_rwlock_init(&mm->mmap_lock, NULL);
 	pthread_cond_init(&mm->cond, NULL);
 	mm->uffd = uhmm_uffd_open(UHMM_UFFD_WANT_FEATURES, &mm->uffd_features);
 	if (mm->uffd < 0) {
@@ -375,9 +375,9 @@ int uhmm_mm_register(struct uhmm_mm *mm, uint64_t start, uint64_t end)
 	pthread_mutex_unlock(&mm->lock);
 	if (covered)
 		return 0;
-	pthread_rwlock_rdlock(&mm->remap_lock);
+	pthread_rwlock_rdlock(&mm->mmap_lock);
 	ret = mm_register_range(mm, start, end, v, (int)UHMM_ARRAY_SIZE(v));
-	pthread_rwlock_unlock(&mm->remap_lock);
+	pthread_rwlock_unlock(&mm->mmap_lock);
 	return ret;
 }
 

@@ -186,7 +186,7 @@ static void handle_remove(struct uhmm_mm *mm, const struct uffd_msg *m)
 {
 	uint64_t start = m->arg.remove.start, end = m->arg.remove.end;
 
-	if (uhmm_mm_take_self_zap(mm, start, end))
+	if (uhmm_mm_is_self_zap(mm, start, end))
 		return;
 	drop_pages(mm, start, end, UHMM_NOTIFY_CLEAR);
 }
@@ -317,6 +317,7 @@ static void *worker_main(void *arg)
 		if (!mm->q_len)
 			break;
 		mm->worker_busy = true;
+		mm->ev_current = mm->ev_done;	/* messages are handled in order */
 		m = mm->q[mm->q_head];
 		mm->q_head = (mm->q_head + 1) % mm->q_cap;
 		mm->q_len--;
@@ -331,6 +332,22 @@ static void *worker_main(void *arg)
 	}
 	pthread_mutex_unlock(&mm->lock);
 	return NULL;
+}
+
+/*
+ * The count of messages queued once the read in progress (if any) is
+ * queued: an event whose raiser has returned has an index below it.
+ */
+uint64_t uhmm_service_read_mark(struct uhmm_mm *mm)
+{
+	uint64_t mark;
+
+	pthread_mutex_lock(&mm->lock);
+	while (mm->reading && !mm->stopping)
+		pthread_cond_wait(&mm->cond, &mm->lock);
+	mark = mm->ev_queued;
+	pthread_mutex_unlock(&mm->lock);
+	return mark;
 }
 
 void uhmm_service_sync(struct uhmm_mm *mm)
