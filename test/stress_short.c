@@ -8,7 +8,9 @@
  *    child;
  *  - three owner threads sharing the devices (RELEASE evicts everybody's
  *    pages, fork copies everybody's), without mremap;
- * (one owner with the chaos thread: see the end of this file).
+ *  - one owner and the chaos thread (migrations both ways by both devices,
+ *    RELEASE and READs of the owner's pages at random, racing its stores,
+ *    DONTNEED, mmap(MAP_FIXED), mprotect and fork), without mremap.
  * The races the long run still finds are listed in docs/architecture.md
  * (known gaps). UHMM_STRESS_SEED reruns a seed.
  */
@@ -40,8 +42,4 @@ static void short_run(int threads, bool fork, bool chaos, const char *skip)
 
 TEST(stress_short_one_owner_with_fork) { short_run(1, true, false, "X"); }
 TEST(stress_short_three_owners) { short_run(3, true, false, "X"); }
-/*
- * Not yet in make check: one owner with the chaos thread fails about one
- * 2-second run in a hundred (a device write lost to a concurrent RELEASE,
- * docs/architecture.md, known gaps). `make stress STRESSFLAGS="-T 1 -x X"`.
- */
+TEST(stress_short_one_owner_and_chaos) { short_run(1, true, true, "X"); }
