@@ -337,3 +337,64 @@ TEST(toy_driver_concurrent_faults_migrate_once)
 	ASSERT_OK(uhmm_pagemap_remove(toy_pgmap));
 	uhmm_mm_put(mm);
 }
+
+#include <stdatomic.h>
+
+/*
+ * munmap(), mmap(MAP_FIXED) and permission-removing mprotect() wait for a
+ * migration in flight (the kernel's mmap_lock): the device maps what the
+ * migration collected just before finalize, and a mapping replaced or made
+ * read-only meanwhile would leave it a mapping nothing invalidates.
+ */
+struct map_change {
+	int *p;
+	int kind;		/* 0 munmap, 1 mmap(MAP_FIXED), 2 mprotect(PROT_READ) */
+	atomic_int done;
+	long ret;
+};
+
+static void *change_mapping(void *arg)
+{
+	struct map_change *c = arg;
+
+	if (c->kind == 0)
+		c->ret = munmap(c->p, PAGE);
+	else if (c->kind == 1)
+		c->ret = mmap(c->p, PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) ==
+				 (void *)c->p ? 0 : -1;
+	else
+		c->ret = mprotect(c->p, PAGE, PROT_READ);
+	atomic_store(&c->done, 1);
+	return NULL;
+}
+
+TEST(mapping_changes_wait_for_migrations)
+{
+	struct uhmm_mm *mm = mm_or_skip();
+
+	for (int kind = 0; kind < 3; kind++) {
+		int *p = map_anon(PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE);
+		uint64_t src, dst;
+		struct uhmm_migrate_vma m = { .mm = mm, .src = &src, .dst = &dst, .start = (uintptr_t)p,
+					      .end = (uintptr_t)p + PAGE, .pgmap_owner = &toy_owner,
+					      .flags = UHMM_MIGRATE_VMA_SELECT_SYSTEM };
+		struct map_change c = { .p = p, .kind = kind };
+		pthread_t t;
+
+		p[0] = 7;
+		ASSERT_OK(uhmm_migrate_vma_setup(&m));
+		ASSERT_EQ(m.cpages, 1);
+		ASSERT_OK(pthread_create(&t, NULL, change_mapping, &c));
+		usleep(50000);
+		ASSERT_EQ(atomic_load(&c.done), 0);	/* held off while the migration runs */
+		uhmm_migrate_vma_pages(&m);	/* no destination: the page stays */
+		uhmm_migrate_vma_finalize(&m);
+		pthread_join(t, NULL);
+		ASSERT_EQ(c.ret, 0);
+		if (kind == 2)
+			ASSERT_EQ(p[0], 7);	/* read-only now, data where it was */
+		if (kind != 0)
+			munmap(p, PAGE);
+	}
+	uhmm_mm_put(mm);
+}

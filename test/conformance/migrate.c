@@ -115,6 +115,63 @@ static void migrate_release(unsigned int dev)
 }
 TEST(migrate_release) { migrate_release(0); migrate_release(1); }
 
+/*
+ * Eviction (migrate_device_range) notifies like the kernel's
+ * migrate_device_unmap(): every address it takes pages from gets a MIGRATE
+ * invalidation carrying the pagemap's owner, so a device that looked the
+ * pages up just before cannot map them after their data left.
+ */
+struct evict_watch {
+	struct uhmm_interval_notifier n;
+	int migrate_events;
+	uint64_t lo, hi;	/* the span the MIGRATE invalidations covered */
+	bool owner_given;
+};
+
+static bool evict_watch_invalidate(struct uhmm_interval_notifier *sub, const struct uhmm_notifier_range *r,
+				   unsigned long seq)
+{
+	struct evict_watch *w = (struct evict_watch *)sub;
+
+	uhmm_interval_set_seq(sub, seq);
+	if (r->event == UHMM_NOTIFY_MIGRATE) {
+		w->migrate_events++;
+		w->lo = w->migrate_events == 1 || r->start < w->lo ? r->start : w->lo;
+		w->hi = r->end > w->hi ? r->end : w->hi;
+		w->owner_given = w->migrate_events == 1 ? r->owner != NULL : w->owner_given && r->owner;
+	}
+	return true;
+}
+
+static const struct uhmm_interval_notifier_ops evict_watch_ops = { .invalidate = evict_watch_invalidate };
+
+TEST(release_notifies_every_address_it_evicts)
+{
+	struct uhmm_dmirror *d = dmirror(0);
+	struct uhmm_dmirror_cmd c;
+	int *ptr = filled(64 * PAGE, MAP_PRIVATE), *mirror = malloc(64 * PAGE);
+	struct evict_watch w = { 0 };
+	struct uhmm_mm *mm;
+	unsigned long seq;
+
+	ASSERT_OK(dmcmd(d, UHMM_DMIRROR_MIGRATE_TO_DEV, ptr, mirror, 64, &c));
+	ASSERT_EQ(c.cpages, 64);
+	ASSERT_OK(uhmm_mm_get(&mm));
+	ASSERT_OK(uhmm_interval_notifier_insert(&w.n, mm, (uintptr_t)ptr, 64 * PAGE, &evict_watch_ops));
+	seq = uhmm_interval_read_begin(&w.n);
+	ASSERT_OK(dmcmd(d, UHMM_DMIRROR_RELEASE, ptr, NULL, 64, &c));
+	ASSERT_GE(w.migrate_events, 1);
+	ASSERT_LE(w.lo, (uintptr_t)ptr);
+	ASSERT_GE(w.hi, (uintptr_t)ptr + 64 * PAGE);
+	ASSERT_TRUE(w.owner_given);
+	ASSERT_TRUE(uhmm_interval_read_retry(&w.n, seq));
+	check_ints(ptr, 64 * PAGE, 1);	/* and every page came back */
+	uhmm_interval_notifier_remove(&w.n);
+	uhmm_mm_put(mm);
+	free(mirror);
+	uhmm_dmirror_close(d);
+}
+
 TEST(migrate_shared)
 {
 	struct uhmm_dmirror *d = dmirror(0);
