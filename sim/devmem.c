@@ -18,6 +18,7 @@
 #include <sys/uio.h>
 
 #include "dmirror_internal.h"
+#include "inject.h"
 
 #define DM_CHUNK_DEV_PAGES 16384	/* 64 MiB of device memory per chunk */
 #define DM_MAX_CHUNKS 64
@@ -151,8 +152,8 @@ static struct uhmm_page *devmem_alloc(struct uhmm_dmirror *dm)
 	struct dmirror_devmem *mem = dm->devmem;
 	struct uhmm_page *page = NULL;
 
-	if (__atomic_fetch_and(&dm->flags, ~UHMM_DMIRROR_FLAG_FAIL_ALLOC, __ATOMIC_RELAXED) &
-	    UHMM_DMIRROR_FLAG_FAIL_ALLOC)
+	if ((__atomic_fetch_and(&dm->flags, ~UHMM_DMIRROR_FLAG_FAIL_ALLOC, __ATOMIC_RELAXED) &
+	     UHMM_DMIRROR_FLAG_FAIL_ALLOC) || uhmm_inject(UHMM_INJECT_DEVICE_ALLOC))
 		return NULL;
 	pthread_mutex_lock(&mem->mem_lock);
 	if (mem->nfree || devmem_add_chunk(dm) == 0) {
@@ -209,21 +210,36 @@ int dmirror_devmem_is_local(struct uhmm_dmirror *dm, uint64_t pfn)
 
 /* ---- system -> device ---- */
 
+/* Entry @k keeps no device page: it stays in system memory. */
+static void drop_dst(const struct uhmm_migrate_vma *m, uint64_t k)
+{
+	uhmm_page_put(uhmm_migrate_pfn_to_page(m->dst[k]));
+	((struct uhmm_migrate_vma *)m)->dst[k] = 0;
+}
+
 /*
  * Read the source pages [i, j) of @m into their device pages with one
  * scatter-gather access; entries whose copy fails lose their device page.
+ * An injected copy failure at page k is a transfer failing midway: k and
+ * the pages after it in the run are not copied.
  */
 static void migrate_copy_run(const struct uhmm_migrate_vma *m, uint64_t i, uint64_t j, struct iovec *iov)
 {
+	uint64_t stop = i;
+
+	while (stop < j && !uhmm_inject(UHMM_INJECT_COPY_TO_DEVICE))
+		stop++;
+	while (j > stop)
+		drop_dst(m, --j);
+	if (i == j)
+		return;
 	for (uint64_t k = i; k < j; k++)
 		iov[k - i] = (struct iovec){ page_mem(uhmm_migrate_pfn_to_page(m->dst[k])), DM_PAGE_SIZE };
 	if (uhmm_access_vm_iov(m->start + (i << DM_PAGE_SHIFT), iov, (int)(j - i), 0) >= 0)
 		return;
 	for (uint64_t k = i; k < j; k++) {	/* unmapped under us: page by page */
-		if (uhmm_access_vm(m->start + (k << DM_PAGE_SHIFT), iov[k - i].iov_base, DM_PAGE_SIZE, 0) >= 0)
-			continue;
-		uhmm_page_put(uhmm_migrate_pfn_to_page(m->dst[k]));
-		((struct uhmm_migrate_vma *)m)->dst[k] = 0;
+		if (uhmm_access_vm(m->start + (k << DM_PAGE_SHIFT), iov[k - i].iov_base, DM_PAGE_SIZE, 0) < 0)
+			drop_dst(m, k);
 	}
 }
 
@@ -381,8 +397,8 @@ static void migrate_copy_to_sys(struct uhmm_dmirror *dm, struct uhmm_migrate_vma
 		struct uhmm_page *spage = uhmm_migrate_pfn_to_page(m->src[i]);
 		void *sys;
 
-		if (!spage || !(m->src[i] & UHMM_MIGRATE_PFN_MIGRATE))
-			continue;
+		if (!spage || !(m->src[i] & UHMM_MIGRATE_PFN_MIGRATE) || uhmm_inject(UHMM_INJECT_COPY_TO_SYSTEM))
+			continue;	/* not ours to move, or the copy failed: it stays */
 		sys = sysmem_alloc(dm, &m->dst[i]);
 		if (!sys)
 			continue;
@@ -490,6 +506,8 @@ static int evict_chunk(struct uhmm_dmirror *dm, struct dmirror_chunk *chunk)
 		e = addr ? dpt_get_raw(dm, addr) : 0;
 		if ((e & DPT_DEVPAGE) && e >> DPT_PFN_SHIFT == first + i)
 			uhmm_radix_set(&dm->pt, addr >> DM_PAGE_SHIFT, 0);	/* still this page at that address */
+		if (uhmm_inject(UHMM_INJECT_COPY_TO_SYSTEM))
+			continue;	/* the copy failed: the page stays (a CPU touch brings it back) */
 		sys = uhmm_migrate_alloc_system_page(&dst[i]);
 		if (sys)
 			memcpy(sys, chunk->mem + (i << DM_PAGE_SHIFT), DM_PAGE_SIZE);

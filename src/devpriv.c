@@ -309,6 +309,7 @@ static void dp_poison(struct uhmm_mm *mm, uint64_t addr, pid_t tid)
 		uhmm_trace_residency(addr, 1, "poisoned", NULL);
 	struct uffdio_poison p = { .range = { .start = addr, .len = UHMM_PAGE_SIZE } };
 	struct uhmm_page *page;
+	int ret;
 
 	if (uhmm_dp_claim(mm, addr) & DP_BUSY)
 		return;
@@ -318,10 +319,11 @@ static void dp_poison(struct uhmm_mm *mm, uint64_t addr, pid_t tid)
 		uhmm_page_put(page);
 	}
 	/* ENOENT: the address was unmapped meanwhile, nothing left to poison */
-	if (ioctl(mm->uffd, UFFDIO_POISON, &p) < 0 && errno != EEXIST && errno != ENOENT) {
+	ret = uhmm_uffd_ioctl(mm->uffd, UFFDIO_POISON, &p);
+	if (ret && ret != -EEXIST && ret != -ENOENT) {
 		/* No UFFDIO_POISON (before 6.6): signal the faulting thread. */
 		uhmm_log(UHMM_LOG_ERR, "uhmm: cannot poison %#llx: %s", (unsigned long long)addr,
-			 strerror(errno));
+			 strerror(-ret));
 		if (tid > 0)
 			syscall(SYS_tgkill, mm->pid, tid, SIGBUS);
 	}
@@ -508,8 +510,10 @@ int uhmm_unprotect_unless_busy(struct uhmm_mm *mm, uint64_t start, uint64_t end)
 		}
 		struct uffdio_writeprotect wp = { .range = { .start = a, .len = b - a }, .mode = 0 };
 
-		if (ioctl(mm->uffd, UFFDIO_WRITEPROTECT, &wp) < 0 && !ret)
-			ret = -errno;
+		int err = uhmm_uffd_ioctl(mm->uffd, UFFDIO_WRITEPROTECT, &wp);
+
+		if (err && !ret)
+			ret = err;
 	}
 	pthread_mutex_unlock(&mm->dp_lock);
 	return ret;

@@ -68,6 +68,7 @@ int uhmm_uffd_open_any(enum uhmm_uffd_source *src);
 int uhmm_uffd_open(uint64_t want_features, uint64_t *got_features);
 int uhmm_uffd_register(int uffd, uint64_t start, uint64_t end, uint64_t mode, uint64_t *ioctls);
 int uhmm_uffd_unregister(int uffd, uint64_t start, uint64_t end);
+int uhmm_uffd_ioctl(int uffd, unsigned long request, void *arg);	/* retries EAGAIN */
 
 /* ---- vma.c: the VMA list (PROCMAP_QUERY or /proc/self/maps) ---- */
 #define UHMM_VMA_READ (1u << 0)

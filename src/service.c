@@ -33,6 +33,7 @@
 #include <unistd.h>
 
 #include "internal.h"
+#include "inject.h"
 #include "../uapi/uhmm_uapi.h"
 
 #define QUEUE_MSGS 4096			/* grows by doubling when full */
@@ -238,6 +239,7 @@ static void handle_fault(struct uhmm_mm *mm, const struct uffd_msg *m)
 
 static void worker_dispatch(struct uhmm_mm *mm, const struct uffd_msg *m)
 {
+	(void)uhmm_inject(UHMM_INJECT_SERVICE_DELAY);	/* a slow service thread, when asked */
 	uhmm_stat_add(UHMM_STAT(events), 1);
 	switch (m->event) {
 	case UFFD_EVENT_PAGEFAULT:

@@ -9,6 +9,7 @@
  * to a trapping range then fail with EFAULT instead of waiting.
  */
 #include <fcntl.h>
+#include <sched.h>
 #include <sys/ioctl.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -97,6 +98,23 @@ int uhmm_uffd_register(int uffd, uint64_t start, uint64_t end, uint64_t mode, ui
 		return -errno;
 	if (ioctls)
 		*ioctls = reg.ioctls;
+	return 0;
+}
+
+/*
+ * A userfaultfd ioctl that fails with EAGAIN while an event (munmap,
+ * madvise, mremap) waits to be read: tried again, yielding to uhmm's reader
+ * thread, for as long as the reader runs (it reads every event promptly;
+ * the bound only keeps a stopped reader from hanging the caller).
+ * Returns 0 or -errno.
+ */
+int uhmm_uffd_ioctl(int uffd, unsigned long request, void *arg)
+{
+	for (int tries = 0; ioctl(uffd, request, arg) < 0; tries++) {
+		if (errno != EAGAIN || tries == 100000)
+			return -errno;
+		sched_yield();
+	}
 	return 0;
 }
 

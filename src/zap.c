@@ -29,6 +29,7 @@
 #include <unistd.h>
 
 #include "internal.h"
+#include "inject.h"
 #include "../uapi/uhmm_uapi.h"
 
 /* Set up the quiet userfaultfd and its scratch area; under zap_lock. */
@@ -87,10 +88,12 @@ static uint64_t zap_piece(struct uhmm_mm *mm, uint64_t start, uint64_t end)
 	/* A partial move fails with EAGAIN and says how far it got; a page it
 	 * cannot take fails the next call with another errno. */
 	for (int tries = 0; done < end - start && tries < 64; tries++) {
+		int err = uhmm_inject(UHMM_INJECT_UFFD_MOVE);
+
 		mv.move = 0;
-		if (ioctl(mm->zap_uffd, UFFDIO_MOVE, &mv) == 0)
+		if (!err && ioctl(mm->zap_uffd, UFFDIO_MOVE, &mv) == 0)
 			mv.move = (int64_t)mv.len;
-		else if (mv.move <= 0 && errno != EAGAIN)
+		else if (mv.move <= 0 && (err ? err : -errno) != -EAGAIN)
 			break;
 		if (mv.move > 0) {
 			done += (uint64_t)mv.move;

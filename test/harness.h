@@ -55,6 +55,7 @@ const char *test_mode(void);	/* "fast", "fallback" or "user" */
 #define ASSERT_GE(a, b) ASSERT_CMP(a, >=, b)
 #define ASSERT_GT(a, b) ASSERT_CMP(a, >, b)
 #define ASSERT_LE(a, b) ASSERT_CMP(a, <=, b)
+#define ASSERT_LT(a, b) ASSERT_CMP(a, <, b)
 #define ASSERT_OK(x) ASSERT_EQ((x), 0)
 
 /* ---- helpers (test/util.c) ---- */
@@ -73,6 +74,7 @@ void check_ints_from_at(const int *buf, size_t first, size_t bytes, int sign, co
 #define check_ints_from(buf, first, bytes, sign) check_ints_from_at(buf, first, bytes, sign, __FILE__, __LINE__)
 #define check_ints(buf, bytes, sign) check_ints_from_at(buf, 0, bytes, sign, __FILE__, __LINE__)
 void check_pattern(const void *p, size_t bytes, uint32_t seed);	/* asserts */
+bool read_sigbus(const volatile int *p);		/* does reading *p raise SIGBUS? */
 int make_tmpfile(size_t size);				/* unlinked file of @size zero bytes */
 long hugetlb_free_pages(void);
 bool thp_available(void);

@@ -10,7 +10,9 @@
  *    pages, fork copies everybody's), without mremap;
  *  - one owner and the chaos thread (migrations both ways by both devices,
  *    RELEASE and READs of the owner's pages at random, racing its stores,
- *    DONTNEED, mmap(MAP_FIXED), mprotect and fork), without mremap.
+ *    DONTNEED, mmap(MAP_FIXED), mprotect and fork), without mremap;
+ *  - two owners and the chaos thread with the failures uhmm absorbs
+ *    injected (STRESS_ABSORBED_FAULTS): the model must still hold.
  * The races the long run still finds are listed in docs/architecture.md
  * (known gaps). UHMM_STRESS_SEED reruns a seed.
  */
@@ -19,10 +21,10 @@
 #include "harness.h"
 #include "stress/stress.h"
 
-static void short_run(int threads, bool fork, bool chaos, const char *skip)
+static void short_run(int threads, bool fork, bool chaos, const char *skip, const char *inject)
 {
 	struct stress_opts o = { .seconds = 2, .threads = threads, .regions = 3, .pages = 32, .fork = fork,
-				 .no_chaos = !chaos, .skip_ops = skip };
+				 .no_chaos = !chaos, .skip_ops = skip, .inject = inject };
 	struct stress_report r;
 	const char *env = getenv("UHMM_STRESS_SEED");
 	int ret;
@@ -38,8 +40,11 @@ static void short_run(int threads, bool fork, bool chaos, const char *skip)
 	ASSERT_GT(r.pages_to_device, 0);
 	ASSERT_GT(r.pages_to_system, 0);
 	ASSERT_EQ(ret, 0);
+	if (inject)
+		ASSERT_GT(r.injected, 0);
 }
 
-TEST(stress_short_one_owner_with_fork) { short_run(1, true, false, "X"); }
-TEST(stress_short_three_owners) { short_run(3, true, false, "X"); }
-TEST(stress_short_one_owner_and_chaos) { short_run(1, true, true, "X"); }
+TEST(stress_short_one_owner_with_fork) { short_run(1, true, false, "X", NULL); }
+TEST(stress_short_three_owners) { short_run(3, true, false, "X", NULL); }
+TEST(stress_short_one_owner_and_chaos) { short_run(1, true, true, "X", NULL); }
+TEST(stress_short_with_injected_faults) { short_run(2, true, true, "X", STRESS_ABSORBED_FAULTS); }

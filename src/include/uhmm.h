@@ -586,6 +586,7 @@ struct uhmm_stats {
 	uint64_t zaps_moved;		/* pages taken from the CPU with UFFDIO_MOVE (no event) */
 	uint64_t zaps_madvised;		/* pages taken with MADV_DONTNEED (an event round trip) */
 	uint64_t events;		/* userfaultfd messages handled */
+	uint64_t faults_injected;	/* failures and delays injected (uhmm_fault_inject()) */
 };
 
 /**
@@ -632,6 +633,30 @@ long uhmm_trace_stop(void);
  * -EINVAL for a NULL or empty @label.
  */
 int uhmm_trace_mark(const char *label, const void *addr, size_t len);
+
+/* ------------------------------------------------------------------------ */
+/* Fault injection (for testing drivers and uhmm itself)                    */
+/* ------------------------------------------------------------------------ */
+
+/**
+ * uhmm_fault_inject() - make chosen operations fail, or the service slow
+ * @spec: comma-separated rules "point:value[:every[:times]]"; NULL or ""
+ *        switches injection off
+ *
+ * Points: uffd_copy (UFFDIO_COPY, every install of a page), uffd_move
+ * (UFFDIO_MOVE, taking pages from the CPU), staging_alloc
+ * (uhmm_migrate_alloc_system_page()), device_alloc, copy_to_device and
+ * copy_to_system (the reference device's page allocator and its per-page
+ * copies), service_delay (the service thread sleeps before a message).
+ * value: an errno name (EAGAIN, EEXIST, ENOMEM, EIO, EFAULT, EBUSY, ENOENT,
+ * EINTR) or number; for service_delay, microseconds. The rule fires on
+ * every @every-th call (default 1), at most @times times (default 0: no
+ * limit). Replaces all rules at once; also read from UHMM_INJECT at load.
+ * Each fire counts in uhmm_stats() faults_injected and traces an "inject"
+ * event. What each failure ends in is in uhmm_fault_inject(3).
+ * Return: 0, or -EINVAL for a @spec it cannot parse (rules unchanged).
+ */
+int uhmm_fault_inject(const char *spec);
 
 #ifdef __cplusplus
 }

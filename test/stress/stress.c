@@ -460,6 +460,10 @@ int stress_run(const struct stress_opts *o, struct stress_report *r)
 
 	memset(r, 0, sizeof(*r));
 	uhmm_stats(&a, sizeof(a));
+	if (o->inject && uhmm_fault_inject(o->inject)) {
+		fprintf(stderr, "stress: bad injection rules \"%s\"\n", o->inject);
+		return 1;
+	}
 	ret = setup(&s);
 	if (ret) {
 		fprintf(stderr, "stress: setup: %s\n", strerror(-ret));
@@ -483,6 +487,8 @@ int stress_run(const struct stress_opts *o, struct stress_report *r)
 		pthread_join(chaos, NULL);
 
 	/* the final word: every page of every region, by the CPU */
+	if (o->inject)
+		(void)uhmm_fault_inject(NULL);	/* what remains runs as in production */
 	for (int t = 0; t < o->threads; t++)
 		for (int ri = 0; ri < o->regions; ri++)
 			check_pages(&s, &s.own[t], ri, 0, o->pages, atomic_load(&s.own[t].reg[ri].base), "final CPU");
@@ -499,6 +505,7 @@ int stress_run(const struct stress_opts *o, struct stress_report *r)
 	r->pages_to_device = b.pages_to_device - a.pages_to_device;
 	r->pages_to_system = b.pages_to_system - a.pages_to_system;
 	r->faults = b.faults - a.faults;
+	r->injected = b.faults_injected - a.faults_injected;
 	free(args);
 	return r->mismatches || r->unexpected ? 1 : 0;
 }
@@ -508,9 +515,11 @@ void stress_print(const struct stress_opts *o, const struct stress_report *r)
 	printf("stress: seed %llu, %d owner threads x %d regions x %d pages + 1 chaos thread, %.1f s\n"
 	       "  operations %ld (chaos %ld), pages checked %ld, invalidations %llu,\n"
 	       "  pages migrated to device %llu, to system %llu, CPU faults %llu\n"
+	       "  faults injected %llu%s%s\n"
 	       "  mismatches %ld, lost writes %ld, unexpected errors %ld\n",
 	       (unsigned long long)o->seed, o->threads, o->regions, o->pages, o->seconds, r->ops, r->chaos_ops,
 	       r->checks, (unsigned long long)r->invalidations, (unsigned long long)r->pages_to_device,
-	       (unsigned long long)r->pages_to_system, (unsigned long long)r->faults, r->mismatches,
+	       (unsigned long long)r->pages_to_system, (unsigned long long)r->faults,
+	       (unsigned long long)r->injected, o->inject ? ": " : "", o->inject ? o->inject : "", r->mismatches,
 	       r->lost_writes, r->unexpected);
 }

@@ -23,6 +23,7 @@ struct stress_opts {
 				 * page another thread holds fails with EFAULT instead of waiting */
 	bool mark;		/* put each owner operation into the uhmm trace (UHMM_TRACE=file) */
 	const char *skip_ops;	/* operation letters to leave out (see op_names in stress.c) */
+	const char *inject;	/* uhmm_fault_inject() rules for the run: failures uhmm absorbs */
 	bool verbose;
 };
 
@@ -33,8 +34,17 @@ struct stress_report {
 	long lost_writes;	/* of which held an older value of that page */
 	long unexpected;	/* operations that failed with an errno the model forbids */
 	long chaos_ops;		/* value-preserving operations of the chaos thread */
-	uint64_t invalidations, pages_to_device, pages_to_system, faults;
+	uint64_t invalidations, pages_to_device, pages_to_system, faults, injected;
 };
+
+/*
+ * Injected failures that uhmm absorbs completely (retried, or the page stays
+ * where it was): with them the model must still hold. A slow service
+ * thread, UFFDIO_COPY saying EAGAIN, UFFDIO_MOVE failing (the zap falls back
+ * to MADV_DONTNEED), device memory and device copies in running out.
+ */
+#define STRESS_ABSORBED_FAULTS \
+	"service_delay:200:7,uffd_copy:EAGAIN:3,uffd_move:ENOMEM:4,device_alloc:ENOMEM:5,copy_to_device:EIO:40"
 
 /* Run; returns 0 if nothing was lost or unexpected, else 1 (details on stderr). */
 int stress_run(const struct stress_opts *o, struct stress_report *r);

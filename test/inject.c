@@ -1,0 +1,393 @@
+// SPDX-License-Identifier: MIT
+/*
+ * Fault injection (uhmm_fault_inject()): each injected failure is either
+ * absorbed (retried, or the page stays where it was) or surfaces as the
+ * documented errno or SIGBUS, and the data is checked afterwards. The
+ * outcomes are the table of uhmm_fault_inject(3).
+ */
+#include <pthread.h>
+
+#include "harness.h"
+
+#define NPG 32
+
+static struct uhmm_stats stats_now(void)
+{
+	struct uhmm_stats s;
+
+	ASSERT_EQ(uhmm_stats(&s, sizeof(s)), sizeof(s));
+	return s;
+}
+
+static uint64_t injected(void)
+{
+	return stats_now().faults_injected;
+}
+
+static int *filled(size_t npages)
+{
+	int *p = map_anon(npages * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE);
+
+	fill_ints(p, npages * PAGE, 1);
+	return p;
+}
+
+/* How many of @n pages at @p the device sees as @want (a snapshot faults nothing). */
+static uint64_t count_snap(struct uhmm_dmirror *d, void *p, uint64_t n, uint8_t want)
+{
+	struct uhmm_dmirror_cmd c;
+	uint8_t snap[NPG];
+	uint64_t k = 0;
+
+	ASSERT_LE(n, NPG);
+	ASSERT_OK(dmcmd(d, UHMM_DMIRROR_SNAPSHOT, p, snap, n, &c));
+	for (uint64_t i = 0; i < n; i++)
+		k += snap[i] == want;
+	return k;
+}
+
+#define ON_DEVICE (UHMM_DMIRROR_PROT_DEV_PRIVATE_LOCAL | UHMM_DMIRROR_PROT_WRITE)
+
+/*
+ * Move @n pages at @p to device @d; returns how many are on it after.
+ * MIGRATE_TO_DEV reads them back from device memory: -ENOENT when some
+ * page stayed behind (CONFORMANCE.md).
+ */
+static uint64_t to_device(struct uhmm_dmirror *d, int *p, uint64_t n)
+{
+	struct uhmm_dmirror_cmd c;
+	int *buf = malloc(n * PAGE);
+	int ret = dmcmd(d, UHMM_DMIRROR_MIGRATE_TO_DEV, p, buf, n, &c);
+	uint64_t moved = count_snap(d, p, n, ON_DEVICE);
+
+	if (ret == 0) {
+		ASSERT_EQ(c.cpages, n);
+		check_ints(buf, n * PAGE, 1);	/* what the device read back is the data */
+	} else {
+		ASSERT_EQ(ret, -ENOENT);
+		ASSERT_LT(moved, n);
+	}
+	free(buf);
+	return moved;
+}
+
+/* The device reads the data right, wherever the pages are. */
+static void device_reads_data(struct uhmm_dmirror *d, int *p, uint64_t n)
+{
+	struct uhmm_dmirror_cmd c;
+	int *buf = malloc(n * PAGE);
+
+	ASSERT_OK(dmcmd(d, UHMM_DMIRROR_READ, p, buf, n, &c));
+	check_ints(buf, n * PAGE, 1);
+	free(buf);
+}
+
+TEST(inject_spec_is_checked)
+{
+	static const char *const bad[] = {
+		"bogus:EIO", "uffd_copy", "uffd_copy:", "uffd_copy:EWHAT", "uffd_copy:EIO:0",
+		"uffd_copy:EIO:1:2:3", "uffd_copy:EIO,uffd_copy:EAGAIN", "service_delay:EIO",
+		"uffd_copy:-5", "uffd_copy:5000", "uffd_copy:EIO:x", ",", "uffd_copy:EIO,,uffd_move:EIO",
+		"service_delay:99999999",
+	};
+	struct uhmm_dmirror *d = dmirror(0);
+	int *p = filled(4);
+	uint64_t before;
+
+	ASSERT_OK(uhmm_fault_inject(NULL));
+	ASSERT_OK(uhmm_fault_inject(""));
+	ASSERT_OK(uhmm_fault_inject("uffd_copy:EAGAIN:1:2,service_delay:10:3"));
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+		if (uhmm_fault_inject(bad[i]) != -EINVAL)
+			test_fail(__FILE__, __LINE__, "\"%s\" accepted", bad[i]);
+	/* A rejected spec left the rules as they were: two EAGAINs, retried. */
+	before = injected();
+	ASSERT_EQ(to_device(d, p, 4), 4);
+	check_ints(p, 4 * PAGE, 1);
+	ASSERT_GE(injected() - before, 2);
+	ASSERT_OK(uhmm_fault_inject(NULL));
+	uhmm_dmirror_close(d);
+}
+
+/* UFFDIO_COPY saying EAGAIN (the mm changed under it) is retried: nothing is lost. */
+TEST(inject_uffd_copy_eagain_is_retried)
+{
+	struct uhmm_dmirror *d = dmirror(0);
+	struct uhmm_dmirror_cmd c;
+	int *p = filled(NPG);
+	uint64_t before, before_poisons = stats_now().poisons;
+
+	ASSERT_EQ(to_device(d, p, NPG), NPG);
+	before = injected();
+	ASSERT_OK(uhmm_fault_inject("uffd_copy:EAGAIN:1:20"));
+	ASSERT_OK(dmcmd(d, UHMM_DMIRROR_MIGRATE_TO_SYS, p, NULL, NPG, &c));
+	ASSERT_EQ(c.cpages, NPG);
+	ASSERT_EQ(injected() - before, 20);
+	ASSERT_EQ(count_snap(d, p, NPG, ON_DEVICE), 0);
+	check_ints(p, NPG * PAGE, 1);
+
+	/* And on the CPU fault path. */
+	ASSERT_EQ(to_device(d, p, NPG), NPG);
+	ASSERT_OK(uhmm_fault_inject("uffd_copy:EAGAIN:2"));
+	check_ints(p, NPG * PAGE, 1);
+	ASSERT_EQ(stats_now().poisons, before_poisons);
+	ASSERT_OK(uhmm_fault_inject(NULL));
+	uhmm_dmirror_close(d);
+}
+
+/*
+ * UFFDIO_COPY failing for good (ENOMEM: no memory; EEXIST: a page is
+ * already there) while migrating back: the pages stay on the device, the
+ * migration reports them not moved, and they come back once it can.
+ */
+static void copy_failure_keeps_pages(const char *spec)
+{
+	struct uhmm_dmirror *d = dmirror(0);
+	struct uhmm_dmirror_cmd c;
+	int *p = filled(NPG);
+	uint64_t poisons = stats_now().poisons;
+
+	ASSERT_EQ(to_device(d, p, NPG), NPG);
+	ASSERT_OK(uhmm_fault_inject(spec));
+	ASSERT_OK(dmcmd(d, UHMM_DMIRROR_MIGRATE_TO_SYS, p, NULL, NPG, &c));
+	ASSERT_EQ(c.cpages, 0);
+	ASSERT_EQ(count_snap(d, p, NPG, ON_DEVICE), NPG);
+	device_reads_data(d, p, NPG);
+	ASSERT_OK(uhmm_fault_inject(NULL));
+	check_ints(p, NPG * PAGE, 1);
+	ASSERT_EQ(count_snap(d, p, NPG, ON_DEVICE), 0);
+	ASSERT_EQ(stats_now().poisons, poisons);
+	uhmm_dmirror_close(d);
+}
+
+TEST(inject_uffd_copy_enomem_keeps_pages_on_device) { copy_failure_keeps_pages("uffd_copy:ENOMEM"); }
+TEST(inject_uffd_copy_eexist_keeps_pages_on_device) { copy_failure_keeps_pages("uffd_copy:EEXIST"); }
+
+/* A CPU fault whose install fails a few times is tried again: absorbed. */
+TEST(inject_uffd_copy_enomem_on_fault_is_retried)
+{
+	struct uhmm_dmirror *d = dmirror(0);
+	int *p = filled(NPG);
+	uint64_t poisons = stats_now().poisons;
+
+	ASSERT_EQ(to_device(d, p, NPG), NPG);
+	ASSERT_OK(uhmm_fault_inject("uffd_copy:ENOMEM:1:3"));
+	check_ints(p, NPG * PAGE, 1);
+	ASSERT_EQ(stats_now().poisons, poisons);
+	ASSERT_EQ(count_snap(d, p, NPG, ON_DEVICE), 0);
+	ASSERT_OK(uhmm_fault_inject(NULL));
+	uhmm_dmirror_close(d);
+}
+
+/*
+ * A CPU fault whose install never succeeds: the faulting page is poisoned
+ * (SIGBUS, never zeros); the other pages stay on the device and come back
+ * intact once installs work again.
+ */
+TEST(inject_uffd_copy_enomem_for_good_poisons_the_faulting_page)
+{
+	struct uhmm_dmirror *d = dmirror(0);
+	struct uhmm_pagemap_stats st;
+	int *p = filled(NPG);
+
+	uint64_t poisons = stats_now().poisons;
+
+	ASSERT_EQ(to_device(d, p, NPG), NPG);
+	ASSERT_OK(uhmm_fault_inject("uffd_copy:ENOMEM"));
+	ASSERT_TRUE(read_sigbus(p));
+	ASSERT_OK(uhmm_fault_inject(NULL));
+	ASSERT_TRUE(read_sigbus(p));	/* poisoned stays poisoned */
+	check_ints_from(p, PAGE / sizeof(int), (NPG - 1) * PAGE, 1);
+	ASSERT_EQ(stats_now().poisons - poisons, 1);
+	ASSERT_OK(uhmm_dmirror_memstats(d, &st));
+	ASSERT_EQ(st.poisoned, 1);
+	ASSERT_EQ(st.allocated, 0);
+	uhmm_dmirror_close(d);
+}
+
+/*
+ * A device write to a hole of memory uhmm traps (it migrated there before)
+ * needs a zeroed page installed: if that fails, the WRITE fails with the
+ * errno and the memory is untouched.
+ */
+TEST(inject_uffd_copy_enomem_fails_a_device_write_cleanly)
+{
+	struct uhmm_dmirror *d = dmirror(0);
+	struct uhmm_dmirror_cmd c;
+	int *p = filled(NPG), src[PAGE / sizeof(int)];
+
+	ASSERT_EQ(to_device(d, p, NPG), NPG);
+	check_ints(p, NPG * PAGE, 1);	/* back in system memory; the span still traps */
+	ASSERT_OK(madvise(p + 4 * PAGE / sizeof(int), PAGE, MADV_DONTNEED));
+	for (size_t i = 0; i < PAGE / sizeof(int); i++)
+		src[i] = -1;
+	ASSERT_OK(uhmm_fault_inject("uffd_copy:ENOMEM"));
+	ASSERT_EQ(dmcmd(d, UHMM_DMIRROR_WRITE, p + 4 * PAGE / sizeof(int), src, 1, &c), -ENOMEM);
+	ASSERT_OK(uhmm_fault_inject(NULL));
+	for (size_t i = 4 * PAGE / sizeof(int); i < 5 * PAGE / sizeof(int); i++)
+		ASSERT_EQ(p[i], 0);
+	check_ints(p, 4 * PAGE, 1);
+	check_ints_from(p, 5 * PAGE / sizeof(int), (NPG - 5) * PAGE, 1);
+	ASSERT_OK(dmcmd(d, UHMM_DMIRROR_WRITE, p + 4 * PAGE / sizeof(int), src, 1, &c));
+	ASSERT_EQ(p[4 * PAGE / sizeof(int)], -1);
+	uhmm_dmirror_close(d);
+}
+
+/*
+ * UFFDIO_MOVE (taking pages from the CPU without an event) failing with
+ * any errno: the zap falls back to MADV_DONTNEED; the migration completes.
+ */
+static void move_failure_falls_back(const char *spec)
+{
+	struct uhmm_dmirror *d = dmirror(0);
+	int *p = filled(NPG);
+	struct uhmm_stats s0 = stats_now(), s1;
+
+	ASSERT_OK(uhmm_fault_inject(spec));
+	ASSERT_EQ(to_device(d, p, NPG), NPG);
+	s1 = stats_now();
+	ASSERT_OK(uhmm_fault_inject(NULL));
+	ASSERT_EQ(count_snap(d, p, NPG, ON_DEVICE), NPG);
+	device_reads_data(d, p, NPG);
+	/* Fallback mode never uses UFFDIO_MOVE: nothing to inject there. */
+	if (s1.faults_injected > s0.faults_injected)
+		ASSERT_EQ(s1.zaps_madvised - s0.zaps_madvised, NPG);
+	else
+		ASSERT_EQ(strcmp(test_mode(), "fallback"), 0);
+	check_ints(p, NPG * PAGE, 1);
+	uhmm_dmirror_close(d);
+}
+
+TEST(inject_uffd_move_eagain_falls_back) { move_failure_falls_back("uffd_move:EAGAIN"); }
+TEST(inject_uffd_move_eexist_falls_back) { move_failure_falls_back("uffd_move:EEXIST"); }
+TEST(inject_uffd_move_enomem_falls_back) { move_failure_falls_back("uffd_move:ENOMEM"); }
+
+/* Device memory running out: the pages it could not take stay in system memory. */
+TEST(inject_device_alloc_failure_leaves_pages_in_system)
+{
+	struct uhmm_dmirror *d = dmirror(0);
+	int *p = filled(NPG);
+
+	ASSERT_OK(uhmm_fault_inject("device_alloc:ENOMEM:2"));
+	ASSERT_EQ(to_device(d, p, NPG), NPG / 2);
+	ASSERT_OK(uhmm_fault_inject(NULL));
+	ASSERT_EQ(count_snap(d, p, NPG, ON_DEVICE), NPG / 2);
+	ASSERT_EQ(count_snap(d, p, NPG, UHMM_DMIRROR_PROT_WRITE), NPG / 2);
+	device_reads_data(d, p, NPG);
+	check_ints(p, NPG * PAGE, 1);
+	uhmm_dmirror_close(d);
+}
+
+/* The device's copy in failing midway: what it copied moved, the rest stayed. */
+TEST(inject_copy_to_device_failing_midway)
+{
+	struct uhmm_dmirror *d = dmirror(0);
+	int *p = filled(NPG);
+
+	ASSERT_OK(uhmm_fault_inject("copy_to_device:EIO:10:1"));
+	ASSERT_EQ(to_device(d, p, NPG), 9);
+	ASSERT_OK(uhmm_fault_inject(NULL));
+	ASSERT_EQ(count_snap(d, p, 9, ON_DEVICE), 9);
+	ASSERT_EQ(count_snap(d, p + 9 * PAGE / sizeof(int), NPG - 9, ON_DEVICE), 0);
+	device_reads_data(d, p, NPG);
+	check_ints(p, NPG * PAGE, 1);
+	uhmm_dmirror_close(d);
+}
+
+/*
+ * The device's copy out failing: on a CPU fault the page cannot come back
+ * (SIGBUS); in MIGRATE_TO_SYS and RELEASE the pages it failed stay on the
+ * device and come back intact later.
+ */
+TEST(inject_copy_to_system_failing)
+{
+	struct uhmm_dmirror *d = dmirror(0);
+	struct uhmm_dmirror_cmd c;
+	int *p = filled(NPG);
+
+	ASSERT_EQ(to_device(d, p, NPG), NPG);
+	ASSERT_OK(uhmm_fault_inject("copy_to_system:EIO:2"));
+	ASSERT_OK(dmcmd(d, UHMM_DMIRROR_MIGRATE_TO_SYS, p, NULL, NPG, &c));
+	ASSERT_EQ(c.cpages, NPG / 2);
+	ASSERT_EQ(count_snap(d, p, NPG, ON_DEVICE), NPG / 2);
+	ASSERT_OK(uhmm_fault_inject("copy_to_system:EIO:4"));
+	ASSERT_OK(dmcmd(d, UHMM_DMIRROR_RELEASE, p, NULL, 1, &c));
+	ASSERT_EQ(count_snap(d, p, NPG, ON_DEVICE), NPG / 8);
+	ASSERT_OK(uhmm_fault_inject(NULL));
+	check_ints(p, NPG * PAGE, 1);
+	ASSERT_EQ(count_snap(d, p, NPG, ON_DEVICE), 0);
+
+	uint64_t poisons = stats_now().poisons;
+
+	ASSERT_EQ(to_device(d, p, NPG), NPG);
+	ASSERT_OK(uhmm_fault_inject("copy_to_system:EIO:1:1"));
+	ASSERT_TRUE(read_sigbus(p + 3 * PAGE / sizeof(int)));
+	ASSERT_OK(uhmm_fault_inject(NULL));
+	check_ints(p, 3 * PAGE, 1);
+	check_ints_from(p, 4 * PAGE / sizeof(int), (NPG - 4) * PAGE, 1);
+	ASSERT_EQ(stats_now().poisons - poisons, 1);
+	uhmm_dmirror_close(d);
+}
+
+/* No staging page for a page coming back: that page stays on the device. */
+TEST(inject_staging_alloc_failure_keeps_the_page)
+{
+	struct uhmm_dmirror *d = dmirror(0);
+	struct uhmm_dmirror_cmd c;
+	int *p = filled(NPG);
+
+	ASSERT_EQ(to_device(d, p, NPG), NPG);
+	ASSERT_OK(uhmm_fault_inject("staging_alloc:ENOMEM:5:1"));
+	ASSERT_OK(dmcmd(d, UHMM_DMIRROR_MIGRATE_TO_SYS, p, NULL, NPG, &c));
+	ASSERT_EQ(c.cpages, NPG - 1);
+	ASSERT_EQ(count_snap(d, p + 4 * PAGE / sizeof(int), 1, ON_DEVICE), 1);
+	ASSERT_OK(uhmm_fault_inject(NULL));
+	check_ints(p, NPG * PAGE, 1);
+	uhmm_dmirror_close(d);
+}
+
+/* A slow service thread: faults and events wait longer, nothing else changes. */
+struct reader {
+	int *p;
+	int ok;
+};
+
+static void *read_all(void *arg)
+{
+	struct reader *r = arg;
+
+	r->ok = 1;
+	for (size_t i = 0; i < NPG * PAGE / sizeof(int); i += 256)
+		r->ok &= r->p[i] == (int)i;
+	return NULL;
+}
+
+TEST(inject_slow_service_thread)
+{
+	struct uhmm_dmirror *d0 = dmirror(0), *d1 = dmirror(1);
+	int *p = filled(NPG), *q = filled(NPG);
+	struct reader r[2] = { { .p = p }, { .p = p } };
+	pthread_t t[2];
+	uint64_t before = injected();
+
+	ASSERT_OK(uhmm_fault_inject("service_delay:2000"));
+	for (int round = 0; round < 3; round++) {
+		ASSERT_EQ(to_device(round & 1 ? d1 : d0, p, NPG), NPG);
+		ASSERT_EQ(to_device(d0, q, NPG), NPG);
+		for (int i = 0; i < 2; i++)
+			ASSERT_OK(pthread_create(&t[i], NULL, read_all, &r[i]));
+		ASSERT_OK(madvise(q, PAGE, MADV_DONTNEED));	/* an event while faults wait */
+		for (int i = 0; i < 2; i++) {
+			pthread_join(t[i], NULL);
+			ASSERT_TRUE(r[i].ok);
+		}
+		ASSERT_EQ(q[0], 0);
+		check_ints_from(q, PAGE / sizeof(int), (NPG - 1) * PAGE, 1);
+		fill_ints(q, PAGE, 1);
+		check_ints(p, NPG * PAGE, 1);
+	}
+	ASSERT_GT(injected() - before, 0);
+	ASSERT_OK(uhmm_fault_inject(NULL));
+	uhmm_dmirror_close(d0);
+	uhmm_dmirror_close(d1);
+}
