@@ -33,6 +33,10 @@ endif
 ifeq ($(SAN),tsan)
 SAN_FLAGS := -fsanitize=thread -fno-omit-frame-pointer
 endif
+# libFuzzer (clang): the library instrumented for coverage, under ASan+UBSan.
+ifeq ($(SAN),fuzz)
+SAN_FLAGS := -fsanitize=address,undefined,fuzzer-no-link -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+endif
 ALL_CFLAGS = $(BASE_CFLAGS) $(SAN_FLAGS) $(CFLAGS)
 LDLIBS := -pthread
 
@@ -72,6 +76,9 @@ $(BUILD)/uhmm-tests: $(TEST_OBJS) $(STATIC)
 $(BUILD)/uhmm-stress: $(BUILD)/test/stress/main.o $(BUILD)/test/stress/stress.o $(STATIC)
 	$(CC) $(ALL_CFLAGS) -o $@ $^ $(LDLIBS)
 
+$(BUILD)/uhmm-fuzz: $(BUILD)/fuzz/api.o $(STATIC)
+	$(CC) $(ALL_CFLAGS) -fsanitize=fuzzer -o $@ $^ $(LDLIBS)
+
 $(BUILD)/examples/%: examples/%.c $(STATIC)
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -o $@ $< $(STATIC) $(LDLIBS)
@@ -93,6 +100,16 @@ check: $(BUILD)/uhmm-tests
 # STRESSFLAGS: -s SEED -t SECONDS -T THREADS -r REGIONS -p PAGES -n OPS -F
 stress: $(BUILD)/uhmm-stress
 	$(BUILD)/uhmm-stress $(STRESSFLAGS)
+
+# libFuzzer on the public API (fuzz/api.c), clang only, bounded in time.
+# FUZZ_SECONDS (default 60); the corpus grows in build-fuzz-clang/corpus, and
+# a crash is left as build-fuzz-clang/crash-* (rerun: uhmm-fuzz FILE).
+FUZZ_SECONDS ?= 60
+fuzz:
+	$(MAKE) SAN=fuzz CC=clang build-fuzz-clang/uhmm-fuzz
+	mkdir -p build-fuzz-clang/corpus
+	build-fuzz-clang/uhmm-fuzz -max_total_time=$(FUZZ_SECONDS) -timeout=20 -rss_limit_mb=4096 \
+		-artifact_prefix=build-fuzz-clang/ -print_final_stats=1 build-fuzz-clang/corpus fuzz/seeds
 
 # uhmm.pc is made at install time: it must name this install's PREFIX.
 install: $(STATIC) $(SHARED) $(BUILD)/uhmm
@@ -121,4 +138,4 @@ uninstall:
 clean:
 	rm -rf build build-*
 
-.PHONY: all demo bench check stress install uninstall clean
+.PHONY: all demo bench check stress fuzz install uninstall clean
