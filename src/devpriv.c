@@ -301,12 +301,15 @@ void uhmm_dp_move_range(struct uhmm_mm *mm, uint64_t from, uint64_t to, uint64_t
 	free(m.vals);
 }
 
-/* The device cannot give @addr back: the CPU gets SIGBUS there, never zeros. */
+/*
+ * The device cannot give @addr back: the CPU gets SIGBUS there, never zeros.
+ * Only while the table still maps a device page there: a driver's
+ * migrate_to_ram() also fails when the program unmapped or moved the
+ * address meanwhile (its setup finds no VMA), and a poison marker left
+ * there would SIGBUS whatever the program maps at that address next.
+ */
 static void dp_poison(struct uhmm_mm *mm, uint64_t addr, pid_t tid)
 {
-	uhmm_stat_add(UHMM_STAT(poisons), 1);
-	if (uhmm_tracing())
-		uhmm_trace_residency(addr, 1, "poisoned", NULL);
 	struct uffdio_poison p = { .range = { .start = addr, .len = UHMM_PAGE_SIZE } };
 	struct uhmm_page *page;
 	int ret;
@@ -314,10 +317,15 @@ static void dp_poison(struct uhmm_mm *mm, uint64_t addr, pid_t tid)
 	if (uhmm_dp_claim(mm, addr) & DP_BUSY)
 		return;
 	page = uhmm_dp_remove(mm, addr);
-	if (page) {
-		atomic_fetch_add(&page->pgmap->poisoned, 1);
-		uhmm_page_put(page);
+	if (!page) {
+		uhmm_dp_release(mm, addr);	/* gone meanwhile: the CPU's retry sees what is there now */
+		return;
 	}
+	atomic_fetch_add(&page->pgmap->poisoned, 1);
+	uhmm_page_put(page);
+	uhmm_stat_add(UHMM_STAT(poisons), 1);
+	if (uhmm_tracing())
+		uhmm_trace_residency(addr, 1, "poisoned", NULL);
 	/* ENOENT: the address was unmapped meanwhile, nothing left to poison */
 	ret = uhmm_uffd_ioctl(mm->uffd, UFFDIO_POISON, &p);
 	if (ret && ret != -EEXIST && ret != -ENOENT) {

@@ -14,6 +14,7 @@
  * the service thread instead, after the change. mprotect() has no event: a
  * libc-internal mprotect is not seen (see docs/architecture.md).
  */
+#include <errno.h>
 #include <stdarg.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
@@ -134,6 +135,38 @@ UHMM_EXPORT int munmap(void *addr, size_t len)
 	return (int)ret;
 }
 
+/*
+ * A same-size MREMAP_FIXED move of [old, old + size) over several VMAs, one
+ * VMA at a time. The kernel (6.17+) moves several VMAs itself, but not when
+ * a userfaultfd watches one (the REMAP event cannot be sent from inside
+ * that loop): it stops there with EFAULT, having moved the ones before.
+ * The pieces are uhmm's doing when they do not merge back (moved pieces
+ * keep their own page offsets), so the program must not see them. Like the
+ * kernel's, a move that fails halfway leaves the pieces before it moved;
+ * each piece raises its own REMAP event. Returns @to, -errno, or 0 when
+ * the range is one VMA (or not fully mapped): the plain call decides.
+ */
+static long mremap_pieces(uintptr_t old, size_t size, uintptr_t to)
+{
+	struct uhmm_vma v[64];
+	int n = uhmm_vma_list(old, old + size, v, (int)UHMM_ARRAY_SIZE(v));
+
+	if (n < 2 || n > (int)UHMM_ARRAY_SIZE(v) || v[0].start > old || v[n - 1].end < old + size)
+		return 0;
+	for (int i = 1; i < n; i++)
+		if (v[i].start != v[i - 1].end)
+			return 0;	/* a hole: not one mapping as far as anybody knows */
+	for (int i = 0; i < n; i++) {
+		uintptr_t s = v[i].start > old ? v[i].start : old;
+		uintptr_t e = v[i].end < old + size ? v[i].end : old + size;
+		long r = syscall(SYS_mremap, s, e - s, e - s, MREMAP_MAYMOVE | MREMAP_FIXED, to + (s - old));
+
+		if (r < 0)
+			return -errno;
+	}
+	return (long)to;
+}
+
 UHMM_EXPORT void *mremap(void *old, size_t old_size, size_t new_size, int flags, ...)
 {
 	struct inval_guard g = { 0 };
@@ -160,7 +193,16 @@ UHMM_EXPORT void *mremap(void *old, size_t old_size, size_t new_size, int flags,
 	 */
 	if (locked)
 		(void)uhmm_mm_unify_registration(g.mm, (uintptr_t)old, (uintptr_t)old + old_size);
-	ret = syscall(SYS_mremap, old, old_size, new_size, flags, new_addr);
+	ret = 0;
+	if (locked && flags == (MREMAP_MAYMOVE | MREMAP_FIXED) && old_size == new_size &&
+	    !((uintptr_t)old & (UHMM_PAGE_SIZE - 1)))
+		ret = mremap_pieces((uintptr_t)old, uhmm_align_up(old_size, UHMM_PAGE_SIZE), (uintptr_t)new_addr);
+	if (ret < 0) {
+		errno = (int)-ret;
+		ret = -1;
+	} else if (ret == 0) {
+		ret = syscall(SYS_mremap, old, old_size, new_size, flags, new_addr);
+	}
 	guard_close(&g);
 	map_unlock(&g, locked);
 	return (void *)ret;

@@ -66,11 +66,20 @@ static void mm_fork_prepare(void)
 	 * The child must see the data of device-resident pages, which it
 	 * cannot fault back (its copy of the mm is abandoned): close the gate
 	 * (migrations to a device in flight finish, new ones wait for the
-	 * fork to be over), then bring every device page back.
+	 * fork to be over), then bring every device page back. While the
+	 * table is walked no mapping may change (the kernel's fork holds its
+	 * mmap_lock for write throughout), and the moves already made must be
+	 * in it: an entry still keyed at the address an mremap() moved it from
+	 * would be evicted there (no VMA: nothing to do) while its page, at
+	 * the new address, reached the child as a hole. Shared, as migrations
+	 * hold it (the evictions are migrations); order: mmap_lock, the gate.
 	 */
+	pthread_rwlock_rdlock(&mm->mmap_lock);
 	uhmm_migrate_gate_close(mm);
+	uhmm_service_sync(mm);
 	if (uhmm_dp_any(mm))
 		uhmm_dp_evict_range(mm, 0, UINT64_MAX);
+	pthread_rwlock_unlock(&mm->mmap_lock);
 	mm->fork_inval = calloc(1, sizeof(*mm->fork_inval));
 	n = uhmm_vma_list(0, UINT64_MAX, NULL, 0);
 	v = n > 0 ? calloc((size_t)n + 64, sizeof(*v)) : NULL;

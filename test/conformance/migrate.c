@@ -4,6 +4,7 @@
  * CONFORMANCE.md section 3 items 4-7 and 9, on the reference device.
  */
 #include <pthread.h>
+#include <sys/syscall.h>
 #include <sys/uio.h>
 #include <sys/wait.h>
 
@@ -358,6 +359,75 @@ TEST(migrate_mremap_partly_migrated)
 	ASSERT_EQ(mincore(ptr, PAGE, &v), -1);	/* nothing left behind */
 	ASSERT_EQ(errno, ENOMEM);
 	check_ints(to, BUF_SIZE, 1);
+	uhmm_dmirror_close(d);
+}
+
+/*
+ * Two mappings made side by side hold their own pages (anonymous memory of
+ * different origins): the kernel never merges them into one VMA. Without a
+ * userfaultfd, 6.17+ moves such a pair in one same-size MREMAP_FIXED call;
+ * watched by uhmm, the kernel would say EFAULT: uhmm moves it VMA by VMA,
+ * device pages and all.
+ */
+static int *side_by_side(size_t half)
+{
+	int *a = map_anon(2 * half, PROT_READ | PROT_WRITE, MAP_PRIVATE), *b = filled(half, MAP_PRIVATE);
+
+	ASSERT_TRUE(mremap(b, half, half, MREMAP_MAYMOVE | MREMAP_FIXED, (char *)a + half) == (char *)a + half);
+	fill_ints(a, half, 1);
+	for (size_t i = 0; i < half / sizeof(int); i++)	/* b's half holds the second part of the pattern */
+		a[half / sizeof(int) + i] = (int)(half / sizeof(int) + i);
+	return a;
+}
+
+TEST(migrate_mremap_unmergeable_vmas)
+{
+	struct uhmm_dmirror *d = dmirror(0);
+	struct uhmm_dmirror_cmd c;
+	int *ptr = side_by_side(BUF_SIZE / 2), *mirror = malloc(BUF_SIZE), *to;
+	void *dst = map_anon(BUF_SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE);
+	unsigned char v;
+
+	ASSERT_OK(dmcmd(d, UHMM_DMIRROR_MIGRATE_TO_DEV, (char *)ptr + BUF_SIZE / 2 - 4 * PAGE, mirror, 8, &c));
+	to = mremap(ptr, BUF_SIZE, BUF_SIZE, MREMAP_MAYMOVE | MREMAP_FIXED, dst);
+	ASSERT_TRUE(to == dst);
+	ASSERT_EQ(mincore(ptr, BUF_SIZE, &v), -1);	/* nothing left behind */
+	snapshot_all(d, (char *)to + BUF_SIZE / 2 - 4 * PAGE, 8,
+		     UHMM_DMIRROR_PROT_DEV_PRIVATE_LOCAL | UHMM_DMIRROR_PROT_WRITE);
+	check_ints(to, BUF_SIZE, 1);
+	uhmm_dmirror_close(d);
+}
+
+/*
+ * fork() right after a raw mremap() (no interposed call to wait for): the
+ * REMAP event may not be handled yet (a slow service thread, injected,
+ * makes sure of it), and the device pages must be brought back from where
+ * they are now, not from where they were.
+ */
+static void child_checks(void *arg)
+{
+	check_ints((int *)arg, BUF_SIZE, 1);
+}
+
+TEST(migrate_fork_right_after_raw_mremap)
+{
+	skip_if_asan_fork_threads();
+	struct uhmm_dmirror *d = dmirror(0);
+	struct uhmm_dmirror_cmd c;
+	int *mirror = malloc(BUF_SIZE);
+
+	for (int round = 0; round < 3; round++) {
+		int *ptr = filled(BUF_SIZE, MAP_PRIVATE);
+		void *dst = map_anon(BUF_SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE);
+
+		ASSERT_OK(dmcmd(d, UHMM_DMIRROR_MIGRATE_TO_DEV, ptr, mirror, NPAGES, &c));
+		ASSERT_OK(uhmm_fault_inject("service_delay:50000:1:1"));
+		ASSERT_EQ(syscall(SYS_mremap, ptr, BUF_SIZE, BUF_SIZE, MREMAP_MAYMOVE | MREMAP_FIXED, dst), (long)dst);
+		ASSERT_EQ(run_child(child_checks, dst), 0);
+		ASSERT_OK(uhmm_fault_inject(NULL));
+		check_ints((int *)dst, BUF_SIZE, 1);
+		munmap(dst, BUF_SIZE);
+	}
 	uhmm_dmirror_close(d);
 }
 
