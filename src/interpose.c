@@ -205,6 +205,16 @@ UHMM_EXPORT void *mremap(void *old, size_t old_size, size_t new_size, int flags,
 	}
 	guard_close(&g);
 	map_unlock(&g, locked);
+	/*
+	 * The kernel moves device-private entries with the page table, within
+	 * the call; uhmm moves its table entries when the worker handles the
+	 * REMAP event. Return only once it has: a madvise(DONTNEED) of the new
+	 * range made right after would otherwise find nothing there to drop,
+	 * and the entries, moved in later, would bring the old data back. After
+	 * the unlock: the worker may be in a migration waiting for mmap_lock.
+	 */
+	if (locked)
+		uhmm_service_sync(g.mm);
 	return (void *)ret;
 }
 
