@@ -301,12 +301,23 @@ void uhmm_dp_move_range(struct uhmm_mm *mm, uint64_t from, uint64_t to, uint64_t
 	free(m.vals);
 }
 
+/* Is there still a VMA at @addr? */
+static bool addr_mapped(uint64_t addr)
+{
+	struct uhmm_vma v;
+
+	return uhmm_vma_list(addr, addr + UHMM_PAGE_SIZE, &v, 1) >= 1 && v.start <= addr;
+}
+
 /*
  * The device cannot give @addr back: the CPU gets SIGBUS there, never zeros.
- * Only while the table still maps a device page there: a driver's
- * migrate_to_ram() also fails when the program unmapped or moved the
- * address meanwhile (its setup finds no VMA), and a poison marker left
- * there would SIGBUS whatever the program maps at that address next.
+ * Only while the table still maps a device page there and the address is
+ * still mapped: a driver's migrate_to_ram() also fails when the program
+ * unmapped or moved the address meanwhile (its setup finds no VMA). The
+ * worker serves a fault queued before the program's mremap() before that
+ * call's REMAP event, which then moves the entry to where the page is now:
+ * poisoning it first would lose the page. And a poison marker left at an
+ * unmapped address would SIGBUS whatever the program maps there next.
  */
 static void dp_poison(struct uhmm_mm *mm, uint64_t addr, pid_t tid)
 {
@@ -314,6 +325,8 @@ static void dp_poison(struct uhmm_mm *mm, uint64_t addr, pid_t tid)
 	struct uhmm_page *page;
 	int ret;
 
+	if (!addr_mapped(addr))
+		return;	/* its UNMAP or REMAP event, still queued, drops or moves the entry */
 	if (uhmm_dp_claim(mm, addr) & DP_BUSY)
 		return;
 	page = uhmm_dp_remove(mm, addr);

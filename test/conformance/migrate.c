@@ -431,6 +431,50 @@ TEST(migrate_fork_right_after_raw_mremap)
 	uhmm_dmirror_close(d);
 }
 
+/*
+ * A fault on a device page is queued, then the program moves the mapping:
+ * the worker serves the fault before the REMAP event, at an address with
+ * no VMA any more (the driver's migrate_to_ram() fails there). The page
+ * must not be poisoned: the REMAP event moves it, and it is read at its
+ * new address. A slow service thread (injected) holds the fault back; the
+ * faulting access is a kernel-mode one, which gets EFAULT when it retries
+ * at the old address (in user-mode-only mode it gets EFAULT at once).
+ */
+struct early_reader {
+	void *addr;
+	ssize_t ret;
+};
+
+static void *read_one_page(void *arg)
+{
+	struct early_reader *r = arg;
+	char buf[PAGE];
+
+	r->ret = uhmm_access_vm((uintptr_t)r->addr, buf, PAGE, 0);
+	return NULL;
+}
+
+TEST(migrate_fault_queued_before_mremap_keeps_the_page)
+{
+	struct uhmm_dmirror *d = dmirror(0);
+	struct uhmm_dmirror_cmd c;
+	int *ptr = filled(16 * PAGE, MAP_PRIVATE), *mirror = malloc(16 * PAGE);
+	void *dst = map_anon(16 * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE);
+	struct early_reader r = { .addr = (char *)ptr + 5 * PAGE };
+	pthread_t t;
+
+	ASSERT_OK(dmcmd(d, UHMM_DMIRROR_MIGRATE_TO_DEV, ptr, mirror, 16, &c));
+	ASSERT_OK(uhmm_fault_inject("service_delay:100000:1:1"));
+	ASSERT_OK(pthread_create(&t, NULL, read_one_page, &r));
+	usleep(20000);	/* its fault is queued; the worker sleeps */
+	ASSERT_TRUE(mremap(ptr, 16 * PAGE, 16 * PAGE, MREMAP_MAYMOVE | MREMAP_FIXED, dst) == dst);
+	pthread_join(t, NULL);
+	ASSERT_OK(uhmm_fault_inject(NULL));
+	ASSERT_TRUE(r.ret == PAGE || r.ret == -EFAULT);
+	check_ints((int *)dst, 16 * PAGE, 1);
+	uhmm_dmirror_close(d);
+}
+
 /* fork: the child sees the data; the parent keeps its own (anon_write_child). */
 static void child_reads(void *arg)
 {
