@@ -257,12 +257,22 @@ static uint64_t page_pfn(const struct uhmm_vma *v, uint64_t addr, uint8_t st)
 	return f | ((st & UHMM_PTE_ZERO) ? UHMM_ZERO_PFN : addr >> UHMM_PAGE_SHIFT);
 }
 
-static uint64_t device_pfn(struct uhmm_mm *mm, uint64_t addr)
+/*
+ * The range owner's device page at @addr. Writable only where the VMA is:
+ * the kernel's mprotect() takes the write bit off device-private entries,
+ * and a device told WRITE for a page of read-only memory would write into
+ * it through its own mapping, never asking again (seen in make stress: a
+ * device READ after mprotect(PROT_READ) mapped the page writable, and the
+ * device WRITE that followed succeeded).
+ */
+static uint64_t device_pfn(struct uhmm_mm *mm, const struct uhmm_vma *v, uint64_t addr)
 {
 	struct uhmm_page *page = DP_PAGE(uhmm_dp_get(mm, addr));
 
 	/* Gone since the pass looked: not present (the sequence check catches it). */
-	return page ? UHMM_PFN_VALID | UHMM_PFN_WRITE | uhmm_page_to_pfn(page) : 0;
+	if (!page)
+		return 0;
+	return UHMM_PFN_VALID | ((v->flags & UHMM_VMA_WRITE) ? UHMM_PFN_WRITE : 0) | uhmm_page_to_pfn(page);
 }
 
 static void ctx_fill(struct fault_ctx *c)
@@ -287,7 +297,7 @@ static void ctx_fill(struct fault_ctx *c)
 			if (!vma_usable(v))
 				r->hmm_pfns[idx] = UHMM_PFN_ERROR;
 			else if (st & UHMM_PTE_DEVICE)
-				r->hmm_pfns[idx] = device_pfn(r->notifier->mm, addr);
+				r->hmm_pfns[idx] = device_pfn(r->notifier->mm, v, addr);
 			else if (!(st & UHMM_PTE_PRESENT))
 				r->hmm_pfns[idx] = 0;
 			else

@@ -237,6 +237,33 @@ TEST(migrate_read_only_stays_read_only)
 	uhmm_dmirror_close(d);
 }
 
+/*
+ * Device pages of memory made read-only after they moved: mprotect() takes
+ * the device's write access away, and a device READ that maps them again
+ * must map them read-only (the kernel's mprotect clears the write bit of
+ * device-private entries), so that the WRITE after it is -EPERM and changes
+ * nothing.
+ */
+TEST(migrate_then_mprotect_read_only)
+{
+	struct uhmm_dmirror *d = dmirror(0);
+	struct uhmm_dmirror_cmd c;
+	int *ptr = filled(16 * PAGE, MAP_PRIVATE), *buf = malloc(16 * PAGE);
+
+	ASSERT_OK(dmcmd(d, UHMM_DMIRROR_MIGRATE_TO_DEV, ptr, buf, 16, &c));
+	ASSERT_OK(mprotect(ptr, 16 * PAGE, PROT_READ));
+	ASSERT_OK(dmcmd(d, UHMM_DMIRROR_READ, ptr, buf, 16, &c));
+	check_ints(buf, 16 * PAGE, 1);
+	snapshot_all(d, ptr, 16, UHMM_DMIRROR_PROT_DEV_PRIVATE_LOCAL | UHMM_DMIRROR_PROT_READ);
+	fill_ints(buf, 16 * PAGE, 7);
+	ASSERT_EQ(dmcmd(d, UHMM_DMIRROR_WRITE, ptr, buf, 16, &c), -EPERM);
+	ASSERT_OK(dmcmd(d, UHMM_DMIRROR_READ, ptr, buf, 16, &c));
+	check_ints(buf, 16 * PAGE, 1);
+	check_ints(ptr, 16 * PAGE, 1);
+	free(buf);
+	uhmm_dmirror_close(d);
+}
+
 /* No VMA, or no read permission, anywhere in the range: -EINVAL before anything moves. */
 TEST(migrate_bad_range)
 {
