@@ -96,8 +96,10 @@ bench: $(BUILD)/uhmm
 check: $(BUILD)/uhmm-tests
 	TSAN_OPTIONS="die_after_fork=0 $(TSAN_OPTIONS)" $(BUILD)/uhmm-tests $(TESTFLAGS)
 
-# The model-checked stress test, long (make check runs a 3-second one).
+# The model-checked stress test, long (make check runs four 2-second ones).
 # STRESSFLAGS: -s SEED -t SECONDS -T THREADS -r REGIONS -p PAGES -n OPS -F
+# (no fork) -C (no chaos thread) -x OPS (leave out) -m (trace marks) -i RULES
+# (inject failures); build/uhmm-stress -h lists them.
 stress: $(BUILD)/uhmm-stress
 	$(BUILD)/uhmm-stress $(STRESSFLAGS)
 
