@@ -96,6 +96,10 @@ bench: $(BUILD)/uhmm
 check: $(BUILD)/uhmm-tests
 	TSAN_OPTIONS="die_after_fork=0 $(TSAN_OPTIONS)" $(BUILD)/uhmm-tests $(TESTFLAGS)
 
+# Every scenario of the kernel's HMM self-test next to uhmm's result, per mode.
+conformance: $(BUILD)/uhmm-tests
+	TSAN_OPTIONS="die_after_fork=0 $(TSAN_OPTIONS)" tools/conformance.sh $(BUILD)
+
 # The model-checked stress test, long (make check runs four 2-second ones).
 # STRESSFLAGS: -s SEED -t SECONDS -T THREADS -r REGIONS -p PAGES -n OPS -F
 # (no fork) -C (no chaos thread) -x OPS (leave out) -m (trace marks) -i RULES
@@ -140,4 +144,4 @@ uninstall:
 clean:
 	rm -rf build build-*
 
-.PHONY: all demo bench check stress fuzz install uninstall clean
+.PHONY: all demo bench check conformance stress fuzz install uninstall clean
