@@ -307,14 +307,41 @@ struct staging_slab {
 
 static __thread struct staging_slab *cur_slab;
 
+/*
+ * Empty slabs are kept for the next one (a few, process-wide, lock-free):
+ * a fresh slab costs a page fault and the kernel's zeroing per page, a
+ * quarter of a migration to system memory in the profile. A driver fills
+ * every staging page it takes (as a kernel driver fills the page
+ * alloc_page() gives it), so what a reused page held does not matter.
+ */
+#define SLAB_SPARES 4
+static _Atomic(struct staging_slab *) slab_spares[SLAB_SPARES];
+
 static void slab_put(struct staging_slab *slab)
 {
-	if (atomic_fetch_sub(&slab->refs, 1) == 1)
-		syscall(SYS_munmap, slab, UHMM_PMD_SIZE);
+	if (atomic_fetch_sub(&slab->refs, 1) != 1)
+		return;
+	for (int i = 0; i < SLAB_SPARES; i++) {
+		struct staging_slab *none = NULL;
+
+		if (atomic_compare_exchange_strong(&slab_spares[i], &none, slab))
+			return;
+	}
+	syscall(SYS_munmap, slab, UHMM_PMD_SIZE);
 }
 
 static struct staging_slab *slab_new(void)
 {
+	for (int i = 0; i < SLAB_SPARES; i++) {
+		struct staging_slab *spare = atomic_exchange(&slab_spares[i], NULL);
+
+		if (spare) {
+			atomic_store(&spare->refs, 1);
+			spare->used = 1;
+			return spare;
+		}
+	}
+
 	long raw = syscall(SYS_mmap, NULL, 2 * UHMM_PMD_SIZE, PROT_READ | PROT_WRITE,
 			   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
 	uint64_t base;

@@ -521,7 +521,8 @@ void uhmm_migrate_vma_finalize(struct uhmm_migrate_vma *migrate);
  * @dst: receives the dst entry to store (uhmm_migrate_pfn(pfn))
  *
  * Returns a page-aligned page of memory the driver copies device data into
- * (the kernel's alloc_page() for migrate_to_ram); uhmm installs it at the
+ * (the kernel's alloc_page() for migrate_to_ram: not zeroed, so fill all of
+ * it; it may hold an earlier migration's data); uhmm installs it at the
  * address in uhmm_migrate_*_pages() and frees it in _finalize(). NULL when
  * out of memory.
  */
