@@ -301,14 +301,6 @@ void uhmm_dp_move_range(struct uhmm_mm *mm, uint64_t from, uint64_t to, uint64_t
 	free(m.vals);
 }
 
-/* Is there still a VMA at @addr? */
-static bool addr_mapped(uint64_t addr)
-{
-	struct uhmm_vma v;
-
-	return uhmm_vma_list(addr, addr + UHMM_PAGE_SIZE, &v, 1) >= 1 && v.start <= addr;
-}
-
 /*
  * The device cannot give @addr back: the CPU gets SIGBUS there, never zeros.
  * Only while the table still maps a device page there and the address is
@@ -325,7 +317,7 @@ static void dp_poison(struct uhmm_mm *mm, uint64_t addr, pid_t tid)
 	struct uhmm_page *page;
 	int ret;
 
-	if (!addr_mapped(addr))
+	if (!uhmm_vma_covers(addr, addr + UHMM_PAGE_SIZE))
 		return;	/* its UNMAP or REMAP event, still queued, drops or moves the entry */
 	if (uhmm_dp_claim(mm, addr) & DP_BUSY)
 		return;

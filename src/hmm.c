@@ -134,20 +134,6 @@ static uint64_t page_need(uint64_t req, const struct uhmm_vma *v, uint8_t st)
 	return need;
 }
 
-/* Is [start, end) entirely covered by VMAs right now? */
-static bool range_mapped(uint64_t start, uint64_t end)
-{
-	struct uhmm_vma v[8];
-	int n = uhmm_vma_list(start, end, v, UHMM_ARRAY_SIZE(v));
-
-	if (n <= 0 || n > (int)UHMM_ARRAY_SIZE(v) || v[0].start > start)
-		return false;
-	for (int i = 1; i < n; i++)
-		if (v[i].start != v[i - 1].end)
-			return false;
-	return v[n - 1].end >= end;
-}
-
 static int populate(uint64_t start, uint64_t end, bool write)
 {
 	for (;;) {
@@ -167,7 +153,7 @@ static int populate(uint64_t start, uint64_t end, bool write)
 			 * again by now: it changed, go round (the pass loop
 			 * reports -ENOMEM if it keeps failing).
 			 */
-			return range_mapped(start, end) ? -EAGAIN : -EFAULT;
+			return uhmm_vma_covers(start, end) ? -EAGAIN : -EFAULT;
 		default:
 			return -errno;
 		}

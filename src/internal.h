@@ -69,6 +69,13 @@ int uhmm_uffd_open(uint64_t want_features, uint64_t *got_features);
 int uhmm_uffd_register(int uffd, uint64_t start, uint64_t end, uint64_t mode, uint64_t *ioctls);
 int uhmm_uffd_unregister(int uffd, uint64_t start, uint64_t end);
 int uhmm_uffd_ioctl(int uffd, unsigned long request, void *arg);	/* retries EAGAIN */
+/*
+ * EAGAIN from a userfaultfd ioctl: an event waits for uhmm's reader. Retry,
+ * yielding to it; the bound only keeps a stopped reader from hanging the
+ * caller (install_range() and zap_piece() have their own loops: partial
+ * progress).
+ */
+#define UHMM_EAGAIN_TRIES 100000
 
 /* ---- vma.c: the VMA list (PROCMAP_QUERY or /proc/self/maps) ---- */
 #define UHMM_VMA_READ (1u << 0)
@@ -92,6 +99,10 @@ struct uhmm_vma {
  * array), or -errno.
  */
 int uhmm_vma_list(uint64_t start, uint64_t end, struct uhmm_vma *out, int max);
+/* Do the @n VMAs of @v (a uhmm_vma_list() result) cover [start, end) without a hole? */
+bool uhmm_vmas_cover(const struct uhmm_vma *v, int n, uint64_t start, uint64_t end);
+/* Is [start, end) entirely mapped right now (up to 8 VMAs)? */
+bool uhmm_vma_covers(uint64_t start, uint64_t end);
 
 /* ---- pagemap.c: per-page CPU page-table state ---- */
 #define UHMM_PTE_PRESENT (1u << 0)
@@ -146,7 +157,6 @@ struct uhmm_mm {
 	struct uffd_msg *q;			/* ring of q_cap messages (under lock) */
 	size_t q_cap, q_head, q_len;
 	uint64_t ev_queued, ev_done;		/* messages queued / handled (under lock) */
-	uint64_t ev_current;			/* index of the message the worker handles (under lock) */
 	bool reading;				/* the reader is in read() (under lock) */
 	bool stopping;				/* (under lock) */
 	bool paused, worker_busy;		/* fork() quiesces the worker (under lock) */

@@ -151,11 +151,9 @@ static long mremap_pieces(uintptr_t old, size_t size, uintptr_t to)
 	struct uhmm_vma v[64];
 	int n = uhmm_vma_list(old, old + size, v, (int)UHMM_ARRAY_SIZE(v));
 
-	if (n < 2 || n > (int)UHMM_ARRAY_SIZE(v) || v[0].start > old || v[n - 1].end < old + size)
+	/* one VMA, or a hole (not one mapping as far as anybody knows): the plain call */
+	if (n < 2 || n > (int)UHMM_ARRAY_SIZE(v) || !uhmm_vmas_cover(v, n, old, old + size))
 		return 0;
-	for (int i = 1; i < n; i++)
-		if (v[i].start != v[i - 1].end)
-			return 0;	/* a hole: not one mapping as far as anybody knows */
 	for (int i = 0; i < n; i++) {
 		uintptr_t s = v[i].start > old ? v[i].start : old;
 		uintptr_t e = v[i].end < old + size ? v[i].end : old + size;

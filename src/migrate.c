@@ -224,6 +224,8 @@ int uhmm_mm_self_zap(struct uhmm_mm *mm, uint64_t start, uint64_t end)
 /*
  * Is the REMOVE event of [start, end) the worker is handling one of uhmm's
  * own zaps? Entries whose events are all behind the worker are dropped.
+ * Worker only: ev_done, which it raises after each message, is then the
+ * index of the message in hand.
  */
 bool uhmm_mm_is_self_zap(struct uhmm_mm *mm, uint64_t start, uint64_t end)
 {
@@ -233,7 +235,7 @@ bool uhmm_mm_is_self_zap(struct uhmm_mm *mm, uint64_t start, uint64_t end)
 	for (size_t i = 0; i < mm->n_self_zaps;) {
 		const struct uhmm_self_zap *z = &mm->self_zaps[i];
 
-		if (z->until <= mm->ev_current) {
+		if (z->until <= mm->ev_done) {
 			self_zap_remove(mm, i);
 			continue;
 		}
@@ -257,7 +259,7 @@ static long install_range(struct uhmm_mm *mm, uint64_t addr, const void *data, u
 		.dst = addr, .src = (uintptr_t)data, .len = len, .mode = UFFDIO_COPY_MODE_DONTWAKE,
 	};
 
-	for (;;) {
+	for (int tries = 0;; tries++) {
 		int err = uhmm_inject(UHMM_INJECT_UFFD_COPY);
 
 		if (!err) {
@@ -267,7 +269,7 @@ static long install_range(struct uhmm_mm *mm, uint64_t addr, const void *data, u
 		}
 		if (c.copy > 0)
 			return (long)c.copy;
-		if (err != -EAGAIN)
+		if (err != -EAGAIN || tries == UHMM_EAGAIN_TRIES)
 			return err;
 		c.copy = 0;	/* the mm changed under us: try again */
 		sched_yield();	/* spinning would only delay the reader (2 CPUs: seen 270k ioctls/s) */

@@ -319,7 +319,6 @@ static void *worker_main(void *arg)
 		if (!mm->q_len)
 			break;
 		mm->worker_busy = true;
-		mm->ev_current = mm->ev_done;	/* messages are handled in order */
 		m = mm->q[mm->q_head];
 		mm->q_head = (mm->q_head + 1) % mm->q_cap;
 		mm->q_len--;

@@ -101,17 +101,11 @@ int uhmm_uffd_register(int uffd, uint64_t start, uint64_t end, uint64_t mode, ui
 	return 0;
 }
 
-/*
- * A userfaultfd ioctl that fails with EAGAIN while an event (munmap,
- * madvise, mremap) waits to be read: tried again, yielding to uhmm's reader
- * thread, for as long as the reader runs (it reads every event promptly;
- * the bound only keeps a stopped reader from hanging the caller).
- * Returns 0 or -errno.
- */
+/* A userfaultfd ioctl, EAGAIN retried (UHMM_EAGAIN_TRIES). Returns 0 or -errno. */
 int uhmm_uffd_ioctl(int uffd, unsigned long request, void *arg)
 {
 	for (int tries = 0; ioctl(uffd, request, arg) < 0; tries++) {
-		if (errno != EAGAIN || tries == 100000)
+		if (errno != EAGAIN || tries == UHMM_EAGAIN_TRIES)
 			return -errno;
 		sched_yield();
 	}

@@ -157,3 +157,21 @@ int uhmm_vma_list(uint64_t start, uint64_t end, struct uhmm_vma *out, int max)
 		return vma_list_query(start, end, out, max);
 	return vma_list_maps(start, end, out, max);
 }
+
+bool uhmm_vmas_cover(const struct uhmm_vma *v, int n, uint64_t start, uint64_t end)
+{
+	if (n <= 0 || v[0].start > start || v[n - 1].end < end)
+		return false;
+	for (int i = 1; i < n; i++)
+		if (v[i].start != v[i - 1].end)
+			return false;
+	return true;
+}
+
+bool uhmm_vma_covers(uint64_t start, uint64_t end)
+{
+	struct uhmm_vma v[8];
+	int n = uhmm_vma_list(start, end, v, UHMM_ARRAY_SIZE(v));
+
+	return n <= (int)UHMM_ARRAY_SIZE(v) && uhmm_vmas_cover(v, n, start, end);
+}

@@ -22,6 +22,7 @@
  * @zap_lock serialises users of the one scratch area; it is a leaf lock held
  * only across the two system calls.
  */
+#include <sched.h>
 #include <stdlib.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
@@ -91,10 +92,13 @@ static uint64_t zap_piece(struct uhmm_mm *mm, uint64_t start, uint64_t end)
 		int err = uhmm_inject(UHMM_INJECT_UFFD_MOVE);
 
 		mv.move = 0;
-		if (!err && ioctl(mm->zap_uffd, UFFDIO_MOVE, &mv) == 0)
+		if (!err && ioctl(mm->zap_uffd, UFFDIO_MOVE, &mv) == 0) {
 			mv.move = (int64_t)mv.len;
-		else if (mv.move <= 0 && (err ? err : -errno) != -EAGAIN)
-			break;
+		} else if (mv.move <= 0) {
+			if ((err ? err : -errno) != -EAGAIN)
+				break;
+			sched_yield();	/* an event waits for the reader (UHMM_EAGAIN_TRIES) */
+		}
 		if (mv.move > 0) {
 			done += (uint64_t)mv.move;
 			mv.dst += (uint64_t)mv.move;
