@@ -30,6 +30,8 @@ struct fault_ctx {
 	int nvmas;
 	uint8_t *state;		/* UHMM_PTE_* per page */
 	int transient;		/* last transient error (-ENOMEM), if any */
+	const char *why;	/* the step that failed, for the trace */
+	int step_err;		/* the error that step saw, before it was mapped to ours */
 };
 
 static inline uint64_t req_of(const struct uhmm_range *r, uint64_t i)
@@ -328,8 +330,10 @@ static int ctx_device_pages(struct fault_ctx *c)
 		if (!(req_of(r, i) & UHMM_PFN_REQ_FAULT))
 			continue;
 		ret = uhmm_dp_fault(mm, addr, (req_of(r, i) & UHMM_PFN_REQ_WRITE) ? UHMM_FAULT_WRITE : 0, 0);
-		if (ret)
+		if (ret) {
+			c->step_err = ret;
 			return ret == -EBUSY ? -EBUSY : -EFAULT;
+		}
 		back = 1;
 	}
 	return back;
@@ -342,20 +346,25 @@ static int ctx_pass(struct fault_ctx *c)
 	bool need_excl = false;
 	int ret, faulted = 0;
 
+	c->why = "vmas";
 	ret = ctx_load_vmas(c);
 	if (ret)
 		return ret;
+	c->why = "requests";
 	ret = ctx_check_requests(c);
 	if (ret)
 		return ret;
 	for (int i = 0; i < c->nvmas; i++)
 		need_excl |= (c->vmas[i].flags & (UHMM_VMA_WRITE | UHMM_VMA_SHARED)) == UHMM_VMA_WRITE;
+	c->why = "pagemap";
 	ret = uhmm_pagemap_read(r->start, r->end, c->state, need_excl);
 	if (ret)
 		return ret;
+	c->why = "device_pages";
 	ret = ctx_device_pages(c);
 	if (ret)
 		return ret;
+	c->why = "fault";
 	if (!(req_any(r, 0, c->npages) & REQ_BITS))
 		return 0;
 	for (int i = 0; i < c->nvmas; i++) {
@@ -428,14 +437,15 @@ static int range_validate(const struct uhmm_range *r)
 	return 0;
 }
 
-static int range_fault(struct uhmm_range *range)
+static int range_fault(struct uhmm_range *range, const char **why, int *step_err)
 {
-	struct fault_ctx c = { .range = range };
+	struct fault_ctx c = { .range = range, .why = "validate" };
 	int ret, pass;
 
 	ret = range_validate(range);
 	if (ret)
 		return ret;
+	*why = "register";
 	ret = uhmm_mm_register(range->notifier->mm, range->start, range->end);
 	if (ret)
 		return ret;
@@ -452,8 +462,10 @@ static int range_fault(struct uhmm_range *range)
 		if (ret <= 0)
 			break;
 	}
-	if (ret == 0)
+	if (ret == 0) {
+		c.why = "protect_zero";
 		ret = ctx_protect_zero(&c);
+	}
 	if (ret == 0) {
 		ctx_fill(&c);
 		if (uhmm_interval_check_retry(range->notifier, range->notifier_seq))
@@ -462,6 +474,8 @@ static int range_fault(struct uhmm_range *range)
 		/* the pages kept changing under us, or memory ran short */
 		ret = c.transient ? c.transient : -EBUSY;
 	}
+	*why = c.why;
+	*step_err = c.step_err;
 	free(c.vmas);
 	free(c.state);
 	return ret;
@@ -470,7 +484,9 @@ static int range_fault(struct uhmm_range *range)
 UHMM_EXPORT int uhmm_range_fault(struct uhmm_range *range)
 {
 	uint64_t t0 = uhmm_now_ns();
-	int ret = range_fault(range);
+	const char *why = "validate";
+	int step_err = 0;
+	int ret = range_fault(range, &why, &step_err);
 
 	uhmm_stat_add(UHMM_STAT(range_faults), 1);
 	if (ret == 0)
@@ -479,9 +495,10 @@ UHMM_EXPORT int uhmm_range_fault(struct uhmm_range *range)
 		uhmm_stat_add(UHMM_STAT(range_fault_busy), 1);
 	if (uhmm_tracing() && ret != -EINVAL)
 		uhmm_trace_span("range_fault", "mirror", t0, uhmm_now_ns(),
-				"\"start\":\"%#llx\",\"npages\":%llu,\"ret\":%d",
+				"\"start\":\"%#llx\",\"npages\":%llu,\"ret\":%d,\"why\":\"%s\",\"step_err\":%d",
 				(unsigned long long)range->start,
-				(unsigned long long)((range->end - range->start) >> UHMM_PAGE_SHIFT), ret);
+				(unsigned long long)((range->end - range->start) >> UHMM_PAGE_SHIFT), ret,
+				ret ? why : "", step_err);
 	return ret;
 }
 

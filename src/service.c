@@ -187,7 +187,13 @@ static void handle_remove(struct uhmm_mm *mm, const struct uffd_msg *m)
 {
 	uint64_t start = m->arg.remove.start, end = m->arg.remove.end;
 
-	if (uhmm_mm_is_self_zap(mm, start, end))
+	bool self = uhmm_mm_is_self_zap(mm, start, end);
+
+	if (uhmm_tracing())	/* the event arrives after the fact: when, and whether it was ours */
+		uhmm_trace_span("remove_event", "invalidate", uhmm_now_ns(), uhmm_now_ns(),
+				"\"start\":\"%#llx\",\"end\":\"%#llx\",\"self_zap\":%d", (unsigned long long)start,
+				(unsigned long long)end, self);
+	if (self)
 		return;
 	drop_pages(mm, start, end, UHMM_NOTIFY_CLEAR);
 }

@@ -12,12 +12,20 @@
  * interleave whole with its parent's. @trace_lock (a rwlock: every writer
  * takes it shared) keeps the descriptor alive while an event is written;
  * uhmm_trace_stop() takes it exclusive to close it. It is a leaf lock.
+ *
+ * With UHMM_TRACE_RING=MiB the events go to a ring in memory instead, and
+ * only the last MiB of them reach the file, at uhmm_trace_stop() (or exit).
+ * A write(2) per event changes the timing a race needs; a memcpy much
+ * less, so a run that loses a write only under load can still be read off
+ * its trace. Writers reserve their bytes with one atomic add and copy
+ * under the shared lock; the dump takes it exclusive.
  */
 #include <fcntl.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -29,6 +37,9 @@ static pthread_rwlock_t trace_lock = PTHREAD_RWLOCK_INITIALIZER;
 static int trace_fd = -1;
 static pid_t trace_pid;			/* the process that opened the file closes the array */
 static atomic_long trace_events;
+static char *ring;			/* NULL: events go straight to trace_fd */
+static size_t ring_size;		/* a power of two */
+static atomic_size_t ring_head;		/* bytes ever reserved */
 
 static pid_t my_tid(void)
 {
@@ -43,9 +54,56 @@ static pid_t my_tid(void)
 static void trace_write(const char *line, size_t len)
 {
 	pthread_rwlock_rdlock(&trace_lock);
-	if (trace_fd >= 0 && write(trace_fd, line, len) == (ssize_t)len)
+	if (trace_fd >= 0 && ring) {
+		size_t at = atomic_fetch_add_explicit(&ring_head, len, memory_order_relaxed);
+
+		for (size_t i = 0; i < len; i++)
+			ring[(at + i) & (ring_size - 1)] = line[i];
 		atomic_fetch_add_explicit(&trace_events, 1, memory_order_relaxed);
+	} else if (trace_fd >= 0 && write(trace_fd, line, len) == (ssize_t)len) {
+		atomic_fetch_add_explicit(&trace_events, 1, memory_order_relaxed);
+	}
 	pthread_rwlock_unlock(&trace_lock);
+}
+
+/* UHMM_TRACE_RING=MiB (1..4096): keep the events in memory; 0 when unset. */
+static size_t ring_size_wanted(void)
+{
+	const char *env = getenv("UHMM_TRACE_RING");
+	unsigned long mib = env ? strtoul(env, NULL, 10) : 0;
+	size_t size = 1;
+
+	if (!mib || mib > 4096)
+		return 0;
+	while (size < (size_t)mib << 20)
+		size <<= 1;
+	return size;
+}
+
+/*
+ * Write out the ring's whole lines, oldest first (under the exclusive lock).
+ * Once it has wrapped the oldest line is cut: start after its end.
+ */
+static int ring_dump(bool write_out)
+{
+	size_t head = atomic_load(&ring_head);
+	size_t from = head > ring_size ? head - ring_size : 0;
+	int ret = 0;
+
+	if (head > ring_size)
+		while (from < head && ring[from++ & (ring_size - 1)] != '\n')
+			;
+	while (write_out && from < head && !ret) {
+		size_t off = from & (ring_size - 1);
+		size_t n = head - from < ring_size - off ? head - from : ring_size - off;
+
+		if (write(trace_fd, ring + off, n) != (ssize_t)n)
+			ret = -EIO;
+		from += n;
+	}
+	munmap(ring, ring_size);
+	ring = NULL;
+	return ret;
 }
 
 /* Format the common head of an event; returns its length. */
@@ -144,8 +202,19 @@ UHMM_EXPORT int uhmm_trace_start(const char *path)
 		close(fd);
 		goto out;
 	}
+	ring_size = ring_size_wanted();
+	if (ring_size) {
+		ring = mmap(NULL, ring_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		if (ring == MAP_FAILED) {
+			ring = NULL;
+			ret = -ENOMEM;
+			close(fd);
+			goto out;
+		}
+	}
 	trace_fd = fd;
 	trace_pid = getpid();
+	atomic_store(&ring_head, 0);
 	atomic_store(&trace_events, 0);
 	atomic_store(&uhmm_trace_on, true);
 out:
@@ -166,6 +235,9 @@ UHMM_EXPORT long uhmm_trace_stop(void)
 	}
 	atomic_store(&uhmm_trace_on, false);
 	events = atomic_load(&trace_events);
+	/* a fork child's ring holds its parent's events too: only the parent writes it */
+	if (ring && ring_dump(getpid() == trace_pid))
+		events = -EIO;
 	if (getpid() == trace_pid) {	/* a fork child leaves the array to its parent */
 		n = event_head(line, sizeof(line), "trace_end", "uhmm", "i", uhmm_now_ns());
 		n += snprintf(line + n, sizeof(line) - (size_t)n, ",\"s\":\"g\",\"args\":{\"events\":%ld}}\n]\n",

@@ -6,6 +6,7 @@
  */
 #include <fcntl.h>
 #include <signal.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 
@@ -169,10 +170,13 @@ TEST(zap_falls_back_for_read_only_memory)
 static char *read_file(const char *path, size_t *len)
 {
 	FILE *f = fopen(path, "r");
-	char *buf = malloc(1 << 20);
+	struct stat st;
+	char *buf;
 
-	ASSERT_TRUE(f && buf);
-	*len = fread(buf, 1, (1 << 20) - 1, f);
+	ASSERT_TRUE(f && fstat(fileno(f), &st) == 0);
+	buf = malloc((size_t)st.st_size + 1);
+	ASSERT_TRUE(buf);
+	*len = fread(buf, 1, (size_t)st.st_size, f);
 	buf[*len] = 0;
 	fclose(f);
 	return buf;
@@ -287,5 +291,38 @@ TEST(trace_mark_puts_the_programs_events_in)
 	ASSERT_EQ(count(buf, "\"name\":\"quote? back?slash?newline\""), 1);
 	ASSERT_EQ(count(buf, "\"npages\":1}"), 1);
 	ASSERT_EQ(check_json_lines(buf), (size_t)4);
+	free(buf);
+}
+
+/*
+ * UHMM_TRACE_RING=MiB: the events stay in memory and only the last MiB of
+ * them reach the file at stop, whole lines, still one JSON array.
+ */
+TEST(trace_ring_keeps_the_last_events)
+{
+	char path[] = "/tmp/uhmm-trace-XXXXXX", label[32];
+	int fd = mkstemp(path);
+	size_t len, kept;
+	char *buf;
+
+	ASSERT_GE(fd, 0);
+	close(fd);
+	ASSERT_OK(setenv("UHMM_TRACE_RING", "1", 1));
+	ASSERT_OK(uhmm_trace_start(path));
+	ASSERT_OK(unsetenv("UHMM_TRACE_RING"));
+	for (int i = 0; i < 20000; i++) {	/* ~150 bytes each: the ring wraps twice */
+		snprintf(label, sizeof(label), "ring %05d", i);
+		ASSERT_OK(uhmm_trace_mark(label, NULL, 1));
+	}
+	ASSERT_EQ(uhmm_trace_stop(), 20000);
+	buf = read_file(path, &len);
+	unlink(path);
+	ASSERT_LE(len, (size_t)(1 << 20) + 1024);
+	ASSERT_EQ(count(buf, "\"name\":\"ring 00000\""), 0);
+	ASSERT_EQ(count(buf, "\"name\":\"ring 19999\""), 1);
+	kept = count(buf, "\"name\":\"ring ");
+	ASSERT_GT(kept, (size_t)5000);
+	ASSERT_LT(kept, (size_t)20000);
+	ASSERT_EQ(check_json_lines(buf), kept + 2);
 	free(buf);
 }
