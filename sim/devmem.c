@@ -285,11 +285,19 @@ void dmirror_devmem_note_addr(uint64_t pfn, uint64_t addr)
 		uhmm_page_set_zone_device_data(page, (void *)(uintptr_t)addr);
 }
 
-/* Map what migrated in the device page table (the kernel's finalize_and_map). */
-static void migrate_map(struct uhmm_dmirror *dm, const struct uhmm_migrate_vma *m)
+/*
+ * Map what migrated in the device page table (the kernel's finalize_and_map),
+ * unless an invalidation came since @seq (taken after setup): the program
+ * may have discarded or unmapped a page that pages() had moved, and the
+ * page is freed at finalize. The kernel's test driver maps regardless; a
+ * device that did would read the discarded data, then whatever the freed
+ * page holds next. Not mapping is always safe: the next device access
+ * faults and uhmm_range_fault() reports what is there now.
+ */
+static void migrate_map(struct uhmm_dmirror *dm, const struct uhmm_migrate_vma *m, unsigned long seq)
 {
 	pthread_mutex_lock(&dm->lock);
-	for (uint64_t i = 0; i < m->npages; i++) {
+	for (uint64_t i = 0; i < m->npages && !uhmm_interval_read_retry(&dm->notifier, seq); i++) {
 		uint64_t addr = m->start + (i << DM_PAGE_SHIFT);
 
 		if (!(m->src[i] & UHMM_MIGRATE_PFN_MIGRATE) || !(m->dst[i] & UHMM_MIGRATE_PFN_VALID))
@@ -312,11 +320,15 @@ static int migrate_chunk_to_dev(struct uhmm_dmirror *dm, uint64_t start, uint64_
 	};
 	int ret = uhmm_migrate_vma_setup(&m);
 
+	unsigned long seq;
+
 	if (ret)
 		return ret;
+	seq = uhmm_interval_read_begin(&dm->notifier);	/* after setup's own MIGRATE invalidation */
 	migrate_alloc_and_copy(dm, &m);
 	uhmm_migrate_vma_pages(&m);
-	migrate_map(dm, &m);
+	(void)uhmm_inject(UHMM_INJECT_MAP_DELAY);	/* a device slow to map, when asked */
+	migrate_map(dm, &m, seq);
 	uhmm_migrate_vma_finalize(&m);
 	return 0;
 }

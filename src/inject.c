@@ -39,12 +39,19 @@ static const char *const point_names[UHMM_INJECT_NR] = {
 	[UHMM_INJECT_COPY_TO_DEVICE] = "copy_to_device",
 	[UHMM_INJECT_COPY_TO_SYSTEM] = "copy_to_system",
 	[UHMM_INJECT_SERVICE_DELAY] = "service_delay",
+	[UHMM_INJECT_MAP_DELAY] = "map_delay",
 };
 
 static const struct { const char *name; int err; } errno_names[] = {
 	{ "EAGAIN", EAGAIN }, { "EEXIST", EEXIST }, { "ENOMEM", ENOMEM }, { "EIO", EIO },
 	{ "EFAULT", EFAULT }, { "EBUSY", EBUSY }, { "ENOENT", ENOENT }, { "EINTR", EINTR },
 };
+
+/* Points whose value is a sleep in microseconds, not an errno. */
+static bool is_delay(enum uhmm_inject_point p)
+{
+	return p == UHMM_INJECT_SERVICE_DELAY || p == UHMM_INJECT_MAP_DELAY;
+}
 
 static void delay_us(long us)
 {
@@ -70,7 +77,7 @@ int uhmm_inject_slow(enum uhmm_inject_point p)
 
 		uhmm_trace_span("inject", "inject", now, now, "\"point\":\"%s\",\"value\":%ld", point_names[p], value);
 	}
-	if (p == UHMM_INJECT_SERVICE_DELAY) {
+	if (is_delay(p)) {
 		delay_us(value);
 		return 0;
 	}
@@ -94,13 +101,13 @@ static bool parse_value(enum uhmm_inject_point p, const char *s, size_t len, lon
 {
 	uint64_t v;
 
-	for (size_t i = 0; p != UHMM_INJECT_SERVICE_DELAY && i < UHMM_ARRAY_SIZE(errno_names); i++) {
+	for (size_t i = 0; !is_delay(p) && i < UHMM_ARRAY_SIZE(errno_names); i++) {
 		if (strlen(errno_names[i].name) == len && !memcmp(errno_names[i].name, s, len)) {
 			*out = errno_names[i].err;
 			return true;
 		}
 	}
-	if (!parse_u64(s, len, &v) || (p == UHMM_INJECT_SERVICE_DELAY ? v > 10000000 : v == 0 || v > 4095))
+	if (!parse_u64(s, len, &v) || (is_delay(p) ? v > 10000000 : v == 0 || v > 4095))
 		return false;	/* a delay over 10 s is a typo; an errno is 1..4095 */
 	*out = (long)v;
 	return true;

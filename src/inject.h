@@ -18,6 +18,8 @@ enum uhmm_inject_point {
 	UHMM_INJECT_COPY_TO_DEVICE,	/* the reference device copying a page in, per page */
 	UHMM_INJECT_COPY_TO_SYSTEM,	/* the reference device copying a page out, per page */
 	UHMM_INJECT_SERVICE_DELAY,	/* the service thread sleeps before a message (value: us) */
+	UHMM_INJECT_MAP_DELAY,		/* the reference device sleeps between a migration's pages()
+					 * and mapping what moved (value: us) */
 	UHMM_INJECT_NR
 };
 

@@ -395,3 +395,61 @@ TEST(inject_slow_service_thread)
 	uhmm_dmirror_close(d0);
 	uhmm_dmirror_close(d1);
 }
+
+/*
+ * The program discards a page while a migration that moved it to the
+ * device has yet to map it there (map_delay holds the device between its
+ * migrate_vma_pages() and its mapping): the device must not map the page,
+ * which the discard freed. It mapped it once, and then read the discarded
+ * data back (stress seed 8056 on a loaded machine: DONTNEED, then a device
+ * read found the old value), and later another address's data when the
+ * freed page was reused.
+ */
+struct slow_migration {
+	struct uhmm_dmirror *d;
+	int *p;
+	int buf[PAGE / sizeof(int)];
+	int ret;
+};
+
+static void *migrate_slowly(void *arg)
+{
+	struct slow_migration *s = arg;
+	struct uhmm_dmirror_cmd c;
+
+	s->ret = dmcmd(s->d, UHMM_DMIRROR_MIGRATE_TO_DEV, s->p, s->buf, 1, &c);
+	return NULL;
+}
+
+TEST(inject_discard_before_the_device_maps_a_migration)
+{
+	struct uhmm_dmirror *d = dmirror(0);
+	struct slow_migration s = { .d = d, .p = filled(NPG) };
+	struct uhmm_dmirror_cmd c;
+	int *buf = malloc(NPG * PAGE);
+	uint64_t before = injected();
+	pthread_t t;
+
+	ASSERT_OK(uhmm_fault_inject("map_delay:200000:1:1"));
+	ASSERT_OK(pthread_create(&t, NULL, migrate_slowly, &s));
+	while (injected() == before)	/* the migration moved the page and sleeps before mapping it */
+		usleep(1000);
+	ASSERT_OK(madvise(s.p, PAGE, MADV_DONTNEED));
+	pthread_join(t, NULL);
+	ASSERT_OK(uhmm_fault_inject(NULL));
+
+	/* the device sees the discard: zeros, then what the CPU writes after it */
+	ASSERT_OK(dmcmd(d, UHMM_DMIRROR_READ, s.p, buf, 1, &c));
+	for (size_t i = 0; i < PAGE / sizeof(int); i++)
+		ASSERT_EQ(buf[i], 0);
+	ASSERT_EQ(s.p[0], 0);
+	fill_ints(s.p, PAGE, 7);
+	ASSERT_OK(dmcmd(d, UHMM_DMIRROR_READ, s.p, buf, 1, &c));
+	check_ints(buf, PAGE, 7);
+	/* and a device page freed by the discard, reused for another address, is not read through the old one */
+	ASSERT_EQ(to_device(d, filled(NPG), NPG), NPG);
+	ASSERT_OK(dmcmd(d, UHMM_DMIRROR_READ, s.p, buf, 1, &c));
+	check_ints(buf, PAGE, 7);
+	free(buf);
+	uhmm_dmirror_close(d);
+}

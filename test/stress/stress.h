@@ -44,7 +44,7 @@ struct stress_report {
  * to MADV_DONTNEED), device memory and device copies in running out.
  */
 #define STRESS_ABSORBED_FAULTS \
-	"service_delay:200:7,uffd_copy:EAGAIN:3,uffd_move:ENOMEM:4,device_alloc:ENOMEM:5,copy_to_device:EIO:40"
+	"service_delay:200:7,map_delay:100:9,uffd_copy:EAGAIN:3,uffd_move:ENOMEM:4,device_alloc:ENOMEM:5,copy_to_device:EIO:40"
 
 /* Run; returns 0 if nothing was lost or unexpected, else 1 (details on stderr). */
 int stress_run(const struct stress_opts *o, struct stress_report *r);
