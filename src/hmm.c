@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "internal.h"
+#include "inject.h"
 #include "../uapi/uhmm_uapi.h"
 
 #define RANGE_FAULT_MAX_PASSES 16
@@ -295,48 +296,96 @@ static void ctx_fill(struct fault_ctx *c)
 }
 
 /*
- * Pages that are not in the CPU page table may be device-private. Those of
- * the range's owner are reported as theirs (VALID, WRITE, device pfn);
- * another owner's are migrated back where a fault is requested (like
- * do_swap_page() calling migrate_to_ram()), from this thread so that
- * user-mode-only userfaultfd works too. A page a migration holds: -EBUSY.
- * Returns 1 if a page came back (go round again), 0, or -errno.
+ * A device page where the pagemap read showed the CPU page present: a
+ * migration claimed it before this call's read_begin() (its invalidation
+ * was over) and committed since, zapping the CPU page with no new
+ * invalidation. Reporting the stale "present" would let the device map a
+ * page that is gone (seen: a device READ through such a mapping failed
+ * with EFAULT unprivileged). Read the page table again.
+ */
+#define DP_SCAN_CHANGED 2
+
+/* What the device-private table says of a range, gathered under dp_lock. */
+struct dp_scan {
+	struct fault_ctx *c;
+	uint64_t first;		/* the range's first virtual page number */
+	uint64_t fault_at;	/* the page to migrate back (walk returned 1) */
+};
+
+static int dp_scan_entry(void *arg, uint64_t key, uint64_t *val)
+{
+	struct dp_scan *s = arg;
+	struct uhmm_range *r = s->c->range;
+	uint64_t i = key - s->first;
+	struct uhmm_page *page = DP_PAGE(*val);
+
+	if (*val & DP_BUSY) {
+		/*
+		 * A migration holds the page: the kernel's migration entry. Not
+		 * present, even where the CPU page is still mapped (write-
+		 * protected until the commit zaps it): a device that mapped it
+		 * would keep a mapping the commit removes without another
+		 * invalidation. Where a fault is requested, wait (-EBUSY).
+		 */
+		if (req_of(r, i) & REQ_BITS)
+			return -EBUSY;
+		s->c->state[i] = 0;
+		return 0;
+	}
+	if (page && (s->c->state[i] & UHMM_PTE_PRESENT))
+		return DP_SCAN_CHANGED;
+	if (!page)
+		return 0;
+	if (page->pgmap->owner == r->dev_private_owner && r->dev_private_owner) {
+		s->c->state[i] |= UHMM_PTE_DEVICE;
+		return 0;
+	}
+	if (!(req_of(r, i) & UHMM_PFN_REQ_FAULT))
+		return 0;
+	s->fault_at = key;
+	return 1;
+}
+
+/*
+ * Pages in the device-private table (one walk over its entries in the
+ * range, under dp_lock). The range owner's device pages are reported as
+ * theirs (VALID, WRITE, device pfn); another owner's are migrated back where
+ * a fault is requested (like do_swap_page() calling migrate_to_ram()), from
+ * this thread so that user-mode-only userfaultfd works too, outside the
+ * lock; pages a migration holds are not present (-EBUSY where a fault is
+ * requested). Returns 1 if a page came back (go round again), 0, or -errno.
  */
 static int ctx_device_pages(struct fault_ctx *c)
 {
 	struct uhmm_range *r = c->range;
 	struct uhmm_mm *mm = r->notifier->mm;
-	int back = 0;
+	struct dp_scan s = { .c = c, .first = r->start >> UHMM_PAGE_SHIFT };
+	uint64_t from = s.first, last = s.first + c->npages - 1;
+	int back = 0, ret;
 
 	if (!uhmm_dp_any(mm))
 		return 0;
-	for (uint64_t i = 0; i < c->npages; i++) {
-		uint64_t addr = r->start + (i << UHMM_PAGE_SHIFT), v;
-		struct uhmm_page *page;
-		int ret;
+	for (;;) {
+		pthread_mutex_lock(&mm->dp_lock);
+		ret = uhmm_radix_walk(&mm->devpriv, from, last, dp_scan_entry, &s);
+		pthread_mutex_unlock(&mm->dp_lock);
+		if (ret <= 0)
+			return ret ? ret : back;
+		if (ret == DP_SCAN_CHANGED)
+			return 1;
+		uint64_t i = s.fault_at - s.first;
 
-		if (c->state[i] & UHMM_PTE_PRESENT)
-			continue;
-		v = uhmm_dp_get(mm, addr);
-		page = DP_PAGE(v);
-		if (v & DP_BUSY)
-			return -EBUSY;
-		if (!page)
-			continue;
-		if (page->pgmap->owner == r->dev_private_owner && r->dev_private_owner) {
-			c->state[i] |= UHMM_PTE_DEVICE;
-			continue;
-		}
-		if (!(req_of(r, i) & UHMM_PFN_REQ_FAULT))
-			continue;
-		ret = uhmm_dp_fault(mm, addr, (req_of(r, i) & UHMM_PFN_REQ_WRITE) ? UHMM_FAULT_WRITE : 0, 0);
+		ret = uhmm_dp_fault(mm, s.fault_at << UHMM_PAGE_SHIFT,
+				    (req_of(r, i) & UHMM_PFN_REQ_WRITE) ? UHMM_FAULT_WRITE : 0, 0);
 		if (ret) {
 			c->step_err = ret;
 			return ret == -EBUSY ? -EBUSY : -EFAULT;
 		}
 		back = 1;
+		if (s.fault_at == last)
+			return back;
+		from = s.fault_at + 1;
 	}
-	return back;
 }
 
 /* One pass: returns 1 if something was faulted (go round again), 0, or -errno. */
@@ -360,6 +409,7 @@ static int ctx_pass(struct fault_ctx *c)
 	ret = uhmm_pagemap_read(r->start, r->end, c->state, need_excl);
 	if (ret)
 		return ret;
+	(void)uhmm_inject(UHMM_INJECT_RANGE_FAULT_DELAY);	/* a thread preempted here, when asked */
 	c->why = "device_pages";
 	ret = ctx_device_pages(c);
 	if (ret)

@@ -20,6 +20,8 @@ enum uhmm_inject_point {
 	UHMM_INJECT_SERVICE_DELAY,	/* the service thread sleeps before a message (value: us) */
 	UHMM_INJECT_MAP_DELAY,		/* the reference device sleeps between a migration's pages()
 					 * and mapping what moved (value: us) */
+	UHMM_INJECT_RANGE_FAULT_DELAY,	/* uhmm_range_fault() sleeps between reading the CPU page
+					 * table and the device-private table (value: us) */
 	UHMM_INJECT_NR
 };
 

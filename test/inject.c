@@ -453,3 +453,94 @@ TEST(inject_discard_before_the_device_maps_a_migration)
 	free(buf);
 	uhmm_dmirror_close(d);
 }
+
+/*
+ * A migration claimed a page before a device's uhmm_range_fault() began
+ * (its invalidation was over), and commits while the range_fault runs
+ * (range_fault_delay holds it between reading the CPU page table and the
+ * device-private table): the commit zaps the CPU page with no further
+ * invalidation, so the page-table read is stale. The device must not be
+ * told the page is a present system page: seen in a ping-pong of pages
+ * between devices, a device READ through such a mapping failed with EFAULT
+ * unprivileged (and a mapping of a page that is gone is wrong everywhere).
+ */
+static char vram[PAGE];
+static void vram_free(struct uhmm_page *page) { (void)page; }
+
+static int vram_to_ram(struct uhmm_vm_fault *vmf)
+{
+	uint64_t src, dst;
+	struct uhmm_migrate_vma m = {
+		.mm = vmf->mm, .src = &src, .dst = &dst, .start = vmf->address, .end = vmf->address + PAGE,
+		.pgmap_owner = vram, .flags = UHMM_MIGRATE_VMA_SELECT_DEVICE_PRIVATE, .fault_page = vmf->page,
+	};
+	int ret = uhmm_migrate_vma_setup(&m);
+	void *sys;
+
+	if (ret)
+		return ret;
+	if ((src & UHMM_MIGRATE_PFN_MIGRATE) && (sys = uhmm_migrate_alloc_system_page(&dst)))
+		memcpy(sys, vram, PAGE);
+	uhmm_migrate_vma_pages(&m);
+	uhmm_migrate_vma_finalize(&m);
+	return 0;
+}
+
+static const struct uhmm_pagemap_ops vram_ops = { .page_free = vram_free, .migrate_to_ram = vram_to_ram };
+
+struct snapshotter {
+	struct uhmm_dmirror *d;
+	void *p;
+	uint8_t snap;
+	int ret;
+};
+
+static void *snapshot_one(void *arg)
+{
+	struct snapshotter *s = arg;
+	struct uhmm_dmirror_cmd c;
+
+	s->ret = dmcmd(s->d, UHMM_DMIRROR_SNAPSHOT, s->p, &s->snap, 1, &c);
+	return NULL;
+}
+
+TEST(inject_range_fault_sees_a_commit_it_did_not_wait_for)
+{
+	struct snapshotter s = { .d = dmirror(0), .p = filled(1) };
+	struct uhmm_pagemap *pg;
+	struct uhmm_page *page;
+	struct uhmm_mm *mm;
+	uint64_t src, dst, before;
+	pthread_t t;
+
+	ASSERT_OK(uhmm_mm_get(&mm));
+	ASSERT_OK(uhmm_pagemap_add(mm, 1, vram, &vram_ops, NULL, &pg));
+	struct uhmm_migrate_vma m = {
+		.mm = mm, .src = &src, .dst = &dst, .start = (uintptr_t)s.p, .end = (uintptr_t)s.p + PAGE,
+		.pgmap_owner = vram, .flags = UHMM_MIGRATE_VMA_SELECT_SYSTEM,
+	};
+
+	ASSERT_OK(uhmm_migrate_vma_setup(&m));
+	ASSERT_EQ(m.cpages, 1);
+	page = uhmm_pagemap_page(pg, 0);
+	ASSERT_OK(uhmm_page_init(page));
+	ASSERT_EQ(uhmm_access_vm((uintptr_t)s.p, vram, PAGE, 0), (ssize_t)PAGE);
+	dst = uhmm_migrate_pfn(uhmm_page_to_pfn(page));
+
+	before = injected();
+	ASSERT_OK(uhmm_fault_inject("range_fault_delay:200000:1:1"));
+	ASSERT_OK(pthread_create(&t, NULL, snapshot_one, &s));
+	while (injected() == before)	/* the snapshot read the CPU page table: present */
+		usleep(1000);
+	uhmm_migrate_vma_pages(&m);	/* the commit zaps the CPU page */
+	uhmm_migrate_vma_finalize(&m);
+	pthread_join(t, NULL);
+	ASSERT_OK(uhmm_fault_inject(NULL));
+	ASSERT_OK(s.ret);
+	/* another device's page: not present for this one (CONFORMANCE.md, rule 6) */
+	ASSERT_EQ(s.snap, UHMM_DMIRROR_PROT_NONE);
+	check_ints(s.p, PAGE, 1);	/* the CPU faults it back: the data is there */
+	ASSERT_OK(uhmm_pagemap_remove(pg));
+	uhmm_mm_put(mm);
+	uhmm_dmirror_close(s.d);
+}

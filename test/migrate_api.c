@@ -156,6 +156,40 @@ TEST(migrate_write_waits_for_migration)
 	uhmm_dmirror_close(d);
 }
 
+/*
+ * A page a migration holds is the kernel's migration entry: not present for
+ * a snapshot, even though uhmm leaves the CPU page mapped (write-protected)
+ * until the commit zaps it; a device that mapped it would keep a mapping
+ * the commit removes without another invalidation. Once the migration is
+ * over (nothing moved here), the page is what it was.
+ */
+TEST(migrate_held_page_is_not_present_to_devices)
+{
+	struct uhmm_dmirror *d = dmirror(0);
+	char *p = map_anon(PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE);
+	struct uhmm_mm *mm = mm_or_skip();
+	struct uhmm_dmirror_cmd c;
+	uint64_t src, dst = 0;
+	uint8_t snap;
+	struct uhmm_migrate_vma m = {
+		.mm = mm, .src = &src, .dst = &dst, .start = (uintptr_t)p, .end = (uintptr_t)p + PAGE,
+		.flags = UHMM_MIGRATE_VMA_SELECT_SYSTEM,
+	};
+
+	p[0] = 'A';
+	ASSERT_OK(uhmm_migrate_vma_setup(&m));
+	ASSERT_EQ(m.cpages, 1);
+	ASSERT_OK(dmcmd(d, UHMM_DMIRROR_SNAPSHOT, p, &snap, 1, &c));
+	ASSERT_EQ(snap, UHMM_DMIRROR_PROT_NONE);
+	uhmm_migrate_vma_pages(&m);	/* no dst: nothing moves */
+	uhmm_migrate_vma_finalize(&m);
+	ASSERT_OK(dmcmd(d, UHMM_DMIRROR_SNAPSHOT, p, &snap, 1, &c));
+	ASSERT_EQ(snap, UHMM_DMIRROR_PROT_WRITE);
+	ASSERT_EQ(p[0], 'A');
+	uhmm_mm_put(mm);
+	uhmm_dmirror_close(d);
+}
+
 /* A page one migration holds is not collected by another, and comes back intact. */
 TEST(migrate_busy_page_stays)
 {
