@@ -82,6 +82,7 @@ int uhmm_dp_install_locked(struct uhmm_mm *mm, uint64_t addr, struct uhmm_page *
 		return -ENOMEM;
 	mm->devpriv.count += *slot == 0;
 	*slot = (uintptr_t)page | (*slot & DP_FLAGS);
+	mm->dp_installs++;
 	page->vaddr = addr;
 	uhmm_page_get(page);
 	atomic_fetch_add(&page->pgmap->mapped, 1);
@@ -345,9 +346,22 @@ static void dp_poison(struct uhmm_mm *mm, uint64_t addr, pid_t tid)
 		 (unsigned long long)addr);
 }
 
+/* @addr's entry, and whether any device page was mapped since @installs. */
+static uint64_t dp_entry_since(struct uhmm_mm *mm, uint64_t addr, uint64_t installs, bool *moved)
+{
+	uint64_t v;
+
+	pthread_mutex_lock(&mm->dp_lock);
+	v = uhmm_radix_get(&mm->devpriv, vpn(addr));
+	*moved = mm->dp_installs != installs;
+	pthread_mutex_unlock(&mm->dp_lock);
+	return v;
+}
+
 /*
- * Bring @addr's device page back. Returns 0 when the page is back (or was
- * never device-private), -EBUSY when a migration holds it (the caller
+ * Bring @addr's device page back. Returns 0 when the driver moved it (or it
+ * was never device-private; another device may have taken it since, so
+ * the caller looks again), -EBUSY when a migration holds it (the caller
  * waits for its wake-up), or the driver's error after poisoning the page.
  */
 int uhmm_dp_fault(struct uhmm_mm *mm, uint64_t addr, unsigned int flags, pid_t tid)
@@ -356,11 +370,13 @@ int uhmm_dp_fault(struct uhmm_mm *mm, uint64_t addr, unsigned int flags, pid_t t
 
 	addr = uhmm_align_down(addr, UHMM_PAGE_SIZE);
 	for (int i = 0; i < FAULT_TRIES; i++) {
-		uint64_t v;
+		uint64_t v, installs;
+		bool moved;
 		struct uhmm_page *page;
 		struct uhmm_vm_fault vmf;
 
 		pthread_mutex_lock(&mm->dp_lock);
+		installs = mm->dp_installs;
 		v = uhmm_radix_get(&mm->devpriv, vpn(addr));
 		if (v & DP_DROPPED)
 			v = DP_BUSY;	/* the program is zapping it: wait for that to finish */
@@ -381,10 +397,19 @@ int uhmm_dp_fault(struct uhmm_mm *mm, uint64_t addr, unsigned int flags, pid_t t
 		/*
 		 * Still there? Another migration may have held the page while
 		 * the driver's setup looked (it skips busy pages): if one holds
-		 * it now, its finalize wakes us; else try again.
+		 * it now, its finalize wakes us. Moved (another page there now,
+		 * or this one mapped again: a device took it back since, as
+		 * when two devices pull the same pages): done, the caller looks
+		 * again, as the kernel retries the access. Only the same page,
+		 * with nothing mapped since, is a driver that did not move it:
+		 * try again, then give up (seen before: a page poisoned while
+		 * two devices and a reader fought over it).
 		 */
-		if (uhmm_dp_get(mm, addr) & DP_BUSY)
+		v = dp_entry_since(mm, addr, installs, &moved);
+		if (v & DP_BUSY)
 			return -EBUSY;
+		if (DP_PAGE(v) != page || moved)
+			return 0;
 		ret = -EAGAIN;
 		sched_yield();
 	}

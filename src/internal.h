@@ -212,6 +212,7 @@ struct uhmm_mm {
 	/* device-private table (devpriv.c); dp_lock is a leaf lock */
 	pthread_mutex_t dp_lock;
 	struct uhmm_radix devpriv;
+	uint64_t dp_installs;			/* device pages ever mapped in devpriv (dp_lock) */
 
 };
 
