@@ -311,6 +311,20 @@ static void migrate_map(struct uhmm_dmirror *dm, const struct uhmm_migrate_vma *
 	pthread_mutex_unlock(&dm->lock);
 }
 
+__thread struct uhmm_dmirror *dmirror_migrating;
+
+/* uhmm_migrate_vma_setup() as @dm's own migration (see dmirror_migrating). */
+static int migrate_setup_as(struct uhmm_dmirror *dm, struct uhmm_migrate_vma *m)
+{
+	struct uhmm_dmirror *outer = dmirror_migrating;	/* a fault-back inside a device command nests */
+	int ret;
+
+	dmirror_migrating = dm;
+	ret = uhmm_migrate_vma_setup(m);
+	dmirror_migrating = outer;
+	return ret;
+}
+
 static int migrate_chunk_to_dev(struct uhmm_dmirror *dm, uint64_t start, uint64_t end)
 {
 	uint64_t src[DM_MIGRATE_PAGES], dst[DM_MIGRATE_PAGES];
@@ -318,8 +332,7 @@ static int migrate_chunk_to_dev(struct uhmm_dmirror *dm, uint64_t start, uint64_
 		.mm = dm->mm, .src = src, .dst = dst, .start = start, .end = end,
 		.pgmap_owner = dm->owner, .flags = UHMM_MIGRATE_VMA_SELECT_SYSTEM,
 	};
-	int ret = uhmm_migrate_vma_setup(&m);
-
+	int ret = migrate_setup_as(dm, &m);
 	unsigned long seq;
 
 	if (ret)
@@ -445,7 +458,7 @@ static int migrate_range_to_sys(struct uhmm_dmirror *dm, void *owner, uint64_t s
 		.mm = dm->mm, .src = src, .dst = dst, .start = start, .end = end, .pgmap_owner = owner,
 		.flags = UHMM_MIGRATE_VMA_SELECT_DEVICE_PRIVATE, .fault_page = fault_page,
 	};
-	int ret = uhmm_migrate_vma_setup(&m);
+	int ret = migrate_setup_as(dm, &m);
 	bool collected;
 
 	if (ret)
@@ -504,7 +517,12 @@ static int evict_chunk(struct uhmm_dmirror *dm, struct dmirror_chunk *chunk)
 {
 	uint64_t n = DM_CHUNK_DEV_PAGES, first = uhmm_page_to_pfn(uhmm_pagemap_page(chunk->pgmap, 0));
 	uint64_t *src = calloc(n, sizeof(*src)), *dst = calloc(n, sizeof(*dst));
-	int ret = src && dst ? uhmm_migrate_device_range(src, first, n) : -ENOMEM;
+	struct uhmm_dmirror *outer = dmirror_migrating;
+	int ret;
+
+	dmirror_migrating = dm;	/* as in migrate_setup_as() */
+	ret = src && dst ? uhmm_migrate_device_range(src, first, n) : -ENOMEM;
+	dmirror_migrating = outer;
 
 	/* As in migrate_copy_to_sys(): copy and unmap from our table in one step. */
 	pthread_mutex_lock(&dm->lock);

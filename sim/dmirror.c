@@ -67,7 +67,8 @@ static bool dmirror_invalidate(struct uhmm_interval_notifier *sub,
 {
 	struct uhmm_dmirror *dm = (struct uhmm_dmirror *)((char *)sub - offsetof(struct uhmm_dmirror, notifier));
 
-	bool own_migration = range->event == UHMM_NOTIFY_MIGRATE && range->owner == dm->owner;
+	bool own_migration = range->event == UHMM_NOTIFY_MIGRATE && range->owner == dm->owner &&
+			     dmirror_migrating == dm;
 
 	pthread_mutex_lock(&dm->lock);
 	uhmm_interval_set_seq(sub, cur_seq);
@@ -243,6 +244,15 @@ static int dmirror_do_copy(struct uhmm_dmirror *dm, uint64_t start, uint64_t npa
 			pthread_mutex_unlock(&dm->lock);
 			ret = dmirror_copy_page(dm, entry, addr, bounce + (*done << DM_PAGE_SHIFT), write);
 			pthread_mutex_lock(&dm->lock);
+			/*
+			 * Unprivileged (user-mode-only userfaultfd) the copy
+			 * fails with EFAULT where a migration took the page
+			 * meanwhile, instead of waiting for it to come back:
+			 * its invalidation has dropped the entry by then, so
+			 * fault the page again.
+			 */
+			if (ret == -EFAULT && dpt_get(dm, addr) != entry)
+				ret = -ENOENT;
 		} else {
 			ret = dmirror_copy_page(dm, entry, addr, bounce + (*done << DM_PAGE_SHIFT), write);
 		}

@@ -66,4 +66,13 @@ int dmirror_devmem_copy(struct uhmm_dmirror *dm, uint64_t pfn, void *buf, int to
 int dmirror_devmem_is_local(struct uhmm_dmirror *dm, uint64_t pfn);
 int dmirror_migrate_cmd(struct uhmm_dmirror *dm, unsigned int cmd, struct uhmm_dmirror_cmd *c);
 
+/*
+ * The instance whose migration is collecting pages on this thread (set
+ * around uhmm_migrate_vma_setup() and uhmm_migrate_device_range(), the
+ * calls that raise MIGRATE invalidations): it maps and unmaps those pages
+ * itself. Another instance of the same device (same owner) must drop its
+ * mappings like for any other invalidation.
+ */
+extern __thread struct uhmm_dmirror *dmirror_migrating;
+
 #endif

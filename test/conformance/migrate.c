@@ -4,6 +4,7 @@
  * CONFORMANCE.md section 3 items 4-7 and 9, on the reference device.
  */
 #include <pthread.h>
+#include <stdatomic.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
 #include <sys/wait.h>
@@ -627,4 +628,97 @@ TEST(migrate_no_leak)
 	ASSERT_EQ(st.mapped, 0);
 	ASSERT_EQ(st.free, st.npages);
 	uhmm_dmirror_close(d);
+}
+
+/*
+ * Two devices pull the same pages to themselves over and over while the
+ * CPU and a third reader read them: each fault-back may find the page gone
+ * to the other device by the time it looks again. That is contention, not
+ * a device that cannot return the page: nobody gets an error, nothing is
+ * poisoned, every read sees the data.
+ */
+struct puller {
+	struct uhmm_dmirror *d;
+	int *ptr;
+	atomic_bool *stop;
+	int bad;
+};
+
+static uint64_t stats_poisons(void)
+{
+	struct uhmm_stats s;
+
+	ASSERT_EQ(uhmm_stats(&s, sizeof(s)), sizeof(s));
+	return s.poisons;
+}
+
+static void *pull_to_device(void *arg)
+{
+	struct puller *p = arg;
+	struct uhmm_dmirror_cmd c;
+	int *buf = malloc(8 * PAGE);
+
+	while (!atomic_load(p->stop)) {
+		int ret = dmcmd(p->d, UHMM_DMIRROR_MIGRATE_TO_DEV, p->ptr, buf, 8, &c);
+
+		p->bad += ret != 0 && ret != -ENOENT;	/* -ENOENT: a page left before the read-back */
+	}
+	free(buf);
+	return NULL;
+}
+
+TEST(migrate_ping_pong_between_devices)
+{
+	struct uhmm_dmirror *d[3] = { dmirror(0), dmirror(1), dmirror(0) };
+	int *ptr = filled(8 * PAGE, MAP_PRIVATE), *buf = malloc(8 * PAGE);
+	uint64_t poisons = stats_poisons();
+	atomic_bool stop = false;
+	struct puller p[2] = { { d[0], ptr, &stop, 0 }, { d[1], ptr, &stop, 0 } };
+	struct uhmm_dmirror_cmd c;
+	pthread_t t[2];
+
+	for (int i = 0; i < 2; i++)
+		ASSERT_OK(pthread_create(&t[i], NULL, pull_to_device, &p[i]));
+	for (int round = 0; round < 2000; round++) {
+		ASSERT_OK(dmcmd(d[2], UHMM_DMIRROR_READ, ptr, buf, 8, &c));
+		check_ints(buf, 8 * PAGE, 1);
+		ASSERT_EQ(ptr[(round % 8) * PAGE / sizeof(int)], (int)((round % 8) * PAGE / sizeof(int)));
+	}
+	atomic_store(&stop, true);
+	for (int i = 0; i < 2; i++) {
+		pthread_join(t[i], NULL);
+		ASSERT_EQ(p[i].bad, 0);
+	}
+	check_ints(ptr, 8 * PAGE, 1);
+	ASSERT_EQ(stats_poisons() - poisons, 0);
+	free(buf);
+	for (int i = 0; i < 3; i++)
+		uhmm_dmirror_close(d[i]);
+}
+
+/*
+ * Two instances of one device share its pagemap owner. One migrates a page
+ * to the device; the other reads it there (its own owner's device page)
+ * and maps it. When the first brings the page back, the migration carries
+ * the owner both share: only the instance doing it may skip that event (it
+ * unmaps the page itself); the other must drop its mapping, or it reads
+ * the device page after the CPU changed the data (seen in the ping-pong
+ * test above: a READ returned another page's data once the device page
+ * was reused).
+ */
+TEST(migrate_two_instances_of_one_device)
+{
+	struct uhmm_dmirror *a = dmirror(0), *b = dmirror(0);
+	int *ptr = filled(4 * PAGE, MAP_PRIVATE), buf[4 * PAGE / sizeof(int)];
+	struct uhmm_dmirror_cmd c;
+
+	ASSERT_OK(dmcmd(a, UHMM_DMIRROR_MIGRATE_TO_DEV, ptr, buf, 4, &c));
+	ASSERT_OK(dmcmd(b, UHMM_DMIRROR_READ, ptr, buf, 4, &c));	/* b maps a's device pages */
+	check_ints(buf, 4 * PAGE, 1);
+	ASSERT_OK(dmcmd(a, UHMM_DMIRROR_MIGRATE_TO_SYS, ptr, NULL, 4, &c));
+	fill_ints(ptr, 4 * PAGE, 9);	/* the CPU changes the data */
+	ASSERT_OK(dmcmd(b, UHMM_DMIRROR_READ, ptr, buf, 4, &c));
+	check_ints(buf, 4 * PAGE, 9);
+	uhmm_dmirror_close(a);
+	uhmm_dmirror_close(b);
 }
