@@ -16,6 +16,7 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/syscall.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "internal.h"
@@ -70,6 +71,7 @@ struct uhmm_page *uhmm_dp_release_locked(struct uhmm_mm *mm, uint64_t addr)
 			dropped = uhmm_dp_remove_locked(mm, addr);	/* its address is gone */
 		*slot &= ~DP_FLAGS;
 		mm->devpriv.count -= *slot == 0;
+		pthread_cond_broadcast(&mm->dp_cond);	/* uhmm_dp_wait_unclaimed() */
 	}
 	return dropped;
 }
@@ -110,6 +112,30 @@ void uhmm_dp_release(struct uhmm_mm *mm, uint64_t addr)
 		uhmm_page_put(dropped);
 	/* a CPU fault that found the page busy meanwhile is waiting for this */
 	uhmm_wake(mm, uhmm_align_down(addr, UHMM_PAGE_SIZE), uhmm_align_down(addr, UHMM_PAGE_SIZE) + UHMM_PAGE_SIZE);
+}
+
+/*
+ * Wait (10 ms at most) until no migration holds @addr: the kernel's
+ * migration_entry_wait(). uhmm_range_fault() calls it before it returns
+ * -EBUSY for a held page, so that a device retrying at once does not spin
+ * against a stream of migrations (seen under TSan: a device READ gave up
+ * after a second of -EBUSY). Bounded: the holder may be the caller.
+ */
+void uhmm_dp_wait_unclaimed(struct uhmm_mm *mm, uint64_t addr)
+{
+	struct timespec until;
+
+	clock_gettime(CLOCK_REALTIME, &until);
+	until.tv_nsec += 10 * 1000 * 1000;
+	if (until.tv_nsec >= 1000000000) {
+		until.tv_sec++;
+		until.tv_nsec -= 1000000000;
+	}
+	pthread_mutex_lock(&mm->dp_lock);
+	while ((uhmm_radix_get(&mm->devpriv, vpn(addr)) & DP_BUSY) &&
+	       pthread_cond_timedwait(&mm->dp_cond, &mm->dp_lock, &until) == 0)
+		;
+	pthread_mutex_unlock(&mm->dp_lock);
 }
 
 /* Map @addr to @page (the entry must be claimed); the table takes a reference. */

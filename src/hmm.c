@@ -327,8 +327,10 @@ static int dp_scan_entry(void *arg, uint64_t key, uint64_t *val)
 		 * would keep a mapping the commit removes without another
 		 * invalidation. Where a fault is requested, wait (-EBUSY).
 		 */
-		if (req_of(r, i) & REQ_BITS)
+		if (req_of(r, i) & REQ_BITS) {
+			s->fault_at = key;	/* the caller waits for it */
 			return -EBUSY;
+		}
 		s->c->state[i] = 0;
 		return 0;
 	}
@@ -369,6 +371,8 @@ static int ctx_device_pages(struct fault_ctx *c)
 		pthread_mutex_lock(&mm->dp_lock);
 		ret = uhmm_radix_walk(&mm->devpriv, from, last, dp_scan_entry, &s);
 		pthread_mutex_unlock(&mm->dp_lock);
+		if (ret == -EBUSY)
+			uhmm_dp_wait_unclaimed(mm, s.fault_at << UHMM_PAGE_SHIFT);
 		if (ret <= 0)
 			return ret ? ret : back;
 		if (ret == DP_SCAN_CHANGED)
@@ -377,6 +381,8 @@ static int ctx_device_pages(struct fault_ctx *c)
 
 		ret = uhmm_dp_fault(mm, s.fault_at << UHMM_PAGE_SHIFT,
 				    (req_of(r, i) & UHMM_PFN_REQ_WRITE) ? UHMM_FAULT_WRITE : 0, 0);
+		if (ret == -EBUSY)
+			uhmm_dp_wait_unclaimed(mm, s.fault_at << UHMM_PAGE_SHIFT);
 		if (ret) {
 			c->step_err = ret;
 			return ret == -EBUSY ? -EBUSY : -EFAULT;

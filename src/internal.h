@@ -213,6 +213,7 @@ struct uhmm_mm {
 	pthread_mutex_t dp_lock;
 	struct uhmm_radix devpriv;
 	uint64_t dp_installs;			/* device pages ever mapped in devpriv (dp_lock) */
+	pthread_cond_t dp_cond;			/* a claim was released (with dp_lock) */
 
 };
 
@@ -308,6 +309,7 @@ void uhmm_dp_drop_range(struct uhmm_mm *mm, uint64_t start, uint64_t end);
 void uhmm_dp_move_range(struct uhmm_mm *mm, uint64_t from, uint64_t to, uint64_t len);
 /* Bring @addr's device page back with its pagemap's migrate_to_ram(); poison on failure. */
 int uhmm_dp_fault(struct uhmm_mm *mm, uint64_t addr, unsigned int flags, pid_t tid);
+void uhmm_dp_wait_unclaimed(struct uhmm_mm *mm, uint64_t addr);
 /* Evict every device page of [start, end) (all of them for 0, UINT64_MAX). */
 int uhmm_dp_evict_range(struct uhmm_mm *mm, uint64_t start, uint64_t end);
 void uhmm_fault_missing(struct uhmm_mm *mm, uint64_t addr, unsigned int uffd_flags, pid_t tid);

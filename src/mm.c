@@ -166,6 +166,7 @@ static void mm_free(struct uhmm_mm *mm)
 	uhmm_zap_fini(mm);
 	pthread_rwlock_destroy(&mm->mmap_lock);
 	pthread_mutex_destroy(&mm->dp_lock);
+	pthread_cond_destroy(&mm->dp_cond);
 	pthread_cond_destroy(&mm->cond);
 	pthread_mutex_destroy(&mm->lock);
 	free(mm);
@@ -187,6 +188,7 @@ static int mm_create(struct uhmm_mm **out)
 	pthread_mutex_init(&mm->zap_lock, NULL);
 	pthread_rwlock_init(&mm->mmap_lock, NULL);
 	pthread_cond_init(&mm->cond, NULL);
+	pthread_cond_init(&mm->dp_cond, NULL);
 	mm->uffd = uhmm_uffd_open(UHMM_UFFD_WANT_FEATURES, &mm->uffd_features);
 	if (mm->uffd < 0) {
 		ret = mm->uffd;

@@ -1,5 +1,7 @@
 // SPDX-License-Identifier: MIT
 /* The device-memory and migration API: argument checks, page lifecycle, a minimal driver. */
+#include <stdatomic.h>
+
 #include "harness.h"
 
 static int freed;
@@ -188,6 +190,66 @@ TEST(migrate_held_page_is_not_present_to_devices)
 	ASSERT_EQ(p[0], 'A');
 	uhmm_mm_put(mm);
 	uhmm_dmirror_close(d);
+}
+
+/*
+ * A device reading a page a migration holds waits for the migration, as the
+ * kernel's hmm_range_fault() waits on a migration entry, instead of
+ * spinning on -EBUSY: under TSan a stream of migrations kept a device READ
+ * retrying for a second until it gave up. Here the migration holds the page
+ * for 100 ms; the READ ends with the data once it is over, after a handful
+ * of -EBUSY rounds (one per 10 ms wait), not thousands.
+ */
+struct holder_reader {
+	struct uhmm_dmirror *d;
+	char *p;
+	atomic_int started;
+	int ret;
+	char seen;
+};
+
+static void *read_held_page(void *arg)
+{
+	struct holder_reader *h = arg;
+	struct uhmm_dmirror_cmd c;
+	char buf[PAGE];
+
+	atomic_store(&h->started, 1);
+	h->ret = dmcmd(h->d, UHMM_DMIRROR_READ, h->p, buf, 1, &c);
+	h->seen = buf[0];
+	return NULL;
+}
+
+TEST(migrate_device_read_waits_for_held_page)
+{
+	struct holder_reader h = { .d = dmirror(0), .p = map_anon(PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE) };
+	struct uhmm_mm *mm = mm_or_skip();
+	uint64_t src, dst = 0, busy;
+	struct uhmm_stats st;
+	struct uhmm_migrate_vma m = {
+		.mm = mm, .src = &src, .dst = &dst, .start = (uintptr_t)h.p, .end = (uintptr_t)h.p + PAGE,
+		.flags = UHMM_MIGRATE_VMA_SELECT_SYSTEM,
+	};
+	pthread_t t;
+
+	h.p[0] = 'A';
+	ASSERT_OK(uhmm_migrate_vma_setup(&m));
+	ASSERT_EQ(uhmm_stats(&st, sizeof(st)), sizeof(st));
+	busy = st.range_fault_busy;
+	ASSERT_OK(pthread_create(&t, NULL, read_held_page, &h));
+	while (!atomic_load(&h.started))
+		usleep(100);
+	usleep(100000);
+	uhmm_migrate_vma_pages(&m);	/* no dst: nothing moves */
+	uhmm_migrate_vma_finalize(&m);
+	pthread_join(t, NULL);
+	ASSERT_OK(h.ret);
+	ASSERT_EQ(h.seen, 'A');
+	ASSERT_EQ(uhmm_stats(&st, sizeof(st)), sizeof(st));
+	ASSERT_GT(st.range_fault_busy - busy, 0);	/* it did meet the held page */
+	ASSERT_LT(st.range_fault_busy - busy, 50);
+	uhmm_mm_put(mm);
+	uhmm_dmirror_close(h.d);
 }
 
 /* A page one migration holds is not collected by another, and comes back intact. */
