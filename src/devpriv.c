@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include "internal.h"
+#include "inject.h"
 #include "../uapi/uhmm_uapi.h"
 
 #define FAULT_TRIES 8
@@ -584,6 +585,32 @@ int uhmm_unprotect_unless_busy(struct uhmm_mm *mm, uint64_t start, uint64_t end)
 }
 
 /*
+ * A write is about to replace the zero pages of [start, end) that devices
+ * may map: devices drop them, then the protection that makes a write trap
+ * is lifted (not of pages a migration holds; -EBUSY then). Both inside one
+ * invalidation, as the kernel brackets a PTE change: with the protection
+ * lifted after the invalidation *ended*, another device's
+ * uhmm_range_fault() could run in between, see the zero page, protect it
+ * and map it, and the un-protection would take its protection away: the
+ * write then replaced the zero page with no fault and no invalidation, and
+ * that device read zeros for ever (seen in make stress under load: a device
+ * WRITE to fresh memory racing a READ of another device).
+ */
+int uhmm_release_zero_pages(struct uhmm_mm *mm, uint64_t start, uint64_t end)
+{
+	struct uhmm_notifier_range r = {
+		.start = start, .end = end, .event = UHMM_NOTIFY_CLEAR, .flags = UHMM_NOTIFIER_RANGE_BLOCKABLE,
+	};
+	int ret;
+
+	uhmm_invalidate_start(mm, &r);
+	(void)uhmm_inject(UHMM_INJECT_UNPROTECT_DELAY);	/* a thread preempted here, when asked */
+	ret = uhmm_unprotect_unless_busy(mm, start, end);
+	uhmm_invalidate_end(mm);
+	return ret;
+}
+
+/*
  * A write to a write-protected page. A migration in flight holds it: the
  * writer waits until finalize wakes it. Otherwise it is a zero page that
  * uhmm_range_fault() reported to devices (or a stray): the write is about
@@ -600,8 +627,7 @@ void uhmm_fault_wp(struct uhmm_mm *mm, uint64_t addr)
 		uhmm_service_defer(mm, page);
 		return;
 	}
-	uhmm_invalidate(mm, page, page + UHMM_PAGE_SIZE, UHMM_NOTIFY_CLEAR, NULL);
-	ret = uhmm_unprotect_unless_busy(mm, page, page + UHMM_PAGE_SIZE);
+	ret = uhmm_release_zero_pages(mm, page, page + UHMM_PAGE_SIZE);
 	if (ret == -EBUSY)
 		uhmm_service_defer(mm, page);	/* claimed since the first look */
 	else if (ret)

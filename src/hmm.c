@@ -195,8 +195,30 @@ static void ctx_release_zero(struct fault_ctx *c, uint64_t s, uint64_t e)
 		any = c->state[page_index(r, a)] & UHMM_PTE_ZERO;
 	if (!any)
 		return;
-	uhmm_invalidate(r->notifier->mm, s, e, UHMM_NOTIFY_CLEAR, NULL);
-	(void)uhmm_unprotect_unless_busy(r->notifier->mm, s, e);
+	(void)uhmm_release_zero_pages(r->notifier->mm, s, e);
+}
+
+/*
+ * A write fault of [s, e) failed with EFAULT, and a zero page is there
+ * again: another device's uhmm_range_fault() mapped it and protected it
+ * after this one lifted the protection. With a user-mode-only userfaultfd
+ * the kernel-mode write then fails instead of waiting for the service
+ * thread: not an error of the range, a race to go round.
+ */
+static bool zero_again(uint64_t s, uint64_t e)
+{
+	uint8_t st[64];
+
+	for (uint64_t a = s; a < e; a += sizeof(st) * UHMM_PAGE_SIZE) {
+		uint64_t b = e - a > sizeof(st) * UHMM_PAGE_SIZE ? a + sizeof(st) * UHMM_PAGE_SIZE : e;
+
+		if (uhmm_pagemap_read(a, b, st, false))
+			return false;
+		for (uint64_t i = 0; i < (b - a) >> UHMM_PAGE_SHIFT; i++)
+			if ((st[i] & UHMM_PTE_PRESENT) && (st[i] & UHMM_PTE_ZERO))
+				return true;
+	}
+	return false;
 }
 
 /*
@@ -221,6 +243,8 @@ static int ctx_fault_vma(struct fault_ctx *c, const struct uhmm_vma *v, uint64_t
 			if (run_need & UHMM_PFN_REQ_WRITE)
 				ctx_release_zero(c, run_start, a);
 			ret = fault_run(r->notifier->mm, run_start, a, run_need & UHMM_PFN_REQ_WRITE);
+			if (ret == -EFAULT && (run_need & UHMM_PFN_REQ_WRITE) && zero_again(run_start, a))
+				ret = 0;	/* go round: release it again */
 			if (ret)
 				return ret;
 			runs++;
@@ -463,7 +487,13 @@ static int ctx_protect_zero(struct fault_ctx *c)
 		struct uffdio_writeprotect wp = { .range = { .start = s, .len = e - s }, .mode = UFFDIO_WRITEPROTECT_MODE_WP };
 
 		if (ioctl(r->notifier->mm->uffd, UFFDIO_WRITEPROTECT, &wp) < 0) {
-			if (errno == EAGAIN)
+			int err = errno;
+
+			if (uhmm_tracing())
+				uhmm_trace_span("protect_zero_failed", "mirror", uhmm_now_ns(), uhmm_now_ns(),
+						"\"start\":\"%#llx\",\"end\":\"%#llx\",\"errno\":%d",
+						(unsigned long long)s, (unsigned long long)e, err);
+			if (err == EAGAIN)
 				return -EBUSY;	/* the mm is changing: the caller starts over */
 			continue;	/* not trappable (a file mapping, no WP): as before */
 		}

@@ -41,6 +41,7 @@ static const char *const point_names[UHMM_INJECT_NR] = {
 	[UHMM_INJECT_SERVICE_DELAY] = "service_delay",
 	[UHMM_INJECT_MAP_DELAY] = "map_delay",
 	[UHMM_INJECT_RANGE_FAULT_DELAY] = "range_fault_delay",
+	[UHMM_INJECT_UNPROTECT_DELAY] = "unprotect_delay",
 };
 
 static const struct { const char *name; int err; } errno_names[] = {
@@ -51,7 +52,8 @@ static const struct { const char *name; int err; } errno_names[] = {
 /* Points whose value is a sleep in microseconds, not an errno. */
 static bool is_delay(enum uhmm_inject_point p)
 {
-	return p == UHMM_INJECT_SERVICE_DELAY || p == UHMM_INJECT_MAP_DELAY || p == UHMM_INJECT_RANGE_FAULT_DELAY;
+	return p == UHMM_INJECT_SERVICE_DELAY || p == UHMM_INJECT_MAP_DELAY || p == UHMM_INJECT_RANGE_FAULT_DELAY ||
+	       p == UHMM_INJECT_UNPROTECT_DELAY;
 }
 
 static void delay_us(long us)

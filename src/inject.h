@@ -22,6 +22,8 @@ enum uhmm_inject_point {
 					 * and mapping what moved (value: us) */
 	UHMM_INJECT_RANGE_FAULT_DELAY,	/* uhmm_range_fault() sleeps between reading the CPU page
 					 * table and the device-private table (value: us) */
+	UHMM_INJECT_UNPROTECT_DELAY,	/* a write replacing zero pages devices may map sleeps between
+					 * invalidating them and lifting their protection (value: us) */
 	UHMM_INJECT_NR
 };
 

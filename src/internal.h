@@ -310,6 +310,7 @@ void uhmm_dp_move_range(struct uhmm_mm *mm, uint64_t from, uint64_t to, uint64_t
 /* Bring @addr's device page back with its pagemap's migrate_to_ram(); poison on failure. */
 int uhmm_dp_fault(struct uhmm_mm *mm, uint64_t addr, unsigned int flags, pid_t tid);
 void uhmm_dp_wait_unclaimed(struct uhmm_mm *mm, uint64_t addr);
+int uhmm_release_zero_pages(struct uhmm_mm *mm, uint64_t start, uint64_t end);
 /* Evict every device page of [start, end) (all of them for 0, UINT64_MAX). */
 int uhmm_dp_evict_range(struct uhmm_mm *mm, uint64_t start, uint64_t end);
 void uhmm_fault_missing(struct uhmm_mm *mm, uint64_t addr, unsigned int uffd_flags, pid_t tid);

@@ -544,3 +544,56 @@ TEST(inject_range_fault_sees_a_commit_it_did_not_wait_for)
 	uhmm_mm_put(mm);
 	uhmm_dmirror_close(s.d);
 }
+
+/*
+ * A device WRITE to fresh memory replaces the zero page: uhmm invalidates
+ * the devices' mappings of it, then lifts the write protection that makes a
+ * write trap. If another device mapped the zero page in between (and
+ * protected it), lifting the protection took its protection away: the write
+ * replaced the page with no fault and no invalidation, and that device read
+ * zeros afterwards (make stress under load, three traces). unprotect_delay
+ * holds the writer between the two steps while the other device reads.
+ */
+struct zero_writer {
+	struct uhmm_dmirror *d;
+	int *p;
+	int ret;
+};
+
+static void *write_fresh_page(void *arg)
+{
+	struct zero_writer *w = arg;
+	struct uhmm_dmirror_cmd c;
+	int buf[PAGE / sizeof(int)];
+
+	fill_ints(buf, PAGE, 1);
+	w->ret = dmcmd(w->d, UHMM_DMIRROR_WRITE, w->p, buf, 1, &c);
+	return NULL;
+}
+
+TEST(inject_zero_page_replaced_while_another_device_maps_it)
+{
+	struct uhmm_dmirror *reader = dmirror(0);
+	struct zero_writer w = { .d = dmirror(1), .p = map_anon(PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE) };
+	struct uhmm_dmirror_cmd c;
+	int buf[PAGE / sizeof(int)];
+	uint64_t before;
+	pthread_t t;
+
+	ASSERT_EQ(*(volatile int *)w.p, 0);	/* the zero page */
+	ASSERT_OK(dmcmd(reader, UHMM_DMIRROR_READ, w.p, buf, 1, &c));	/* mapped as the zero page */
+	before = injected();
+	ASSERT_OK(uhmm_fault_inject("unprotect_delay:200000:1:1"));
+	ASSERT_OK(pthread_create(&t, NULL, write_fresh_page, &w));
+	while (injected() == before)	/* the writer invalidated and sleeps before it un-protects */
+		usleep(1000);
+	ASSERT_OK(dmcmd(reader, UHMM_DMIRROR_READ, w.p, buf, 1, &c));	/* maps the zero page again, or waits */
+	pthread_join(t, NULL);
+	ASSERT_OK(uhmm_fault_inject(NULL));
+	ASSERT_OK(w.ret);
+	check_ints(w.p, PAGE, 1);
+	ASSERT_OK(dmcmd(reader, UHMM_DMIRROR_READ, w.p, buf, 1, &c));
+	check_ints(buf, PAGE, 1);	/* the reader sees the write, not its stale zero page */
+	uhmm_dmirror_close(reader);
+	uhmm_dmirror_close(w.d);
+}
