@@ -253,8 +253,8 @@ static void op_dmirror(struct input *in)
 	ret = uhmm_dmirror_cmd(d, cmd, &c);
 	CHECK(ret == 0 || ALLOWED(ret, EINVAL, EFAULT, EPERM, EBUSY, ENOMEM, ENOENT, EOPNOTSUPP),
 	      "dmirror command %u at %#llx, %llu pages: %d", cmd, (unsigned long long)a, (unsigned long long)n, ret);
-	if (cmd == UHMM_DMIRROR_READ && ret == 0)
-		check_read(a, n, buf);
+	if ((cmd == UHMM_DMIRROR_READ || cmd == UHMM_DMIRROR_EXCLUSIVE) && ret == 0)
+		check_read(a, n, buf);	/* EXCLUSIVE reads the pages back through the device */
 	if (cmd == UHMM_DMIRROR_WRITE && ret != -EINVAL)
 		settle_write(a, n, v, ret);
 }
@@ -363,6 +363,22 @@ static void op_migrate(struct input *in)
 	CHECK(m.priv == NULL, "finalize left priv");
 }
 
+/* Device-exclusive access, directly: documented errnos; on success *mem holds the page's data. */
+static void op_exclusive(struct input *in)
+{
+	void *owners[] = { NULL, (void *)F.base, &F };	/* compared, never followed */
+	uint64_t a = pick_addr(in) + (take(in, 1) % 8 == 0 ? 8 : 0);	/* sometimes unaligned */
+	void *mem = NULL;
+	int pg, r, ret = uhmm_make_device_exclusive(F.mm, a, owners[take(in, 1) % 3], &mem);
+
+	CHECK(ret == 0 || ALLOWED(ret, EINVAL, EFAULT, EOPNOTSUPP, EBUSY, ENOMEM),
+	      "make_device_exclusive %#llx: %d", (unsigned long long)a, ret);
+	r = locate(a, &pg);
+	if (ret == 0 && r >= 0)
+		CHECK(*(uint32_t *)mem == F.shadow[r][pg], "exclusive page of region %d page %d: %#x, expected %#x", r,
+		      pg, *(uint32_t *)mem, F.shadow[r][pg]);
+}
+
 static void op_access(struct input *in)
 {
 	uint64_t a = pick_addr(in), len = take(in, 2) % (8 * PG);
@@ -416,6 +432,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	static void (*const ops[])(struct input *) = {
 		op_cpu_store, op_cpu_store, op_cpu_load, op_dmirror, op_dmirror, op_dmirror, op_madvise,
 		op_map, op_notifier, op_range_fault, op_range_fault, op_migrate, op_access, op_strings,
+		op_exclusive,
 	};
 	static bool ready;
 	struct input in = { data, size };

@@ -645,6 +645,6 @@ int dmirror_migrate_cmd(struct uhmm_dmirror *dm, unsigned int cmd, struct uhmm_d
 		}
 		return ret;
 	default:
-		return -EOPNOTSUPP;	/* EXCLUSIVE, CHECK_EXCLUSIVE: the next issue */
+		return -EINVAL;
 	}
 }

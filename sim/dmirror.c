@@ -67,11 +67,17 @@ static bool dmirror_invalidate(struct uhmm_interval_notifier *sub,
 {
 	struct uhmm_dmirror *dm = (struct uhmm_dmirror *)((char *)sub - offsetof(struct uhmm_dmirror, notifier));
 
-	bool own_migration = range->event == UHMM_NOTIFY_MIGRATE && range->owner == dm->owner &&
-			     dmirror_migrating == dm;
+	bool own = range->owner == dm->owner && dmirror_migrating == dm;
+	bool own_migration = own && range->event == UHMM_NOTIFY_MIGRATE;
 
 	pthread_mutex_lock(&dm->lock);
-	uhmm_interval_set_seq(sub, cur_seq);
+	/*
+	 * Taking a page exclusive for ourselves: the kernel's drivers skip
+	 * their own EXCLUSIVE event, so that the sequence they read before
+	 * make_device_exclusive() still says whether anything else came since.
+	 */
+	if (!(own && range->event == UHMM_NOTIFY_EXCLUSIVE))
+		uhmm_interval_set_seq(sub, cur_seq);
 	/*
 	 * Our own migrations map the device pages themselves; but the system
 	 * pages they take must go now, or a READ/WRITE of ours racing the
@@ -206,6 +212,12 @@ static int dmirror_fault(struct uhmm_dmirror *dm, uint64_t start, uint64_t end, 
 static int dmirror_copy_page(struct uhmm_dmirror *dm, uint64_t entry, uint64_t addr, char *bounce,
 			     bool write)
 {
+	if (entry & DPT_ATOMIC) {	/* device-exclusive: uhmm's copy of the page */
+		void *mem = (void *)(uintptr_t)(entry & ~(DM_PAGE_SIZE - 1));
+
+		memcpy(write ? mem : bounce, write ? bounce : mem, DM_PAGE_SIZE);
+		return 0;
+	}
 	if (entry & DPT_DEVPAGE)
 		return dmirror_devmem_copy(dm, entry >> DPT_PFN_SHIFT, bounce, write);
 	if (entry & DPT_ZERO) {
@@ -233,7 +245,7 @@ static int dmirror_do_copy(struct uhmm_dmirror *dm, uint64_t start, uint64_t npa
 			ret = -ENOENT;
 			break;
 		}
-		if (!(entry & (DPT_DEVPAGE | DPT_ZERO))) {
+		if (!(entry & (DPT_DEVPAGE | DPT_ZERO | DPT_ATOMIC))) {
 			/*
 			 * A system page: copied through the CPU's page table, so
 			 * it is coherent without our lock, and the copy may fault
@@ -295,6 +307,76 @@ static int dmirror_rw(struct uhmm_dmirror *dm, struct uhmm_dmirror_cmd *cmd, boo
 	}
 out:
 	free(bounce);
+	return ret;
+}
+
+/* ---- EXCLUSIVE / CHECK_EXCLUSIVE ---- */
+
+/*
+ * Take @addr exclusive and map it atomic, the sequence protocol around
+ * it: read_begin() before, our own EXCLUSIVE event skipped, read_retry()
+ * under the lock. A revocation (any CPU touch) in between: again.
+ */
+static int dmirror_exclusive_page(struct uhmm_dmirror *dm, uint64_t addr)
+{
+	for (int tries = 0; tries < 16; tries++) {
+		unsigned long seq = uhmm_interval_read_begin(&dm->notifier);
+		struct uhmm_dmirror *outer = dmirror_migrating;
+		bool mapped = false;
+		void *mem;
+		int ret;
+
+		dmirror_migrating = dm;
+		ret = uhmm_make_device_exclusive(dm->mm, addr, dm->owner, &mem);
+		dmirror_migrating = outer;
+		if (ret)
+			return ret;
+		pthread_mutex_lock(&dm->lock);
+		if (!uhmm_interval_read_retry(&dm->notifier, seq)) {
+			ret = dpt_set(dm, addr, (uintptr_t)mem | DPT_ATOMIC | DPT_READ | DPT_WRITE);
+			mapped = ret == 0;
+		}
+		pthread_mutex_unlock(&dm->lock);
+		if (ret)
+			return ret;
+		if (mapped)
+			return 0;
+	}
+	return -EBUSY;
+}
+
+static int dmirror_exclusive(struct uhmm_dmirror *dm, struct uhmm_dmirror_cmd *c)
+{
+	for (uint64_t i = 0; i < c->npages; i++) {
+		int ret = dmirror_exclusive_page(dm, c->addr + (i << DM_PAGE_SHIFT));
+
+		if (ret)
+			return ret;
+	}
+	/* What the device now holds, read back through its page table. */
+	return dmirror_rw(dm, c, false);
+}
+
+static int entry_atomic(void *arg, uint64_t key, uint64_t *val)
+{
+	(void)arg;
+	(void)key;
+	return (*val & DPT_ATOMIC) ? -EPERM : 0;
+}
+
+/* -EPERM while any page of the range is still mapped atomic. */
+static int dmirror_check_exclusive(struct uhmm_dmirror *dm, struct uhmm_dmirror_cmd *c)
+{
+	int ret;
+
+	pthread_mutex_lock(&dm->lock);
+	ret = uhmm_radix_walk(&dm->pt, c->addr >> DM_PAGE_SHIFT, (c->addr >> DM_PAGE_SHIFT) + c->npages - 1,
+			      entry_atomic, NULL);
+	pthread_mutex_unlock(&dm->lock);
+	if (!ret) {
+		c->cpages = c->npages;
+		c->faults = 0;
+	}
 	return ret;
 }
 
@@ -457,10 +539,12 @@ __attribute__((visibility("default"))) int uhmm_dmirror_cmd(struct uhmm_dmirror 
 		c->cpages = 0;
 		c->faults = 0;
 		return 0;
+	case UHMM_DMIRROR_EXCLUSIVE:
+		return dmirror_exclusive(dm, c);
+	case UHMM_DMIRROR_CHECK_EXCLUSIVE:
+		return dmirror_check_exclusive(dm, c);
 	case UHMM_DMIRROR_MIGRATE_TO_DEV:
 	case UHMM_DMIRROR_MIGRATE_TO_SYS:
-	case UHMM_DMIRROR_EXCLUSIVE:
-	case UHMM_DMIRROR_CHECK_EXCLUSIVE:
 	case UHMM_DMIRROR_RELEASE:
 		return dmirror_migrate_cmd(dm, cmd, c);
 	default:

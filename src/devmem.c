@@ -76,6 +76,20 @@ UHMM_EXPORT int uhmm_pagemap_add(struct uhmm_mm *mm, uint64_t npages, void *owne
 				 const struct uhmm_pagemap_ops *ops, void *driver_data,
 				 struct uhmm_pagemap **out)
 {
+	int ret = uhmm_pagemap_add_internal(mm, npages, owner, ops, driver_data, out);
+
+	if (ret == 0)
+		atomic_fetch_add(&mm->refs, 1);	/* a driver's pool keeps the mm */
+	return ret;
+}
+
+/*
+ * A pool uhmm keeps for itself (device-exclusive pages) holds no reference
+ * on the mm: the mm's teardown empties and frees it.
+ */
+int uhmm_pagemap_add_internal(struct uhmm_mm *mm, uint64_t npages, void *owner,
+			      const struct uhmm_pagemap_ops *ops, void *driver_data, struct uhmm_pagemap **out)
+{
 	struct uhmm_pagemap *pgmap;
 	int ret;
 
@@ -104,9 +118,15 @@ UHMM_EXPORT int uhmm_pagemap_add(struct uhmm_mm *mm, uint64_t npages, void *owne
 		free(pgmap);
 		return ret;
 	}
-	atomic_fetch_add(&mm->refs, 1);
 	*out = pgmap;
 	return 0;
+}
+
+void uhmm_pagemap_free_internal(struct uhmm_pagemap *pgmap)
+{
+	registry_del(pgmap);
+	free(pgmap->pages);
+	free(pgmap);
 }
 
 /* Evict the pages still holding data; the number a migration held (busy). */
@@ -145,10 +165,10 @@ UHMM_EXPORT int uhmm_pagemap_remove(struct uhmm_pagemap *pgmap)
 	}
 	if (atomic_load(&pgmap->allocated) != 0)
 		return -EBUSY;
-	registry_del(pgmap);
-	uhmm_mm_put(pgmap->mm);
-	free(pgmap->pages);
-	free(pgmap);
+	struct uhmm_mm *mm = pgmap->mm;
+
+	uhmm_pagemap_free_internal(pgmap);
+	uhmm_mm_put(mm);
 	return 0;
 }
 

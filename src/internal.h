@@ -198,6 +198,10 @@ struct uhmm_mm {
 	int zap_uffd;
 	uint64_t zap_area;
 
+	/* exclusive.c: the pool holding pages devices have exclusive access to */
+	pthread_mutex_t excl_lock;	/* the pool's chunk list (taken before dp_lock, never under it) */
+	struct uhmm_excl_chunk *excl_chunks;
+
 	/*
 	 * mmap_lock, user space's counterpart of the kernel's: the program's
 	 * munmap(), mmap(MAP_FIXED), mremap() and permission-removing
@@ -336,6 +340,15 @@ void uhmm_migrate_gate_close(struct uhmm_mm *mm);
 void uhmm_migrate_gate_open(struct uhmm_mm *mm);
 bool uhmm_migrate_gate_closer(void);	/* is this thread forking? */
 int uhmm_install_page(struct uhmm_mm *mm, uint64_t addr, const void *data);
+int uhmm_migrate_setup_as(struct uhmm_migrate_vma *m, enum uhmm_notifier_event event, void *owner);
+
+/* ---- devmem.c: pagemaps uhmm keeps for itself (no reference on the mm) ---- */
+int uhmm_pagemap_add_internal(struct uhmm_mm *mm, uint64_t npages, void *owner,
+			      const struct uhmm_pagemap_ops *ops, void *driver_data, struct uhmm_pagemap **out);
+void uhmm_pagemap_free_internal(struct uhmm_pagemap *pgmap);
+
+/* ---- exclusive.c: device-exclusive access ---- */
+void uhmm_excl_fini(struct uhmm_mm *mm);	/* mm teardown: every page back to the CPU */
 
 /* ---- stats.c: counters behind uhmm_stats() ---- */
 #define UHMM_STAT_N (sizeof(struct uhmm_stats) / sizeof(uint64_t))

@@ -551,6 +551,17 @@ static int migrate_validate(struct uhmm_migrate_vma *m)
 
 UHMM_EXPORT int uhmm_migrate_vma_setup(struct uhmm_migrate_vma *m)
 {
+	return uhmm_migrate_setup_as(m, UHMM_NOTIFY_MIGRATE, m ? m->pgmap_owner : NULL);
+}
+
+/*
+ * Setup whose invalidation says @event and @owner: a migration is
+ * (MIGRATE, pgmap_owner); device-exclusive access (exclusive.c) is
+ * (EXCLUSIVE, the device taking it) and its revocation (EXCLUSIVE, NULL),
+ * as in the kernel.
+ */
+int uhmm_migrate_setup_as(struct uhmm_migrate_vma *m, enum uhmm_notifier_event event, void *owner)
+{
 	struct collect c = { .m = m };
 	struct uhmm_notifier_range r;
 	struct uhmm_vma v[32];
@@ -599,8 +610,8 @@ UHMM_EXPORT int uhmm_migrate_vma_setup(struct uhmm_migrate_vma *m)
 	if (ret)
 		goto err;
 
-	r = (struct uhmm_notifier_range){ .start = m->start, .end = m->end, .event = UHMM_NOTIFY_MIGRATE,
-					   .flags = UHMM_NOTIFIER_RANGE_BLOCKABLE, .owner = m->pgmap_owner };
+	r = (struct uhmm_notifier_range){ .start = m->start, .end = m->end, .event = event,
+					   .flags = UHMM_NOTIFIER_RANGE_BLOCKABLE, .owner = owner };
 	uhmm_invalidate_start(m->mm, &r);
 	collect_vmas(&c, v, n);
 	collect_protect(&c);

@@ -166,6 +166,7 @@ static void mm_free(struct uhmm_mm *mm)
 	uhmm_zap_fini(mm);
 	pthread_rwlock_destroy(&mm->mmap_lock);
 	pthread_mutex_destroy(&mm->dp_lock);
+	pthread_mutex_destroy(&mm->excl_lock);
 	pthread_cond_destroy(&mm->dp_cond);
 	pthread_cond_destroy(&mm->cond);
 	pthread_mutex_destroy(&mm->lock);
@@ -186,6 +187,7 @@ static int mm_create(struct uhmm_mm **out)
 	pthread_mutex_init(&mm->lock, NULL);
 	pthread_mutex_init(&mm->dp_lock, NULL);
 	pthread_mutex_init(&mm->zap_lock, NULL);
+	pthread_mutex_init(&mm->excl_lock, NULL);
 	pthread_rwlock_init(&mm->mmap_lock, NULL);
 	pthread_cond_init(&mm->cond, NULL);
 	pthread_cond_init(&mm->dp_cond, NULL);
@@ -243,6 +245,7 @@ UHMM_EXPORT int uhmm_mm_get(struct uhmm_mm **out)
  */
 static void mm_destroy(struct uhmm_mm *mm)
 {
+	uhmm_excl_fini(mm);	/* needs the userfaultfd and the threads */
 	pthread_mutex_lock(&mm->lock);
 	for (size_t i = 0; i < mm->registered.n; i++)
 		uhmm_uffd_unregister(mm->uffd, mm->registered.v[i].start, mm->registered.v[i].end);

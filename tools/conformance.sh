@@ -28,9 +28,9 @@ migrate_fault|migrate_fault|migrate, CPU reads half back, migrate again: all pag
 migrate_release|migrate_release|migrate, RELEASE, CPU reads: data intact
 migrate_shared|migrate_shared|MAP_SHARED anon: MIGRATE_TO_DEV is -ENOENT
 migrate_multiple|migrate_multiple|ten rounds of migrate and CPU read-back
-exclusive|-|EXCLUSIVE, CPU increments every int (revoking), CHECK_EXCLUSIVE is 0
-exclusive_mprotect|-|EXCLUSIVE, mprotect read-only, WRITE is -EPERM
-exclusive_cow|-|EXCLUSIVE, fork: copy-on-write keeps both sides right
+exclusive|exclusive|EXCLUSIVE, CPU increments every int (revoking), CHECK_EXCLUSIVE is 0
+exclusive_mprotect|exclusive_mprotect|EXCLUSIVE, mprotect read-only, WRITE is -EPERM
+exclusive_cow|exclusive_cow|EXCLUSIVE, fork: copy-on-write keeps both sides right
 compound|compound|hugetlb: snapshot WRITE|PMD everywhere, READ|PMD after mprotect
 migrate_anon_huge_empty|-|an empty THP region migrates as one unit and back
 migrate_anon_huge_zero|-|a huge-zero-page region migrates as one unit and back

@@ -560,6 +560,40 @@ struct iovec;
 ssize_t uhmm_access_vm_iov(uint64_t addr, const struct iovec *iov, int iovcnt, unsigned int flags);
 
 /* ------------------------------------------------------------------------ */
+/* Device-exclusive access (the kernel's make_device_exclusive())           */
+/* ------------------------------------------------------------------------ */
+
+/**
+ * uhmm_make_device_exclusive() - give a device atomic access to a page
+ * @mm: the address space
+ * @addr: page-aligned address of private anonymous, writable memory
+ * @owner: the device's pagemap owner: the EXCLUSIVE invalidation this
+ *         raises carries it, so that the device's driver can skip its own
+ * @mem: receives the address of the page's data while the device has it
+ *
+ * The page leaves the CPU's page table (its data moves, unchanged, to
+ * memory uhmm keeps); the device reads and writes it at *@mem, atomically
+ * with respect to the CPU. Any CPU access, read or write, by the program or
+ * by the kernel on its behalf, first revokes it: every interval notifier of
+ * the page hears UHMM_NOTIFY_EXCLUSIVE with no owner, and then the access
+ * completes with the device's latest data. A device's uhmm_range_fault()
+ * that needs the page revokes it too; munmap()/madvise(DONTNEED) free it,
+ * mremap() moves it, fork() brings it back before it copies. *@mem is valid
+ * until the driver's invalidate callback sees the page invalidated: take
+ * uhmm_interval_read_begin() before this call and map *@mem only if
+ * uhmm_interval_read_retry() says false under your lock, and skip the
+ * EXCLUSIVE event that carries your own @owner (without setting the
+ * sequence), as for the kernel's.
+ *
+ * Return: 0; -EINVAL (NULL @mm or @mem, unaligned or out-of-range @addr,
+ * @mm not this process's); -EFAULT (no VMA at @addr, or not readable and
+ * writable); -EOPNOTSUPP (shared, file-backed, hugetlb or special memory);
+ * -EBUSY (the page cannot be taken: held by migrations throughout, or not
+ * a page uhmm can move); -ENOMEM.
+ */
+int uhmm_make_device_exclusive(struct uhmm_mm *mm, uint64_t addr, void *owner, void **mem);
+
+/* ------------------------------------------------------------------------ */
 /* Statistics and tracing                                                   */
 /* ------------------------------------------------------------------------ */
 
@@ -588,6 +622,7 @@ struct uhmm_stats {
 	uint64_t zaps_madvised;		/* pages taken with MADV_DONTNEED (an event round trip) */
 	uint64_t events;		/* userfaultfd messages handled */
 	uint64_t faults_injected;	/* failures and delays injected (uhmm_fault_inject()) */
+	uint64_t exclusive_pages;	/* pages made device-exclusive (uhmm_make_device_exclusive()) */
 };
 
 /**

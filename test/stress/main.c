@@ -42,7 +42,7 @@ int main(int argc, char **argv)
 					"  [-i RULES (uhmm_fault_inject() rules for the run, e.g. -i %s)]\n"
 					"  operations: S store, C check, W device write, R device read, M to device,\n"
 					"  Y to system, L release, D madvise(DONTNEED), F mmap(MAP_FIXED) over it, P mprotect,\n"
-					"  X mremap, K fork\n", argv[0], STRESS_ABSORBED_FAULTS);
+					"  X mremap, K fork, E device-exclusive\n", argv[0], STRESS_ABSORBED_FAULTS);
 			return c == 'h' ? 0 : 2;
 		}
 	}

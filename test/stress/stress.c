@@ -8,7 +8,7 @@
  * uhmm's service thread, its tables and the notifier list with each other
  * and with a chaos thread that runs only value-preserving operations on
  * anybody's regions at random (migrations both ways by both devices,
- * RELEASE, device reads): those race with the owners' stores, madvise,
+ * RELEASE, device reads, device-exclusive access): those race with the owners' stores, madvise,
  * mmap(MAP_FIXED) over a region, mremap, mprotect and fork, which is where data could get lost.
  *
  * Values: page contents are a pattern of a 32-bit value (0 = zeros), so a
@@ -35,6 +35,13 @@
 #define WORDS (PAGE / 4)
 #define HIST 8
 #define MAX_SPAN 8
+/*
+ * Device instances: devices 0 and 1, and a second instance of device 0.
+ * Two instances of one device share its pagemap owner: each sees the
+ * other's pages as its own device's, which is where a driver skipping
+ * "its own" migration events goes wrong (docs/architecture.md, section 10).
+ */
+#define NDEV 3
 
 struct hist {
 	long op;		/* owner's operation number */
@@ -62,7 +69,7 @@ struct owner {
 struct stress {
 	const struct stress_opts *o;
 	struct stress_report *r;
-	struct uhmm_dmirror *dev[2];
+	struct uhmm_dmirror *dev[NDEV];
 	struct owner *own;
 	atomic_bool stop;
 	atomic_long mismatches, lost, unexpected, checks, chaos_ops;
@@ -70,10 +77,10 @@ struct stress {
 	pthread_mutex_t print_lock;
 };
 
-static const char op_names[] = "SCWRMYLDFPXK";	/* see enum op */
+static const char op_names[] = "SCWRMYLDFPXKE";	/* see enum op */
 enum op { OP_STORE, OP_CHECK, OP_DEV_WRITE, OP_DEV_READ, OP_TO_DEV, OP_TO_SYS, OP_RELEASE,
-	  OP_DONTNEED, OP_FRESH, OP_PROTECT, OP_REMAP, OP_FORK, OP_N };
-static const int op_weight[OP_N] = { 20, 20, 10, 10, 10, 5, 2, 4, 2, 3, 3, 1 };
+	  OP_DONTNEED, OP_FRESH, OP_PROTECT, OP_REMAP, OP_FORK, OP_EXCLUSIVE, OP_N };
+static const int op_weight[OP_N] = { 20, 20, 10, 10, 10, 5, 2, 4, 2, 3, 3, 1, 5 };
 
 static double now_s(void)
 {
@@ -327,7 +334,7 @@ static enum op pick_op(struct stress *s, struct owner *w)
 
 static void owner_step(struct stress *s, struct owner *w)
 {
-	int ri = (int)(rnd(&w->rng) % (uint64_t)s->o->regions), d = (int)(rnd(&w->rng) & 1);
+	int ri = (int)(rnd(&w->rng) % (uint64_t)s->o->regions), d = (int)(rnd(&w->rng) % NDEV);
 	int n = 1 + (int)(rnd(&w->rng) % MAX_SPAN), a;
 	enum op what = pick_op(s, w);
 	char *base = atomic_load(&w->reg[ri].base);
@@ -357,6 +364,13 @@ static void owner_step(struct stress *s, struct owner *w)
 	case OP_TO_DEV:
 	case OP_TO_SYS:
 	case OP_RELEASE: op_migrate(s, w, ri, a, n, what, d); break;
+	case OP_EXCLUSIVE:	/* the device holds them atomic until the next touch revokes it */
+		ret = dmcmd(s, d, UHMM_DMIRROR_EXCLUSIVE, base + (size_t)a * PAGE, w->buf, n);
+		if (ret && ret != -EBUSY && !(ret == -EFAULT && s->o->efault_ok))
+			unexpected(s, w, "EXCLUSIVE", ret);
+		else if (!ret)
+			check_pages(s, w, ri, a, n, w->buf, "device exclusive");
+		break;
 	case OP_DONTNEED:
 		if (madvise(base + (size_t)a * PAGE, (size_t)n * PAGE, MADV_DONTNEED))
 			unexpected(s, w, "madvise", -errno);
@@ -376,10 +390,11 @@ static void owner_step(struct stress *s, struct owner *w)
 static void chaos_step(struct stress *s, uint64_t *rng, char *buf)
 {
 	struct owner *w = &s->own[rnd(rng) % (uint64_t)s->o->threads];
-	int ri = (int)(rnd(rng) % (uint64_t)s->o->regions), d = (int)(rnd(rng) & 1);
+	int ri = (int)(rnd(rng) % (uint64_t)s->o->regions), d = (int)(rnd(rng) % NDEV);
 	int n = 1 + (int)(rnd(rng) % MAX_SPAN), a, ret;
 	static const unsigned int cmds[] = { UHMM_DMIRROR_MIGRATE_TO_DEV, UHMM_DMIRROR_MIGRATE_TO_DEV,
-					     UHMM_DMIRROR_MIGRATE_TO_SYS, UHMM_DMIRROR_READ, UHMM_DMIRROR_RELEASE };
+					     UHMM_DMIRROR_MIGRATE_TO_SYS, UHMM_DMIRROR_READ, UHMM_DMIRROR_RELEASE,
+					     UHMM_DMIRROR_EXCLUSIVE };
 	unsigned int cmd = cmds[rnd(rng) % (sizeof(cmds) / sizeof(cmds[0]))];
 
 	n = n > s->o->pages ? s->o->pages : n;
@@ -418,8 +433,8 @@ static void *thread_main(void *arg)
 
 static int setup(struct stress *s)
 {
-	for (int d = 0; d < 2; d++) {
-		int ret = uhmm_dmirror_open((unsigned int)d, &s->dev[d]);
+	for (int d = 0; d < NDEV; d++) {
+		int ret = uhmm_dmirror_open((unsigned int)d % 2, &s->dev[d]);
 
 		if (ret)
 			return ret;
@@ -492,7 +507,7 @@ int stress_run(const struct stress_opts *o, struct stress_report *r)
 	for (int t = 0; t < o->threads; t++)
 		for (int ri = 0; ri < o->regions; ri++)
 			check_pages(&s, &s.own[t], ri, 0, o->pages, atomic_load(&s.own[t].reg[ri].base), "final CPU");
-	for (int d = 0; d < 2; d++)
+	for (int d = 0; d < NDEV; d++)
 		uhmm_dmirror_close(s.dev[d]);
 	uhmm_stats(&b, sizeof(b));
 	r->checks = atomic_load(&s.checks);
