@@ -32,6 +32,15 @@ static void take_exclusive(struct uhmm_dmirror *d, int *ptr, uint64_t npages)
 	free(mirror);
 }
 
+/* The CPU increments every int (each page's first touch revokes it), then reads them all. */
+static void increment_all(int *ptr)
+{
+	for (size_t i = 0; i < SIZE / sizeof(int); i++)
+		ASSERT_EQ(ptr[i]++, (int)i);
+	for (size_t i = 0; i < SIZE / sizeof(int); i++)
+		ASSERT_EQ(ptr[i], (int)i + 1);
+}
+
 TEST(exclusive)
 {
 	struct uhmm_dmirror *d = dmirror(0);
@@ -40,11 +49,7 @@ TEST(exclusive)
 
 	take_exclusive(d, ptr, NPG);
 	ASSERT_EQ(dmcmd(d, UHMM_DMIRROR_CHECK_EXCLUSIVE, ptr, NULL, NPG, &c), -EPERM);
-	/* the CPU's touch revokes the device's access, then sees the data */
-	for (size_t i = 0; i < SIZE / sizeof(int); i++)
-		ASSERT_EQ(ptr[i]++, (int)i);
-	for (size_t i = 0; i < SIZE / sizeof(int); i++)
-		ASSERT_EQ(ptr[i], (int)i + 1);
+	increment_all(ptr);	/* the CPU's touch revokes the device's access, then sees the data */
 	ASSERT_OK(dmcmd(d, UHMM_DMIRROR_CHECK_EXCLUSIVE, ptr, NULL, NPG, &c));
 	uhmm_dmirror_close(d);
 }
@@ -67,12 +72,7 @@ TEST(exclusive_mprotect)
 /* fork: both sides fault their own copy back and write it (copy-on-write). */
 static void child_increments(void *arg)
 {
-	int *ptr = arg;
-
-	for (size_t i = 0; i < SIZE / sizeof(int); i++)
-		ASSERT_EQ(ptr[i]++, (int)i);
-	for (size_t i = 0; i < SIZE / sizeof(int); i++)
-		ASSERT_EQ(ptr[i], (int)i + 1);
+	increment_all(arg);
 }
 
 TEST(exclusive_cow)
@@ -83,10 +83,7 @@ TEST(exclusive_cow)
 	skip_if_asan_fork_threads();
 	take_exclusive(d, ptr, NPG);
 	ASSERT_EQ(run_child(child_increments, ptr), 0);
-	for (size_t i = 0; i < SIZE / sizeof(int); i++)
-		ASSERT_EQ(ptr[i]++, (int)i);	/* the child's writes stayed in the child */
-	for (size_t i = 0; i < SIZE / sizeof(int); i++)
-		ASSERT_EQ(ptr[i], (int)i + 1);
+	increment_all(ptr);	/* the child's writes stayed in the child */
 	uhmm_dmirror_close(d);
 }
 
