@@ -46,7 +46,7 @@ rule 3: mprotect|invalidate_mprotect|mprotect that removes a permission drops th
 rule 5: syscall access|migrate_syscall_access|a system call on a device-resident buffer migrates it back
 rule 6: foreign device|migrate_foreign_device_faults_back|device B faulting device A's page brings it back
 rule 9: poison|migrate_back_failure_poisons|a page the device cannot return is SIGBUS, never zeros
-snapshot mix|snapshot_mixed|SNAPSHOT of a range mixing every kind of page gives CONFORMANCE.md's bytes
+snapshot mix|snapshot_mixed|SNAPSHOT of no VMA, PROT_NONE, zero, read-only, read-write, untouched, this device's, another's, another's exclusive, this device's read-only pages gives CONFORMANCE.md's bytes
 T
 )
 

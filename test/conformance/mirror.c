@@ -333,11 +333,19 @@ TEST(zero_page_then_cpu_write)
 }
 
 /* Every kind of page in one snapshot (CONFORMANCE.md section 2). */
+/*
+ * CONFORMANCE.md section 2's bytes for every kind of page in one range: no
+ * VMA, PROT_NONE, the zero page, read-only and read-write data, untouched,
+ * this device's page, another device's page (not VALID for this owner:
+ * none), a page another device holds exclusive (not in the CPU's page
+ * table: none), and this device's page after mprotect (read-only).
+ */
 TEST(snapshot_mixed)
 {
-	struct uhmm_dmirror *d = dmirror(0);
+	struct uhmm_dmirror *d = dmirror(0), *other = dmirror(1);
 	struct uhmm_dmirror_cmd c;
-	uint8_t snap[6];
+	uint8_t snap[10];
+	char buf[PAGE];
 	struct uhmm_features f;
 	char *p;
 
@@ -350,7 +358,14 @@ TEST(snapshot_mixed)
 	for (int attempt = 0;; attempt++) {
 		unsigned char v;
 
-		p = map_anon(6 * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE);
+		p = map_anon(10 * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE);
+		for (int i = 6; i < 10; i++)
+			p[i * PAGE] = (char)i;
+		ASSERT_OK(dmcmd(d, UHMM_DMIRROR_MIGRATE_TO_DEV, p + 6 * PAGE, buf, 1, &c));	/* 6: ours */
+		ASSERT_OK(dmcmd(other, UHMM_DMIRROR_MIGRATE_TO_DEV, p + 7 * PAGE, buf, 1, &c));	/* 7: theirs */
+		ASSERT_OK(dmcmd(other, UHMM_DMIRROR_EXCLUSIVE, p + 8 * PAGE, buf, 1, &c));	/* 8: theirs, exclusive */
+		ASSERT_OK(dmcmd(d, UHMM_DMIRROR_MIGRATE_TO_DEV, p + 9 * PAGE, buf, 1, &c));
+		ASSERT_OK(mprotect(p + 9 * PAGE, PAGE, PROT_READ));	/* 9: ours, read-only */
 		ASSERT_OK(munmap(p, PAGE));				/* 0: no VMA */
 		ASSERT_OK(mprotect(p + PAGE, PAGE, PROT_NONE));		/* 1: PROT_NONE */
 		ASSERT_EQ(*(volatile char *)(p + 2 * PAGE), 0);		/* 2: zero page */
@@ -358,12 +373,12 @@ TEST(snapshot_mixed)
 		ASSERT_OK(mprotect(p + 3 * PAGE, PAGE, PROT_READ));	/* 3: read-only data */
 		p[4 * PAGE] = 4;					/* 4: read-write data */
 									/* 5: untouched */
-		ASSERT_OK(dmcmd(d, UHMM_DMIRROR_SNAPSHOT, p, snap, 6, &c));
+		ASSERT_OK(dmcmd(d, UHMM_DMIRROR_SNAPSHOT, p, snap, 10, &c));
 		if (mincore(p, PAGE, &v) != 0 || attempt == 9)
 			break;
-		munmap(p + PAGE, 5 * PAGE);
+		munmap(p + PAGE, 9 * PAGE);
 	}
-	ASSERT_EQ(c.cpages, 6);
+	ASSERT_EQ(c.cpages, 10);
 	ASSERT_EQ(snap[0], UHMM_DMIRROR_PROT_ERROR);
 	ASSERT_EQ(snap[1], UHMM_DMIRROR_PROT_ERROR);
 	/* The fallback sees the zero page only where PFNs are visible. */
@@ -374,7 +389,14 @@ TEST(snapshot_mixed)
 	ASSERT_EQ(snap[3], UHMM_DMIRROR_PROT_READ);
 	ASSERT_EQ(snap[4], UHMM_DMIRROR_PROT_WRITE);
 	ASSERT_EQ(snap[5], UHMM_DMIRROR_PROT_NONE);
+	ASSERT_EQ(snap[6], UHMM_DMIRROR_PROT_DEV_PRIVATE_LOCAL | UHMM_DMIRROR_PROT_WRITE);
+	ASSERT_EQ(snap[7], UHMM_DMIRROR_PROT_NONE);
+	ASSERT_EQ(snap[8], UHMM_DMIRROR_PROT_NONE);
+	ASSERT_EQ(snap[9], UHMM_DMIRROR_PROT_DEV_PRIVATE_LOCAL | UHMM_DMIRROR_PROT_READ);
+	for (int i = 6; i < 10; i++)	/* and nothing moved: every page still holds its data */
+		ASSERT_EQ(p[i * PAGE], (char)i);
 	uhmm_dmirror_close(d);
+	uhmm_dmirror_close(other);
 }
 
 TEST(dmirror_bad_commands)
