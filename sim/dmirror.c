@@ -123,7 +123,7 @@ static int dmirror_install(struct uhmm_dmirror *dm, const struct uhmm_range *ran
 		if (ret)
 			return ret;
 		if (uhmm_pfn_to_pfn(pfn) >= UHMM_DEVICE_PFN_BASE)	/* where eviction finds it */
-			dmirror_devmem_note_addr(uhmm_pfn_to_pfn(pfn), range->start + (i << DM_PAGE_SHIFT));
+			dmirror_devmem_note_addr(dm, uhmm_pfn_to_pfn(pfn), range->start + (i << DM_PAGE_SHIFT));
 	}
 	return 0;
 }

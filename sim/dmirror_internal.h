@@ -61,7 +61,7 @@ void *dmirror_device_owner(unsigned int device);
 int dmirror_devmem_attach(struct uhmm_dmirror *dm);
 int dmirror_devmem_detach(struct uhmm_dmirror *dm);
 void dmirror_devmem_forget(struct uhmm_dmirror *dm);
-void dmirror_devmem_note_addr(uint64_t pfn, uint64_t addr);
+void dmirror_devmem_note_addr(struct uhmm_dmirror *dm, uint64_t pfn, uint64_t addr);
 int dmirror_devmem_copy(struct uhmm_dmirror *dm, uint64_t pfn, void *buf, int to_device);
 int dmirror_devmem_is_local(struct uhmm_dmirror *dm, uint64_t pfn);
 int dmirror_migrate_cmd(struct uhmm_dmirror *dm, unsigned int cmd, struct uhmm_dmirror_cmd *c);
