@@ -187,8 +187,9 @@ int dmirror_devmem_attach(struct uhmm_dmirror *dm)
 }
 
 /*
- * A READ or WRITE of device memory by an instance, under that instance's
- * lock. Two instances of one device share its pagemap owner, so each maps
+ * A READ or WRITE of device memory (or of uhmm's copy of a page a device
+ * holds exclusive) by an instance, under that instance's lock. Two
+ * instances of one device share its pagemap owner, so each maps
  * the other's device pages as its own and may copy them while the other
  * does (two engines of one device): a race on the data, by design, as on
  * hardware, and no race on anything else. Invisible to TSan on purpose
@@ -196,7 +197,7 @@ int dmirror_devmem_attach(struct uhmm_dmirror *dm)
  * an intercepted memcpy); every other access to device memory is seen.
  */
 __attribute__((no_sanitize("thread")))
-static void devmem_copy_page(void *dst, const void *src)
+void dmirror_copy_device_memory(void *dst, const void *src)
 {
 	volatile uint64_t *d = dst;
 	const volatile uint64_t *s = src;
@@ -214,9 +215,9 @@ int dmirror_devmem_copy(struct uhmm_dmirror *dm, uint64_t pfn, void *buf, int to
 	if (!p)
 		return -EFAULT;
 	if (to_device)
-		devmem_copy_page(p, buf);
+		dmirror_copy_device_memory(p, buf);
 	else
-		devmem_copy_page(buf, p);
+		dmirror_copy_device_memory(buf, p);
 	return 0;
 }
 
@@ -320,7 +321,9 @@ void dmirror_devmem_note_addr(struct uhmm_dmirror *dm, uint64_t pfn, uint64_t ad
 static void migrate_map(struct uhmm_dmirror *dm, const struct uhmm_migrate_vma *m, unsigned long seq)
 {
 	pthread_mutex_lock(&dm->lock);
-	for (uint64_t i = 0; i < m->npages && !uhmm_interval_read_retry(&dm->notifier, seq); i++) {
+	if (uhmm_interval_read_retry(&dm->notifier, seq))
+		goto out;	/* invalidate() sets the sequence under our lock: one look is enough */
+	for (uint64_t i = 0; i < m->npages; i++) {
 		uint64_t addr = m->start + (i << DM_PAGE_SHIFT);
 
 		if (!(m->src[i] & UHMM_MIGRATE_PFN_MIGRATE) || !(m->dst[i] & UHMM_MIGRATE_PFN_VALID))
@@ -331,6 +334,7 @@ static void migrate_map(struct uhmm_dmirror *dm, const struct uhmm_migrate_vma *
 				       (uhmm_migrate_pfn_to_pfn(m->dst[i]) << DPT_PFN_SHIFT));
 		dmirror_devmem_note_addr(dm, uhmm_migrate_pfn_to_pfn(m->dst[i]), addr);
 	}
+out:
 	pthread_mutex_unlock(&dm->lock);
 }
 
@@ -339,12 +343,10 @@ __thread struct uhmm_dmirror *dmirror_migrating;
 /* uhmm_migrate_vma_setup() as @dm's own migration (see dmirror_migrating). */
 static int migrate_setup_as(struct uhmm_dmirror *dm, struct uhmm_migrate_vma *m)
 {
-	struct uhmm_dmirror *outer = dmirror_migrating;	/* a fault-back inside a device command nests */
-	int ret;
+	struct uhmm_dmirror *outer = dmirror_migrating_enter(dm);
+	int ret = uhmm_migrate_vma_setup(m);
 
-	dmirror_migrating = dm;
-	ret = uhmm_migrate_vma_setup(m);
-	dmirror_migrating = outer;
+	dmirror_migrating_leave(outer);
 	return ret;
 }
 
@@ -540,12 +542,10 @@ static int evict_chunk(struct uhmm_dmirror *dm, struct dmirror_chunk *chunk)
 {
 	uint64_t n = DM_CHUNK_DEV_PAGES, first = uhmm_page_to_pfn(uhmm_pagemap_page(chunk->pgmap, 0));
 	uint64_t *src = calloc(n, sizeof(*src)), *dst = calloc(n, sizeof(*dst));
-	struct uhmm_dmirror *outer = dmirror_migrating;
-	int ret;
+	struct uhmm_dmirror *outer = dmirror_migrating_enter(dm);	/* as in migrate_setup_as() */
+	int ret = src && dst ? uhmm_migrate_device_range(src, first, n) : -ENOMEM;
 
-	dmirror_migrating = dm;	/* as in migrate_setup_as() */
-	ret = src && dst ? uhmm_migrate_device_range(src, first, n) : -ENOMEM;
-	dmirror_migrating = outer;
+	dmirror_migrating_leave(outer);
 
 	/* As in migrate_copy_to_sys(): copy and unmap from our table in one step. */
 	pthread_mutex_lock(&dm->lock);

@@ -215,7 +215,8 @@ static int dmirror_copy_page(struct uhmm_dmirror *dm, uint64_t entry, uint64_t a
 	if (entry & DPT_ATOMIC) {	/* device-exclusive: uhmm's copy of the page */
 		void *mem = (void *)(uintptr_t)(entry & ~(DM_PAGE_SIZE - 1));
 
-		memcpy(write ? mem : bounce, write ? bounce : mem, DM_PAGE_SIZE);
+		/* another instance of the device, same owner, may hold the same page */
+		dmirror_copy_device_memory(write ? mem : bounce, write ? bounce : mem);
 		return 0;
 	}
 	if (entry & DPT_DEVPAGE)
@@ -321,14 +322,12 @@ static int dmirror_exclusive_page(struct uhmm_dmirror *dm, uint64_t addr)
 {
 	for (int tries = 0; tries < 16; tries++) {
 		unsigned long seq = uhmm_interval_read_begin(&dm->notifier);
-		struct uhmm_dmirror *outer = dmirror_migrating;
+		struct uhmm_dmirror *outer = dmirror_migrating_enter(dm);
 		bool mapped = false;
 		void *mem;
-		int ret;
+		int ret = uhmm_make_device_exclusive(dm->mm, addr, dm->owner, &mem);
 
-		dmirror_migrating = dm;
-		ret = uhmm_make_device_exclusive(dm->mm, addr, dm->owner, &mem);
-		dmirror_migrating = outer;
+		dmirror_migrating_leave(outer);
 		if (ret)
 			return ret;
 		pthread_mutex_lock(&dm->lock);

@@ -75,4 +75,21 @@ int dmirror_migrate_cmd(struct uhmm_dmirror *dm, unsigned int cmd, struct uhmm_d
  */
 extern __thread struct uhmm_dmirror *dmirror_migrating;
 
+/* Around such a call; a fault-back inside a device command nests: returns the outer one. */
+static inline struct uhmm_dmirror *dmirror_migrating_enter(struct uhmm_dmirror *dm)
+{
+	struct uhmm_dmirror *outer = dmirror_migrating;
+
+	dmirror_migrating = dm;
+	return outer;
+}
+
+static inline void dmirror_migrating_leave(struct uhmm_dmirror *outer)
+{
+	dmirror_migrating = outer;
+}
+
+/* A copy of device memory that another instance of the device may copy at once (devmem.c). */
+void dmirror_copy_device_memory(void *dst, const void *src);
+
 #endif

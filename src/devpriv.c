@@ -16,7 +16,6 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/syscall.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "internal.h"
@@ -126,12 +125,7 @@ void uhmm_dp_wait_unclaimed(struct uhmm_mm *mm, uint64_t addr)
 {
 	struct timespec until;
 
-	clock_gettime(CLOCK_REALTIME, &until);
-	until.tv_nsec += 10 * 1000 * 1000;
-	if (until.tv_nsec >= 1000000000) {
-		until.tv_sec++;
-		until.tv_nsec -= 1000000000;
-	}
+	uhmm_deadline_ms(&until, 10);
 	pthread_mutex_lock(&mm->dp_lock);
 	while ((uhmm_radix_get(&mm->devpriv, vpn(addr)) & DP_BUSY) &&
 	       pthread_cond_timedwait(&mm->dp_cond, &mm->dp_lock, &until) == 0)

@@ -333,7 +333,7 @@ static void ctx_fill(struct fault_ctx *c)
 struct dp_scan {
 	struct fault_ctx *c;
 	uint64_t first;		/* the range's first virtual page number */
-	uint64_t fault_at;	/* the page to migrate back (walk returned 1) */
+	uint64_t fault_at;	/* the page to migrate back (walk returned 1) or held (-EBUSY) */
 };
 
 static int dp_scan_entry(void *arg, uint64_t key, uint64_t *val)
@@ -358,10 +358,10 @@ static int dp_scan_entry(void *arg, uint64_t key, uint64_t *val)
 		s->c->state[i] = 0;
 		return 0;
 	}
-	if (page && (s->c->state[i] & UHMM_PTE_PRESENT))
-		return DP_SCAN_CHANGED;
 	if (!page)
 		return 0;
+	if (s->c->state[i] & UHMM_PTE_PRESENT)
+		return DP_SCAN_CHANGED;
 	if (page->pgmap->owner == r->dev_private_owner && r->dev_private_owner) {
 		s->c->state[i] |= UHMM_PTE_DEVICE;
 		return 0;

@@ -12,6 +12,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <time.h>
 #include <sys/types.h>
 
 #include "uhmm.h"
@@ -314,6 +315,8 @@ void uhmm_dp_move_range(struct uhmm_mm *mm, uint64_t from, uint64_t to, uint64_t
 /* Bring @addr's device page back with its pagemap's migrate_to_ram(); poison on failure. */
 int uhmm_dp_fault(struct uhmm_mm *mm, uint64_t addr, unsigned int flags, pid_t tid);
 void uhmm_dp_wait_unclaimed(struct uhmm_mm *mm, uint64_t addr);
+/* The CLOCK_REALTIME instant @ms from now: pthread_cond_timedwait()'s deadline. */
+void uhmm_deadline_ms(struct timespec *ts, long ms);
 int uhmm_release_zero_pages(struct uhmm_mm *mm, uint64_t start, uint64_t end);
 /* Evict every device page of [start, end) (all of them for 0, UINT64_MAX). */
 int uhmm_dp_evict_range(struct uhmm_mm *mm, uint64_t start, uint64_t end);

@@ -301,12 +301,7 @@ static void worker_wait(struct uhmm_mm *mm)
 		pthread_cond_wait(&mm->cond, &mm->lock);
 		return;
 	}
-	clock_gettime(CLOCK_REALTIME, &ts);
-	ts.tv_nsec += 1000000;
-	if (ts.tv_nsec >= 1000000000) {
-		ts.tv_sec++;
-		ts.tv_nsec -= 1000000000;
-	}
+	uhmm_deadline_ms(&ts, 1);
 	if (pthread_cond_timedwait(&mm->cond, &mm->lock, &ts) == ETIMEDOUT)
 		worker_rewake(mm);
 }

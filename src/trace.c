@@ -55,10 +55,11 @@ static void trace_write(const char *line, size_t len)
 {
 	pthread_rwlock_rdlock(&trace_lock);
 	if (trace_fd >= 0 && ring) {
-		size_t at = atomic_fetch_add_explicit(&ring_head, len, memory_order_relaxed);
+		size_t at = atomic_fetch_add_explicit(&ring_head, len, memory_order_relaxed) & (ring_size - 1);
+		size_t first = len < ring_size - at ? len : ring_size - at;	/* up to the ring's end, then from its start */
 
-		for (size_t i = 0; i < len; i++)
-			ring[(at + i) & (ring_size - 1)] = line[i];
+		memcpy(ring + at, line, first);
+		memcpy(ring, line + first, len - first);
 		atomic_fetch_add_explicit(&trace_events, 1, memory_order_relaxed);
 	} else if (trace_fd >= 0 && write(trace_fd, line, len) == (ssize_t)len) {
 		atomic_fetch_add_explicit(&trace_events, 1, memory_order_relaxed);
