@@ -121,21 +121,24 @@ static int devmem_add_chunk(struct uhmm_dmirror *dm)
 
 	if (mem->nchunks == DM_MAX_CHUNKS)
 		return -ENOMEM;
-	grown = realloc(mem->free, (mem->nchunks + 1) * DM_CHUNK_DEV_PAGES * sizeof(*grown));
+	grown = uhmm_krealloc(mem->free, (mem->nchunks + 1) * DM_CHUNK_DEV_PAGES * sizeof(*grown));
 	if (!grown)
 		return -ENOMEM;
 	mem->free = grown;
-	/* raw mmap: device memory is not the program's, no notifier cares */
-	c->mem = (char *)syscall(SYS_mmap, NULL, DM_CHUNK_DEV_PAGES * DM_PAGE_SIZE, PROT_READ | PROT_WRITE,
-				 MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-	if (c->mem == MAP_FAILED)
+	/*
+	 * Device memory is not the program's: uhmm's own memory, which no
+	 * migration can take (a stale pointer of the program's may well name
+	 * an address this chunk now occupies) and no notifier watches.
+	 */
+	c->mem = uhmm_kmalloc(DM_CHUNK_DEV_PAGES * DM_PAGE_SIZE);
+	if (!c->mem)
 		return -ENOMEM;
-	c->is_free = malloc(DM_CHUNK_DEV_PAGES);
+	c->is_free = uhmm_kmalloc(DM_CHUNK_DEV_PAGES);
 	ret = c->is_free ? uhmm_pagemap_add(dm->mm, DM_CHUNK_DEV_PAGES, dm->owner, &dmirror_pagemap_ops, dm,
 					    &c->pgmap) : -ENOMEM;
 	if (ret) {
-		free(c->is_free);
-		syscall(SYS_munmap, c->mem, DM_CHUNK_DEV_PAGES * DM_PAGE_SIZE);
+		uhmm_kfree(c->is_free);
+		uhmm_kfree(c->mem);
 		return ret;
 	}
 	memset(c->is_free, 1, DM_CHUNK_DEV_PAGES);
@@ -179,7 +182,7 @@ static void *sysmem_alloc(struct uhmm_dmirror *dm, uint64_t *dst)
 
 int dmirror_devmem_attach(struct uhmm_dmirror *dm)
 {
-	dm->devmem = calloc(1, sizeof(*dm->devmem));
+	dm->devmem = uhmm_kcalloc(1, sizeof(*dm->devmem));
 	if (!dm->devmem)
 		return -ENOMEM;
 	pthread_mutex_init(&dm->devmem->mem_lock, NULL);
@@ -397,7 +400,7 @@ static int check_range_readable(struct uhmm_dmirror *dm, uint64_t start, uint64_
  */
 static int read_back_device(struct uhmm_dmirror *dm, struct uhmm_dmirror_cmd *c)
 {
-	struct iovec *iov = malloc(c->npages * sizeof(*iov));
+	struct iovec *iov = uhmm_kmalloc(c->npages * sizeof(*iov));
 	int ret = iov ? 0 : -ENOMEM;
 
 	pthread_mutex_lock(&dm->lock);
@@ -413,7 +416,7 @@ static int read_back_device(struct uhmm_dmirror *dm, struct uhmm_dmirror_cmd *c)
 	if (!ret && uhmm_access_vm_iov(c->ptr, iov, (int)c->npages, UHMM_ACCESS_WRITE) < 0)
 		ret = -EFAULT;
 	pthread_mutex_unlock(&dm->lock);
-	free(iov);
+	uhmm_kfree(iov);
 	if (!ret) {
 		c->cpages = c->npages;
 		c->faults = 0;
@@ -541,7 +544,7 @@ static int dmirror_migrate_to_ram(struct uhmm_vm_fault *vmf)
 static int evict_chunk(struct uhmm_dmirror *dm, struct dmirror_chunk *chunk)
 {
 	uint64_t n = DM_CHUNK_DEV_PAGES, first = uhmm_page_to_pfn(uhmm_pagemap_page(chunk->pgmap, 0));
-	uint64_t *src = calloc(n, sizeof(*src)), *dst = calloc(n, sizeof(*dst));
+	uint64_t *src = uhmm_kcalloc(n, sizeof(*src)), *dst = uhmm_kcalloc(n, sizeof(*dst));
 	struct uhmm_dmirror *outer = dmirror_migrating_enter(dm);	/* as in migrate_setup_as() */
 	int ret = src && dst ? uhmm_migrate_device_range(src, first, n) : -ENOMEM;
 
@@ -570,8 +573,8 @@ static int evict_chunk(struct uhmm_dmirror *dm, struct dmirror_chunk *chunk)
 		uhmm_migrate_device_pages(src, dst, n);
 		uhmm_migrate_device_finalize(src, dst, n);
 	}
-	free(src);
-	free(dst);
+	uhmm_kfree(src);
+	uhmm_kfree(dst);
 	return ret;
 }
 
@@ -603,17 +606,17 @@ int dmirror_devmem_detach(struct uhmm_dmirror *dm)
 	for (unsigned int i = 0; i < mem->nchunks; i++) {
 		/* Evicts anything left (pages migrated meanwhile), then frees. */
 		if (uhmm_pagemap_remove(mem->chunks[i].pgmap) == 0)
-			syscall(SYS_munmap, mem->chunks[i].mem, DM_CHUNK_DEV_PAGES * DM_PAGE_SIZE);
+			uhmm_kfree(mem->chunks[i].mem);
 		else
 			ret = -EBUSY;
 	}
 	if (ret)
 		return ret;
 	for (unsigned int i = 0; i < mem->nchunks; i++)
-		free(mem->chunks[i].is_free);
-	free(mem->free);
+		uhmm_kfree(mem->chunks[i].is_free);
+	uhmm_kfree(mem->free);
 	pthread_mutex_destroy(&mem->mem_lock);
-	free(mem);
+	uhmm_kfree(mem);
 	dm->devmem = NULL;
 	return 0;
 }
@@ -646,8 +649,8 @@ void dmirror_devmem_forget(struct uhmm_dmirror *dm)
 {
 	if (!dm->devmem)
 		return;
-	free(dm->devmem->free);
-	free(dm->devmem);
+	uhmm_kfree(dm->devmem->free);
+	uhmm_kfree(dm->devmem);
 	dm->devmem = NULL;
 }
 

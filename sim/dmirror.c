@@ -282,7 +282,7 @@ static int dmirror_rw(struct uhmm_dmirror *dm, struct uhmm_dmirror_cmd *cmd, boo
 	char *bounce;
 	int ret;
 
-	bounce = malloc(bytes);
+	bounce = uhmm_kmalloc(bytes);
 	if (!bounce)
 		return -ENOMEM;
 	/* The caller's buffer is read (or written) whole, like copy_from_user(). */
@@ -307,7 +307,7 @@ static int dmirror_rw(struct uhmm_dmirror *dm, struct uhmm_dmirror_cmd *cmd, boo
 		cmd->faults = faults;
 	}
 out:
-	free(bounce);
+	uhmm_kfree(bounce);
 	return ret;
 }
 
@@ -429,7 +429,7 @@ static int dmirror_snapshot(struct uhmm_dmirror *dm, struct uhmm_dmirror_cmd *cm
 	struct uhmm_range range = {
 		.notifier = &dm->notifier, .hmm_pfns = pfns, .dev_private_owner = dm->owner,
 	};
-	uint8_t *bytes = malloc(cmd->npages);
+	uint8_t *bytes = uhmm_kmalloc(cmd->npages);
 	struct snapshot_out so = { bytes, cmd->addr };
 	int ret = bytes ? dmirror_range_chunks(dm, &range, cmd->addr, end, apply_snapshot, &so) : -ENOMEM;
 
@@ -439,7 +439,7 @@ static int dmirror_snapshot(struct uhmm_dmirror *dm, struct uhmm_dmirror_cmd *cm
 		cmd->cpages = cmd->npages;
 		cmd->faults = 0;
 	}
-	free(bytes);
+	uhmm_kfree(bytes);
 	return ret;
 }
 
@@ -454,7 +454,7 @@ __attribute__((visibility("default"))) int uhmm_dmirror_open(unsigned int device
 		return -EINVAL;
 	if (device >= DM_NDEVICES)
 		return -ENODEV;
-	dm = calloc(1, sizeof(*dm));
+	dm = uhmm_kcalloc(1, sizeof(*dm));
 	if (!dm)
 		return -ENOMEM;
 	dm->device = device;
@@ -479,7 +479,7 @@ err_put:
 	uhmm_mm_put(dm->mm);
 err_free:
 	pthread_mutex_destroy(&dm->lock);
-	free(dm);
+	uhmm_kfree(dm);
 	return ret;
 }
 
@@ -497,7 +497,7 @@ __attribute__((visibility("default"))) int uhmm_dmirror_close(struct uhmm_dmirro
 	uhmm_radix_free(&dm->pt);
 	pthread_mutex_destroy(&dm->lock);
 	dmirror_devmem_forget(dm);	/* a forked child's copy of the bookkeeping */
-	free(dm);
+	uhmm_kfree(dm);
 	return 0;
 }
 

@@ -97,12 +97,12 @@ int uhmm_pagemap_add_internal(struct uhmm_mm *mm, uint64_t npages, void *owner,
 		return -EINVAL;
 	if (!uhmm_mm_is_current(mm) || npages > (1ULL << 40))
 		return -EINVAL;
-	pgmap = calloc(1, sizeof(*pgmap));
+	pgmap = uhmm_kcalloc(1, sizeof(*pgmap));
 	if (!pgmap)
 		return -ENOMEM;
-	pgmap->pages = calloc(npages, sizeof(*pgmap->pages));
+	pgmap->pages = uhmm_kcalloc(npages, sizeof(*pgmap->pages));
 	if (!pgmap->pages) {
-		free(pgmap);
+		uhmm_kfree(pgmap);
 		return -ENOMEM;
 	}
 	pgmap->mm = mm;
@@ -114,8 +114,8 @@ int uhmm_pagemap_add_internal(struct uhmm_mm *mm, uint64_t npages, void *owner,
 		pgmap->pages[i].pgmap = pgmap;
 	ret = registry_add(pgmap);
 	if (ret) {
-		free(pgmap->pages);
-		free(pgmap);
+		uhmm_kfree(pgmap->pages);
+		uhmm_kfree(pgmap);
 		return ret;
 	}
 	*out = pgmap;
@@ -125,8 +125,8 @@ int uhmm_pagemap_add_internal(struct uhmm_mm *mm, uint64_t npages, void *owner,
 void uhmm_pagemap_free_internal(struct uhmm_pagemap *pgmap)
 {
 	registry_del(pgmap);
-	free(pgmap->pages);
-	free(pgmap);
+	uhmm_kfree(pgmap->pages);
+	uhmm_kfree(pgmap);
 }
 
 /* Evict the pages still holding data; the number a migration held (busy). */

@@ -209,7 +209,7 @@ static int drop_one(void *arg, uint64_t key, uint64_t *val)
 		return 0;
 	if (d->n == d->cap) {
 		size_t cap = d->cap ? 2 * d->cap : 64;
-		struct uhmm_page **p = realloc(d->pages, cap * sizeof(*p));
+		struct uhmm_page **p = uhmm_krealloc(d->pages, cap * sizeof(*p));
 
 		if (!p)
 			return -ENOMEM;
@@ -244,7 +244,7 @@ void uhmm_dp_drop_range(struct uhmm_mm *mm, uint64_t start, uint64_t end)
 		if (ret != -ENOMEM || d.n == 0)
 			break;	/* ENOMEM after progress: go again for the rest */
 	} while (1);
-	free(d.pages);
+	uhmm_kfree(d.pages);
 }
 
 /* Keys and values of table entries, gathered by a radix walk. */
@@ -257,12 +257,12 @@ static int move_push(struct move_ctx *m, uint64_t key, uint64_t val)
 {
 	if (m->n == m->cap) {
 		size_t cap = m->cap ? 2 * m->cap : 64;
-		uint64_t *k = realloc(m->keys, cap * sizeof(*k)), *v;
+		uint64_t *k = uhmm_krealloc(m->keys, cap * sizeof(*k)), *v;
 
 		if (!k)
 			return -ENOMEM;
 		m->keys = k;
-		v = realloc(m->vals, cap * sizeof(*v));
+		v = uhmm_krealloc(m->vals, cap * sizeof(*v));
 		if (!v)
 			return -ENOMEM;
 		m->vals = v;
@@ -319,8 +319,8 @@ void uhmm_dp_move_range(struct uhmm_mm *mm, uint64_t from, uint64_t to, uint64_t
 	pthread_mutex_unlock(&mm->dp_lock);
 	for (size_t i = 0; i < lost; i++)
 		uhmm_page_put(DP_PAGE(m.vals[i]));	/* page_free outside the lock */
-	free(m.keys);
-	free(m.vals);
+	uhmm_kfree(m.keys);
+	uhmm_kfree(m.vals);
 }
 
 /*
@@ -461,8 +461,8 @@ int uhmm_dp_evict_range(struct uhmm_mm *mm, uint64_t start, uint64_t end)
 		if (r && r != -EBUSY && !ret)
 			ret = r;
 	}
-	free(m.keys);
-	free(m.vals);
+	uhmm_kfree(m.keys);
+	uhmm_kfree(m.vals);
 	return ret;
 }
 

@@ -77,24 +77,23 @@ static const struct uhmm_pagemap_ops excl_ops = { .page_free = excl_page_free, .
 /* A new chunk at the head of the list (under excl_lock). */
 static struct uhmm_excl_chunk *excl_chunk_new(struct uhmm_mm *mm)
 {
-	struct uhmm_excl_chunk *c = calloc(1, sizeof(*c));
+	struct uhmm_excl_chunk *c = uhmm_kcalloc(1, sizeof(*c));
 	long mem;
 
 	if (!c)
 		return NULL;
-	/* raw: never libc memory, whose release could raise an event on a registered range */
-	mem = syscall(SYS_mmap, NULL, EXCL_CHUNK_PAGES * UHMM_PAGE_SIZE, PROT_READ | PROT_WRITE,
-		      MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-	if (mem == -1) {
-		free(c);
+	/* uhmm's own memory: a migration can never take the pool's pages */
+	mem = (long)(uintptr_t)uhmm_kmalloc(EXCL_CHUNK_PAGES * UHMM_PAGE_SIZE);
+	if (!mem) {
+		uhmm_kfree(c);
 		return NULL;
 	}
 	/* fork() brings every page back before it copies: a child never needs the pool */
 	syscall(SYS_madvise, mem, EXCL_CHUNK_PAGES * UHMM_PAGE_SIZE, MADV_DONTFORK);
 	c->mem = (char *)mem;
 	if (uhmm_pagemap_add_internal(mm, EXCL_CHUNK_PAGES, &excl_owner, &excl_ops, c, &c->pgmap)) {
-		syscall(SYS_munmap, mem, EXCL_CHUNK_PAGES * UHMM_PAGE_SIZE);
-		free(c);
+		uhmm_kfree((void *)mem);
+		uhmm_kfree(c);
 		return NULL;
 	}
 	c->next = mm->excl_chunks;
@@ -207,8 +206,8 @@ UHMM_EXPORT int uhmm_make_device_exclusive(struct uhmm_mm *mm, uint64_t addr, vo
 	n = uhmm_vma_list(addr, addr + UHMM_PAGE_SIZE, &v, 1);
 	if (n < 0)
 		return n;
-	if (n == 0 || v.start > addr)
-		return -EFAULT;
+	if (n == 0 || v.start > addr || uhmm_kmem_owns(addr, addr + UHMM_PAGE_SIZE))
+		return -EFAULT;	/* no memory of the program's here */
 	if (v.flags & (UHMM_VMA_SHARED | UHMM_VMA_FILE | UHMM_VMA_SPECIAL | UHMM_VMA_HUGETLB))
 		return -EOPNOTSUPP;	/* private anonymous memory only */
 	if (!(v.flags & UHMM_VMA_READ) || !(v.flags & UHMM_VMA_WRITE))
@@ -252,7 +251,7 @@ void uhmm_excl_fini(struct uhmm_mm *mm)
 			continue;
 		}
 		uhmm_pagemap_free_internal(c->pgmap);
-		syscall(SYS_munmap, c->mem, EXCL_CHUNK_PAGES * UHMM_PAGE_SIZE);
-		free(c);
+		uhmm_kfree(c->mem);
+		uhmm_kfree(c);
 	}
 }

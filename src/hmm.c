@@ -68,8 +68,8 @@ static int ctx_load_vmas(struct fault_ctx *c)
 	int n, max = 16;
 
 	for (;;) {
-		free(c->vmas);
-		c->vmas = malloc((size_t)max * sizeof(*c->vmas));
+		uhmm_kfree(c->vmas);
+		c->vmas = uhmm_kmalloc((size_t)max * sizeof(*c->vmas));
 		if (!c->vmas)
 			return -ENOMEM;
 		n = uhmm_vma_list(c->range->start, c->range->end, c->vmas, max);
@@ -531,12 +531,15 @@ static int range_fault(struct uhmm_range *range, const char **why, int *step_err
 	ret = range_validate(range);
 	if (ret)
 		return ret;
+	*why = "kmem";
+	if (uhmm_kmem_owns(range->start, range->end))
+		return -EFAULT;	/* uhmm's own memory: as kernel memory is to the kernel's */
 	*why = "register";
 	ret = uhmm_mm_register(range->notifier->mm, range->start, range->end);
 	if (ret)
 		return ret;
 	c.npages = (range->end - range->start) >> UHMM_PAGE_SHIFT;
-	c.state = malloc(c.npages);
+	c.state = uhmm_kmalloc(c.npages);
 	if (!c.state)
 		return -ENOMEM;
 	for (pass = 0; pass < RANGE_FAULT_MAX_PASSES; pass++) {
@@ -562,8 +565,8 @@ static int range_fault(struct uhmm_range *range, const char **why, int *step_err
 	}
 	*why = c.why;
 	*step_err = c.step_err;
-	free(c.vmas);
-	free(c.state);
+	uhmm_kfree(c.vmas);
+	uhmm_kfree(c.state);
 	return ret;
 }
 

@@ -53,6 +53,15 @@ uint64_t uhmm_kfeatures_zero_pfn(void);
 /* ---- procfs.c: cached /proc descriptors, reopened after fork() ---- */
 enum uhmm_proc_file { UHMM_PROC_PAGEMAP, UHMM_PROC_MAPS, UHMM_PROC_KPAGEFLAGS };
 int uhmm_proc_fd(enum uhmm_proc_file which);	/* fd (do not close) or -errno */
+/* A /proc file's lines, without stdio (whose buffers are libc heap) */
+struct uhmm_lines {
+	int fd;
+	size_t len, pos;
+	char buf[4096];
+};
+int uhmm_lines_open(struct uhmm_lines *l, const char *path);
+bool uhmm_lines_next(struct uhmm_lines *l, char *line, size_t size);
+void uhmm_lines_close(struct uhmm_lines *l);
 void uhmm_procfs_after_fork_child(void);
 
 /* ---- uffd.c: the userfaultfd itself ---- */
@@ -153,8 +162,7 @@ struct uhmm_mm {
 	/* service.c: reader + worker threads and the message queue between them */
 	pthread_t reader, worker;
 	bool reader_started, worker_started;
-	void *stacks[2];
-	struct uhmm_span service_mem[3];	/* reader stack, worker stack, queue */
+	void *stacks[2];			/* uhmm_kmalloc()ed, like the queue */
 	struct uffd_msg *q;			/* ring of q_cap messages (under lock) */
 	size_t q_cap, q_head, q_len;
 	uint64_t ev_queued, ev_done;		/* messages queued / handled (under lock) */
@@ -226,13 +234,15 @@ struct uhmm_mm {
 struct uhmm_mm *uhmm_mm_peek(void);
 bool uhmm_mm_is_current(const struct uhmm_mm *mm);
 
+/* kmem.c: uhmm's own memory (uhmm_kmalloc() and friends are public) */
+bool uhmm_kmem_owns(uint64_t start, uint64_t end);	/* does [start, end) touch it? */
+uint64_t uhmm_kmem_live_bytes(void);
+
 int uhmm_service_start(struct uhmm_mm *mm);
 void uhmm_service_stop(struct uhmm_mm *mm);
 void uhmm_service_pause(struct uhmm_mm *mm);
 void uhmm_service_resume(struct uhmm_mm *mm);
 bool uhmm_in_service_thread(void);
-/* Does [start, end) touch memory of uhmm's own threads (never registered)? */
-bool uhmm_service_owns(struct uhmm_mm *mm, uint64_t start, uint64_t end);
 /*
  * A fault the worker left waiting because a migration holds the page: the
  * holder wakes it when it lets go, and the worker wakes it again every

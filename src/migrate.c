@@ -133,7 +133,7 @@ static int register_missing_piece(struct uhmm_mm *mm, uint64_t s, uint64_t e)
 {
 	int ret = 0;
 
-	if (uhmm_service_owns(mm, s, e))
+	if (uhmm_kmem_owns(s, e))
 		return 0;
 	pthread_mutex_lock(&mm->lock);
 	if (!uhmm_spanset_covers(&mm->missing, s, e)) {
@@ -182,7 +182,7 @@ int uhmm_mm_self_zap(struct uhmm_mm *mm, uint64_t start, uint64_t end)
 	pthread_mutex_lock(&mm->lock);
 	if (mm->n_self_zaps == mm->cap_self_zaps) {
 		size_t cap = mm->cap_self_zaps ? 2 * mm->cap_self_zaps : 8;
-		struct uhmm_self_zap *z = realloc(mm->self_zaps, cap * sizeof(*z));
+		struct uhmm_self_zap *z = uhmm_krealloc(mm->self_zaps, cap * sizeof(*z));
 
 		if (z) {
 			mm->self_zaps = z;
@@ -296,9 +296,9 @@ static int write_protect(struct uhmm_mm *mm, uint64_t start, uint64_t end, bool 
  * Staging pages for device -> system: a per-thread slab of 511 pages in a
  * 2 MiB aligned block mapped with a raw system call (page 0 is the header),
  * handed out in order so that a driver filling a window gets contiguous
- * pages, which uhmm then installs with one UFFDIO_COPY. Never libc memory:
- * freeing it can never raise an event on a registered range. A slab is
- * unmapped when its owner has moved on and every page has been freed.
+ * pages, which uhmm then installs with one UFFDIO_COPY. uhmm's own memory
+ * (kmem.c): no migration can take it, freeing it raises no event. A slab is
+ * freed when its owner has moved on (or exited) and every page has been freed.
  */
 #define SLAB_PAGES (UHMM_PMD_SIZE / UHMM_PAGE_SIZE)
 
@@ -308,6 +308,8 @@ struct staging_slab {
 };
 
 static __thread struct staging_slab *cur_slab;
+static pthread_key_t slab_key;		/* its destructor drops an exiting thread's slab */
+static pthread_once_t slab_key_once = PTHREAD_ONCE_INIT;
 
 /*
  * Empty slabs are kept for the next one (a few, process-wide, lock-free):
@@ -329,7 +331,18 @@ static void slab_put(struct staging_slab *slab)
 		if (atomic_compare_exchange_strong(&slab_spares[i], &none, slab))
 			return;
 	}
-	syscall(SYS_munmap, slab, UHMM_PMD_SIZE);
+	uhmm_kfree(slab);
+}
+
+static void slab_thread_exit(void *slab)
+{
+	slab_put(slab);	/* the owner's reference: it has moved on for good */
+}
+
+static void slab_key_init(void)
+{
+	if (pthread_key_create(&slab_key, slab_thread_exit))
+		uhmm_log(UHMM_LOG_WARN, "uhmm: no thread key: an exiting thread keeps its staging slab");
 }
 
 static struct staging_slab *slab_new(void)
@@ -344,18 +357,11 @@ static struct staging_slab *slab_new(void)
 		}
 	}
 
-	long raw = syscall(SYS_mmap, NULL, 2 * UHMM_PMD_SIZE, PROT_READ | PROT_WRITE,
-			   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-	uint64_t base;
+	/* uhmm's own memory (2 MiB blocks are 2 MiB-aligned): no migration can take it */
+	struct staging_slab *slab = uhmm_kmalloc(UHMM_PMD_SIZE);
 
-	if (raw == -1)
+	if (!slab)
 		return NULL;
-	base = uhmm_align_up((uint64_t)raw, UHMM_PMD_SIZE);
-	if (base > (uint64_t)raw)	/* keep only the aligned 2 MiB */
-		syscall(SYS_munmap, raw, base - (uint64_t)raw);
-	syscall(SYS_munmap, base + UHMM_PMD_SIZE, (uint64_t)raw + 2 * UHMM_PMD_SIZE - base - UHMM_PMD_SIZE);
-	struct staging_slab *slab = (struct staging_slab *)(uintptr_t)base;
-
 	atomic_init(&slab->refs, 1);
 	slab->used = 1;
 	return slab;
@@ -375,6 +381,8 @@ UHMM_EXPORT void *uhmm_migrate_alloc_system_page(uint64_t *dst)
 		if (cur_slab)
 			slab_put(cur_slab);	/* the owner's reference */
 		cur_slab = fresh;
+		pthread_once(&slab_key_once, slab_key_init);
+		pthread_setspecific(slab_key, fresh);
 	}
 	page = (char *)cur_slab + cur_slab->used++ * UHMM_PAGE_SIZE;
 	atomic_fetch_add(&cur_slab->refs, 1);
@@ -574,7 +582,7 @@ int uhmm_migrate_setup_as(struct uhmm_migrate_vma *m, enum uhmm_notifier_event e
 	m->priv = NULL;
 	memset(m->src, 0, m->npages * sizeof(*m->src));
 	memset(m->dst, 0, m->npages * sizeof(*m->dst));
-	c.priv = calloc(1, sizeof(*c.priv) + m->npages);
+	c.priv = uhmm_kcalloc(1, sizeof(*c.priv) + m->npages);
 	if (!c.priv)
 		return -ENOMEM;
 	c.priv->mm = m->mm;
@@ -601,7 +609,7 @@ int uhmm_migrate_setup_as(struct uhmm_migrate_vma *m, enum uhmm_notifier_event e
 		ret = -EINVAL;	/* the kernel requires a VMA at start */
 	if (!ret && (m->flags & UHMM_MIGRATE_VMA_SELECT_SYSTEM)) {
 		ret = register_missing(m->mm, v, n, m->start, m->end);
-		c.pte = ret ? NULL : malloc(m->npages);
+		c.pte = ret ? NULL : uhmm_kmalloc(m->npages);
 		if (!ret && !c.pte)
 			ret = -ENOMEM;
 		if (!ret)
@@ -617,7 +625,7 @@ int uhmm_migrate_setup_as(struct uhmm_migrate_vma *m, enum uhmm_notifier_event e
 	collect_protect(&c);
 	collect_recheck(&c);
 	uhmm_invalidate_end(m->mm);
-	free(c.pte);
+	uhmm_kfree(c.pte);
 	m->priv = c.priv;
 	if (m->cpages)
 		uhmm_stat_add(UHMM_STAT(migrations), 1);
@@ -625,8 +633,8 @@ int uhmm_migrate_setup_as(struct uhmm_migrate_vma *m, enum uhmm_notifier_event e
 err:
 	gate_exit(m->mm);
 	pthread_rwlock_unlock(&m->mm->mmap_lock);
-	free(c.pte);
-	free(c.priv);
+	uhmm_kfree(c.pte);
+	uhmm_kfree(c.priv);
 	m->cpages = 0;
 	return ret;
 }
@@ -838,7 +846,7 @@ UHMM_EXPORT void uhmm_migrate_vma_finalize(struct uhmm_migrate_vma *m)
 				(unsigned long long)m->cpages);
 	gate_exit(p->mm);
 	pthread_rwlock_unlock(&p->mm->mmap_lock);
-	free(p);
+	uhmm_kfree(p);
 	m->priv = NULL;
 }
 

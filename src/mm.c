@@ -80,9 +80,9 @@ static void mm_fork_prepare(void)
 	if (uhmm_dp_any(mm))
 		uhmm_dp_evict_range(mm, 0, UINT64_MAX);
 	pthread_rwlock_unlock(&mm->mmap_lock);
-	mm->fork_inval = calloc(1, sizeof(*mm->fork_inval));
+	mm->fork_inval = uhmm_kcalloc(1, sizeof(*mm->fork_inval));
 	n = uhmm_vma_list(0, UINT64_MAX, NULL, 0);
-	v = n > 0 ? calloc((size_t)n + 64, sizeof(*v)) : NULL;
+	v = n > 0 ? uhmm_kcalloc((size_t)n + 64, sizeof(*v)) : NULL;
 	if (v && mm->fork_inval)
 		n = uhmm_vma_list(0, UINT64_MAX, v, n + 64);
 	for (int i = 0; v && mm->fork_inval && i < n; i++) {
@@ -106,7 +106,7 @@ static void mm_fork_prepare(void)
 		uhmm_invalidate_start(mm, &all);
 		uhmm_invalidate_end(mm);
 	}
-	free(v);
+	uhmm_kfree(v);
 	uhmm_service_pause(mm);
 	pthread_mutex_lock(&mm_global_lock);
 }
@@ -123,7 +123,7 @@ static void mm_fork_parent(void)
 	uhmm_service_resume(mm);
 	for (size_t i = 0; mm->fork_inval && i < mm->fork_inval->n; i++)
 		uhmm_invalidate_end(mm);
-	free(mm->fork_inval);
+	uhmm_kfree(mm->fork_inval);
 	mm->fork_inval = NULL;
 	uhmm_migrate_gate_open(mm);
 	pthread_mutex_unlock(&fork_lock);
@@ -160,8 +160,8 @@ static void mm_free(struct uhmm_mm *mm)
 		close(mm->stop_efd);
 	uhmm_spanset_free(&mm->registered);
 	uhmm_spanset_free(&mm->missing);
-	free(mm->self_zaps);
-	free(mm->deferred);
+	uhmm_kfree(mm->self_zaps);
+	uhmm_kfree(mm->deferred);
 	uhmm_radix_free(&mm->devpriv);
 	uhmm_zap_fini(mm);
 	pthread_rwlock_destroy(&mm->mmap_lock);
@@ -170,12 +170,12 @@ static void mm_free(struct uhmm_mm *mm)
 	pthread_cond_destroy(&mm->dp_cond);
 	pthread_cond_destroy(&mm->cond);
 	pthread_mutex_destroy(&mm->lock);
-	free(mm);
+	uhmm_kfree(mm);
 }
 
 static int mm_create(struct uhmm_mm **out)
 {
-	struct uhmm_mm *mm = calloc(1, sizeof(*mm));
+	struct uhmm_mm *mm = uhmm_kcalloc(1, sizeof(*mm));
 	int ret;
 
 	if (!mm)
@@ -291,7 +291,7 @@ static int mm_register_vma(struct uhmm_mm *mm, const struct uhmm_vma *v, uint64_
 {
 	int ret;
 
-	if ((v->flags & UHMM_VMA_SPECIAL) || uhmm_service_owns(mm, s, e))
+	if ((v->flags & UHMM_VMA_SPECIAL) || uhmm_kmem_owns(s, e))
 		return 0;
 	/*
 	 * Under the lock, so that teardown's unregister-all cannot miss it;
@@ -325,7 +325,7 @@ int uhmm_mm_unify_registration(struct uhmm_mm *mm, uint64_t start, uint64_t end)
 
 	start = uhmm_align_down(start, UHMM_PAGE_SIZE);
 	end = uhmm_align_up(end, UHMM_PAGE_SIZE);
-	if (end <= start || uhmm_service_owns(mm, start, end))
+	if (end <= start || uhmm_kmem_owns(start, end))
 		return -EINVAL;
 	/* The kernel's VMAs, not uhmm's sets: those lag behind unmap events. */
 	n = uhmm_vma_list(start, end, v, 2);

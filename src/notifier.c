@@ -142,14 +142,14 @@ static struct uhmm_interval_notifier **inval_reserve(struct uhmm_mm *mm, struct 
 
 	while (need > stack_n) {
 		pthread_mutex_unlock(&mm->lock);
-		while (!(hit = malloc(need * sizeof(*hit))))
+		while (!(hit = uhmm_kmalloc(need * sizeof(*hit))))
 			sched_yield();
 		pthread_mutex_lock(&mm->lock);
 		if (mm->n_notifiers <= need) {
 			*cap = need;
 			return hit;
 		}
-		free(hit);
+		uhmm_kfree(hit);
 		need = mm->n_notifiers;
 	}
 	*cap = stack_n;
@@ -188,7 +188,7 @@ void uhmm_invalidate_start(struct uhmm_mm *mm, const struct uhmm_notifier_range 
 	for (size_t i = 0; i < n; i++)
 		hit[i]->ops->invalidate(hit[i], r, seq);
 	if (hit != stack)
-		free(hit);
+		uhmm_kfree(hit);
 }
 
 void uhmm_invalidate_end(struct uhmm_mm *mm)

@@ -5,6 +5,7 @@
  * parent: each descriptor is tagged with the pid that opened it and reopened
  * in a child.
  */
+#include <errno.h>
 #include <fcntl.h>
 #include <unistd.h>
 
@@ -47,4 +48,50 @@ void uhmm_procfs_after_fork_child(void)
 	pthread_mutex_t fresh = PTHREAD_MUTEX_INITIALIZER;
 
 	proc_lock = fresh;
+}
+
+/*
+ * Lines of a /proc file, read with read(2) into the caller's buffer: stdio
+ * would allocate its FILE and buffer from the libc heap, which a migration
+ * can take while a service thread needs it (see kmem.c).
+ */
+int uhmm_lines_open(struct uhmm_lines *l, const char *path)
+{
+	l->fd = open(path, O_RDONLY | O_CLOEXEC);
+	l->len = l->pos = 0;
+	return l->fd < 0 ? -errno : 0;
+}
+
+/* The next line without its newline, cut to @size - 1 bytes; false at the end. */
+bool uhmm_lines_next(struct uhmm_lines *l, char *line, size_t size)
+{
+	size_t n = 0;
+	bool got = false;	/* a byte read, even an empty line's newline */
+
+	for (;;) {
+		if (l->pos == l->len) {
+			ssize_t r = read(l->fd, l->buf, sizeof(l->buf));
+
+			if (r <= 0)
+				break;
+			l->len = (size_t)r;
+			l->pos = 0;
+		}
+		char c = l->buf[l->pos++];
+
+		got = true;
+		if (c == '\n')
+			break;
+		if (n + 1 < size)
+			line[n++] = c;
+	}
+	line[n] = 0;
+	return got;
+}
+
+void uhmm_lines_close(struct uhmm_lines *l)
+{
+	if (l->fd >= 0)
+		close(l->fd);
+	l->fd = -1;
 }

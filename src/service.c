@@ -47,60 +47,34 @@ bool uhmm_in_service_thread(void)
 	return in_service;
 }
 
-/* ---- memory the service threads use, mapped outside libc ---- */
+/* ---- memory the service threads use: uhmm's own (kmem.c), never the program's ---- */
 
-/* A guarded anonymous mapping: PROT_NONE pages on both sides keep it a VMA of its own. */
-static void *service_map(size_t size)
+/* A stack with a guard page at its low end; uhmm_kfree() gives the block fresh memory. */
+static void *stack_alloc(void)
 {
-	long p = syscall(SYS_mmap, NULL, size + 2 * GUARD_SIZE, PROT_NONE,
-			 MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	char *p = uhmm_kmalloc(STACK_SIZE);
 
-	if (p == -1)
-		return NULL;
-	if (syscall(SYS_mprotect, p + GUARD_SIZE, size, PROT_READ | PROT_WRITE)) {
-		syscall(SYS_munmap, p, size + 2 * GUARD_SIZE);
+	if (p && syscall(SYS_mprotect, p, GUARD_SIZE, PROT_NONE)) {
+		uhmm_kfree(p);
 		return NULL;
 	}
-	return (char *)p + GUARD_SIZE;
-}
-
-static void service_unmap(void *p, size_t size)
-{
-	if (p)
-		syscall(SYS_munmap, (char *)p - GUARD_SIZE, size + 2 * GUARD_SIZE);
-}
-
-bool uhmm_service_owns(struct uhmm_mm *mm, uint64_t start, uint64_t end)
-{
-	const struct uhmm_span *own = mm->service_mem;
-
-	for (size_t i = 0; i < UHMM_ARRAY_SIZE(mm->service_mem); i++)
-		if (own[i].start < end && own[i].end > start)
-			return true;
-	return false;
-}
-
-static void own_span(struct uhmm_mm *mm, int slot, void *p, size_t size)
-{
-	mm->service_mem[slot].start = (uintptr_t)p - GUARD_SIZE;
-	mm->service_mem[slot].end = (uintptr_t)p + size + GUARD_SIZE;
+	return p;
 }
 
 /* Double the queue. Called by the reader with mm->lock held. */
 static int queue_grow(struct uhmm_mm *mm)
 {
 	size_t cap = mm->q_cap * 2;
-	struct uffd_msg *q = service_map(cap * sizeof(*q));
+	struct uffd_msg *q = uhmm_kmalloc(cap * sizeof(*q));
 
 	if (!q)
 		return -ENOMEM;
 	for (size_t i = 0; i < mm->q_len; i++)
 		q[i] = mm->q[(mm->q_head + i) % mm->q_cap];
-	service_unmap(mm->q, mm->q_cap * sizeof(*q));
+	uhmm_kfree(mm->q);
 	mm->q = q;
 	mm->q_cap = cap;
 	mm->q_head = 0;
-	own_span(mm, 2, q, cap * sizeof(*q));
 	return 0;
 }
 
@@ -270,7 +244,7 @@ void uhmm_service_defer(struct uhmm_mm *mm, uint64_t addr)
 {
 	if (mm->n_deferred == mm->cap_deferred) {	/* worker only: no lock needed */
 		size_t cap = mm->cap_deferred ? 2 * mm->cap_deferred : 16;
-		uint64_t *d = realloc(mm->deferred, cap * sizeof(*d));
+		uint64_t *d = uhmm_krealloc(mm->deferred, cap * sizeof(*d));
 
 		if (!d)
 			return;	/* the holder's own wake-up remains */
@@ -394,15 +368,14 @@ void uhmm_service_resume(struct uhmm_mm *mm)
 static int start_thread(struct uhmm_mm *mm, int slot, pthread_t *t, void *(*fn)(void *))
 {
 	pthread_attr_t attr;
-	void *stack = service_map(STACK_SIZE);
+	char *stack = stack_alloc();
 	int ret;
 
 	if (!stack)
 		return -ENOMEM;
-	own_span(mm, slot, stack, STACK_SIZE);
 	mm->stacks[slot] = stack;
 	pthread_attr_init(&attr);
-	pthread_attr_setstack(&attr, stack, STACK_SIZE);
+	pthread_attr_setstack(&attr, stack + GUARD_SIZE, STACK_SIZE - GUARD_SIZE);
 	ret = -pthread_create(t, &attr, fn, mm);
 	pthread_attr_destroy(&attr);
 	return ret;
@@ -414,10 +387,9 @@ int uhmm_service_start(struct uhmm_mm *mm)
 	int ret;
 
 	mm->q_cap = QUEUE_MSGS;
-	mm->q = service_map(mm->q_cap * sizeof(*mm->q));
+	mm->q = uhmm_kmalloc(mm->q_cap * sizeof(*mm->q));
 	if (!mm->q)
 		return -ENOMEM;
-	own_span(mm, 2, mm->q, mm->q_cap * sizeof(*mm->q));
 
 	/* The threads must never take the application's signals. */
 	sigfillset(&all);
@@ -450,9 +422,9 @@ void uhmm_service_stop(struct uhmm_mm *mm)
 	if (mm->worker_started)
 		pthread_join(mm->worker, NULL);
 	mm->reader_started = mm->worker_started = false;
-	service_unmap(mm->stacks[0], STACK_SIZE);
-	service_unmap(mm->stacks[1], STACK_SIZE);
-	service_unmap(mm->q, mm->q_cap * sizeof(*mm->q));
+	uhmm_kfree(mm->stacks[0]);
+	uhmm_kfree(mm->stacks[1]);
+	uhmm_kfree(mm->q);
 	mm->stacks[0] = mm->stacks[1] = NULL;
 	mm->q = NULL;
 }

@@ -49,7 +49,7 @@ static int spanset_reserve(struct uhmm_spanset *s, size_t extra)
 	cap = s->cap ? s->cap * 2 : 16;
 	while (cap < s->n + extra)
 		cap *= 2;
-	v = realloc(s->v, cap * sizeof(*v));
+	v = uhmm_krealloc(s->v, cap * sizeof(*v));
 	if (!v)
 		return -ENOMEM;
 	s->v = v;
@@ -113,7 +113,7 @@ int uhmm_spanset_remove(struct uhmm_spanset *s, uint64_t start, uint64_t end)
 
 void uhmm_spanset_free(struct uhmm_spanset *s)
 {
-	free(s->v);
+	uhmm_kfree(s->v);
 	memset(s, 0, sizeof(*s));
 }
 

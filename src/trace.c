@@ -74,7 +74,7 @@ static size_t ring_size_wanted(void)
 	unsigned long mib = env ? strtoul(env, NULL, 10) : 0;
 	size_t size = 1;
 
-	if (!mib || mib > 4096)
+	if (!mib || mib > 256)	/* uhmm_kmalloc()'s largest block */
 		return 0;
 	while (size < (size_t)mib << 20)
 		size <<= 1;
@@ -102,7 +102,7 @@ static int ring_dump(bool write_out)
 			ret = -EIO;
 		from += n;
 	}
-	munmap(ring, ring_size);
+	uhmm_kfree(ring);
 	ring = NULL;
 	return ret;
 }
@@ -205,9 +205,9 @@ UHMM_EXPORT int uhmm_trace_start(const char *path)
 	}
 	ring_size = ring_size_wanted();
 	if (ring_size) {
-		ring = mmap(NULL, ring_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-		if (ring == MAP_FAILED) {
-			ring = NULL;
+		/* uhmm's own memory: the service thread writes it, a migration must never take it */
+		ring = uhmm_kmalloc(ring_size);
+		if (!ring) {
 			ret = -ENOMEM;
 			close(fd);
 			goto out;

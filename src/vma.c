@@ -86,22 +86,21 @@ static int vma_list_query(uint64_t start, uint64_t end, struct uhmm_vma *out, in
 static uint32_t default_hugetlb_shift(void)
 {
 	static uint32_t shift;
+	struct uhmm_lines f;
 	char line[128];
-	FILE *f;
 
 	if (shift)
 		return shift;
 	shift = UHMM_PMD_SHIFT;
-	f = fopen("/proc/meminfo", "re");
-	if (!f)
+	if (uhmm_lines_open(&f, "/proc/meminfo"))
 		return shift;
-	while (fgets(line, sizeof(line), f)) {
+	while (uhmm_lines_next(&f, line, sizeof(line))) {
 		unsigned long kb;
 
 		if (sscanf(line, "Hugepagesize: %lu kB", &kb) == 1 && kb)
 			shift = (uint32_t)__builtin_ctzl(kb * 1024);
 	}
-	fclose(f);
+	uhmm_lines_close(&f);
 	return shift;
 }
 
@@ -130,13 +129,13 @@ static bool vma_parse_line(const char *line, struct uhmm_vma *v)
 
 static int vma_list_maps(uint64_t start, uint64_t end, struct uhmm_vma *out, int max)
 {
-	FILE *f = fopen("/proc/self/maps", "re");
+	struct uhmm_lines f;
 	char line[512];
-	int n = 0;
+	int n = 0, ret = uhmm_lines_open(&f, "/proc/self/maps");
 
-	if (!f)
-		return -errno;
-	while (fgets(line, sizeof(line), f)) {
+	if (ret)
+		return ret;
+	while (uhmm_lines_next(&f, line, sizeof(line))) {
 		struct uhmm_vma v;
 
 		if (!vma_parse_line(line, &v) || v.end <= start)
@@ -147,7 +146,7 @@ static int vma_list_maps(uint64_t start, uint64_t end, struct uhmm_vma *out, int
 			out[n] = v;
 		n++;
 	}
-	fclose(f);
+	uhmm_lines_close(&f);
 	return n;
 }
 

@@ -36,7 +36,7 @@
 /* Set up the quiet userfaultfd and its scratch area; under zap_lock. */
 static int zap_setup(struct uhmm_mm *mm)
 {
-	uint64_t features, raw, base;
+	uint64_t features, base;
 	int fd;
 
 	if (!(uhmm_kfeatures()->flags & UHMM_FEAT_UFFD_MOVE))
@@ -46,14 +46,15 @@ static int zap_setup(struct uhmm_mm *mm)
 		return fd;
 	if (!(features & UFFD_FEATURE_MOVE))
 		goto err_close;
-	raw = (uint64_t)syscall(SYS_mmap, NULL, 2 * UHMM_PMD_SIZE, PROT_READ | PROT_WRITE,
-				MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-	if ((long)raw == -1)
+	/*
+	 * uhmm's own memory, PMD-aligned (a THP moves whole), emptied: a move
+	 * fails with EEXIST where a page is present. Freeing it resets the
+	 * mapping (registration, DONTFORK).
+	 */
+	base = (uintptr_t)uhmm_kmalloc(UHMM_PMD_SIZE);
+	if (!base)
 		goto err_close;
-	base = uhmm_align_up(raw, UHMM_PMD_SIZE);	/* PMD-aligned: a THP moves whole */
-	if (base > raw)
-		syscall(SYS_munmap, raw, base - raw);
-	syscall(SYS_munmap, base + UHMM_PMD_SIZE, raw + 2 * UHMM_PMD_SIZE - base - UHMM_PMD_SIZE);
+	syscall(SYS_madvise, base, UHMM_PMD_SIZE, MADV_DONTNEED);
 	syscall(SYS_madvise, base, UHMM_PMD_SIZE, MADV_DONTFORK);
 	/*
 	 * MISSING|WP like the ranges it takes pages from: UFFDIO_MOVE wants
@@ -61,7 +62,7 @@ static int zap_setup(struct uhmm_mm *mm)
 	 */
 	if (uhmm_uffd_register(fd, base, base + UHMM_PMD_SIZE,
 			       UFFDIO_REGISTER_MODE_MISSING | UFFDIO_REGISTER_MODE_WP, NULL)) {
-		syscall(SYS_munmap, base, UHMM_PMD_SIZE);
+		uhmm_kfree((void *)(uintptr_t)base);
 		goto err_close;
 	}
 	mm->zap_uffd = fd;
@@ -136,8 +137,8 @@ int uhmm_zap_range(struct uhmm_mm *mm, uint64_t start, uint64_t end)
 void uhmm_zap_fini(struct uhmm_mm *mm)
 {
 	if (mm->zap_state > 0) {
-		syscall(SYS_munmap, mm->zap_area, UHMM_PMD_SIZE);
-		close(mm->zap_uffd);
+		close(mm->zap_uffd);	/* first: no registration outlives it */
+		uhmm_kfree((void *)(uintptr_t)mm->zap_area);
 	}
 	mm->zap_state = 0;
 	pthread_mutex_destroy(&mm->zap_lock);

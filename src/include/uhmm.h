@@ -39,6 +39,46 @@ enum uhmm_log_level { UHMM_LOG_ERR = 3, UHMM_LOG_WARN = 4, UHMM_LOG_INFO = 6, UH
 void uhmm_set_logger(void (*fn)(void *arg, int level, const char *msg), void *arg);
 
 /* ------------------------------------------------------------------------ */
+/* uhmm's own memory (the kernel's kmalloc/kfree)                           */
+/* ------------------------------------------------------------------------ */
+
+/**
+ * uhmm_kmalloc() - memory no migration can take: the stand-in for kernel memory
+ * @size: bytes, 1 to 256 MiB
+ *
+ * A migration may take any of the program's anonymous pages, and a CPU
+ * touch then waits for uhmm's service thread to bring it back. A driver's
+ * callbacks run on that thread, and a driver's other code may hold locks
+ * that thread needs: whatever they touch (the device's page tables, the
+ * memory that backs device pages, bounce buffers, the src/dst arrays a
+ * migration reads under the driver's lock) must be memory no migration can
+ * take, as kernel memory is. uhmm keeps all of its own data here.
+ * uhmm_migrate_vma_setup() never collects these pages (they count as not
+ * migratable), uhmm_range_fault() answers -EFAULT for them, and no
+ * userfaultfd is registered on them. Thread-safe, fork-safe (a child
+ * inherits the blocks, as with malloc). The block is aligned to the power
+ * of two at or above @size; blocks of 64 KiB and more are zero-filled and
+ * give their memory back when freed.
+ * Return: the block, or NULL with errno ENOMEM (@size 0 or above 256 MiB,
+ * or no memory).
+ */
+void *uhmm_kmalloc(size_t size);
+/** uhmm_kzalloc() - uhmm_kmalloc(), zero-filled */
+void *uhmm_kzalloc(size_t size);
+/** uhmm_kcalloc() - uhmm_kzalloc() of @n * @size bytes, NULL (ENOMEM) on overflow */
+void *uhmm_kcalloc(size_t n, size_t size);
+/**
+ * uhmm_krealloc() - resize a block as realloc(3) does (NULL @p allocates,
+ * @size 0 frees and returns NULL); on failure @p is left as it was.
+ */
+void *uhmm_krealloc(void *p, size_t size);
+/**
+ * uhmm_kfree() - free a block of uhmm_kmalloc() (NULL does nothing). A
+ * pointer that is not one aborts the program: that is memory corruption.
+ */
+void uhmm_kfree(void *p);
+
+/* ------------------------------------------------------------------------ */
 /* Kernel features, probed once at run time                                 */
 /* ------------------------------------------------------------------------ */
 

@@ -2,6 +2,7 @@
 #include <errno.h>
 #include <stdlib.h>
 
+#include "uhmm.h"
 #include "radix.h"
 
 #define FANOUT (1u << UHMM_RADIX_BITS)
@@ -21,7 +22,7 @@ uint64_t *uhmm_radix_slot(struct uhmm_radix *t, uint64_t key, bool create)
 		if (!*pp) {
 			if (!create)
 				return NULL;
-			*pp = calloc(FANOUT, sizeof(void *));
+			*pp = uhmm_kcalloc(FANOUT, sizeof(void *));
 			if (!*pp)
 				return NULL;
 		}
@@ -94,7 +95,7 @@ static int walk_node(struct walk *w, void **node, int level, uint64_t base, bool
 
 			ret = walk_node(w, node[i], level + 1, lo, &child_empty);
 			if (child_empty) {
-				free(node[i]);
+				uhmm_kfree(node[i]);
 				node[i] = NULL;
 			}
 			*empty &= node[i] == NULL;
@@ -112,7 +113,7 @@ static int radix_walk(struct walk *w)
 		return 0;
 	ret = walk_node(w, w->t->root, 0, 0, &empty);
 	if (empty) {
-		free(w->t->root);
+		uhmm_kfree(w->t->root);
 		w->t->root = NULL;
 	}
 	return ret;

@@ -1,0 +1,131 @@
+// SPDX-License-Identifier: MIT
+/*
+ * uhmm_kmalloc(): the memory no migration can take (uhmm's own, drivers').
+ * The allocator's contract, that the memory is really out of every
+ * migration's and device's reach, and that a device's whole life leaves
+ * none of it behind (a leak check that needs no valgrind).
+ */
+#include <string.h>
+#include <sys/mman.h>
+
+#include "harness.h"
+#include "../src/internal.h"
+
+TEST(kmem_contract)
+{
+	void *p[40];
+	char *q;
+
+	errno = 0;
+	ASSERT_TRUE(uhmm_kmalloc(0) == NULL);
+	ASSERT_EQ(errno, ENOMEM);
+	ASSERT_TRUE(uhmm_kmalloc((256UL << 20) + 1) == NULL);
+	ASSERT_TRUE(uhmm_kcalloc(SIZE_MAX / 2, 4) == NULL);
+	ASSERT_TRUE(uhmm_krealloc(NULL, 0) == NULL);
+	uhmm_kfree(NULL);
+	/* every size: aligned to its power of two, writable, distinct */
+	for (int i = 0; i < 40; i++) {
+		size_t size = (size_t)1 << (i % 22), align = size < 16 ? 16 : size;
+
+		p[i] = uhmm_kzalloc(size);
+		ASSERT_TRUE(p[i] != NULL);
+		ASSERT_EQ((uintptr_t)p[i] & (align - 1), 0);
+		for (size_t j = 0; j < size; j += 4096 > size ? 1 : 4096)
+			ASSERT_EQ(((unsigned char *)p[i])[j], 0);
+		memset(p[i], i + 1, size);
+	}
+	for (int i = 0; i < 40; i++) {
+		size_t size = (size_t)1 << (i % 22);
+
+		ASSERT_EQ(((unsigned char *)p[i])[size - 1], i + 1);
+		uhmm_kfree(p[i]);
+	}
+	/* realloc keeps the data, growing across classes and shrinking */
+	q = uhmm_kmalloc(100);
+	ASSERT_TRUE(q != NULL);
+	for (int i = 0; i < 100; i++)
+		q[i] = (char)i;
+	q = uhmm_krealloc(q, 70000);
+	ASSERT_TRUE(q != NULL);
+	q[69999] = 9;
+	q = uhmm_krealloc(q, 50);
+	for (int i = 0; i < 50; i++)
+		ASSERT_EQ(q[i], (char)i);
+	ASSERT_TRUE(uhmm_krealloc(q, 0) == NULL);
+	/* a freed big block comes back zero-filled (fresh memory) */
+	q = uhmm_kmalloc(1 << 20);
+	memset(q, 0x5a, 1 << 20);
+	uhmm_kfree(q);
+	q = uhmm_kzalloc(1 << 20);
+	for (size_t j = 0; j < (1 << 20); j += 512)
+		ASSERT_EQ(q[j], 0);
+	uhmm_kfree(q);
+}
+
+/* A device cannot take it, nor map it: a stale pointer into it is only an error. */
+TEST(kmem_is_never_migrated)
+{
+	struct uhmm_dmirror *d = dmirror(0);
+	struct uhmm_dmirror_cmd c;
+	struct uhmm_mm *mm;
+	uint64_t src[16], dst[16];
+	int *k = uhmm_kzalloc(16 * PAGE), *buf = map_anon(16 * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE);
+	struct uhmm_migrate_vma m = {
+		.src = src, .dst = dst, .start = (uintptr_t)k, .end = (uintptr_t)k + 16 * PAGE,
+		.flags = UHMM_MIGRATE_VMA_SELECT_SYSTEM,
+	};
+
+	ASSERT_TRUE(k != NULL);
+	fill_ints(k, 16 * PAGE, 1);
+	ASSERT_EQ(dmcmd(d, UHMM_DMIRROR_MIGRATE_TO_DEV, k, buf, 16, &c), -EFAULT);	/* none moved, none readable */
+	ASSERT_EQ(dmcmd(d, UHMM_DMIRROR_READ, k, buf, 16, &c), -EFAULT);
+	ASSERT_EQ(dmcmd(d, UHMM_DMIRROR_WRITE, k, buf, 16, &c), -EFAULT);
+	ASSERT_EQ(dmcmd(d, UHMM_DMIRROR_EXCLUSIVE, k, buf, 1, &c), -EFAULT);
+	/* the driver-facing call: nothing collected */
+	ASSERT_OK(uhmm_mm_get(&mm));
+	m.mm = mm;
+	ASSERT_OK(uhmm_migrate_vma_setup(&m));
+	ASSERT_EQ(m.cpages, 0);
+	for (int i = 0; i < 16; i++)
+		ASSERT_FALSE(src[i] & UHMM_MIGRATE_PFN_MIGRATE);
+	uhmm_migrate_vma_pages(&m);
+	uhmm_migrate_vma_finalize(&m);
+	uhmm_mm_put(mm);
+	check_ints(k, 16 * PAGE, 1);	/* untouched, and never faulted */
+	uhmm_kfree(k);
+	ASSERT_OK(uhmm_dmirror_close(d));
+}
+
+/* One device's life: open, migrate both ways, exclusive, fault back, close. */
+static void device_life(int *p, void *buf)
+{
+	struct uhmm_dmirror *d = dmirror(0);
+	struct uhmm_dmirror_cmd c;
+
+	fill_ints(p, 64 * PAGE, 1);
+	ASSERT_OK(dmcmd(d, UHMM_DMIRROR_MIGRATE_TO_DEV, p, buf, 64, &c));
+	ASSERT_OK(dmcmd(d, UHMM_DMIRROR_MIGRATE_TO_SYS, p, buf, 32, &c));
+	ASSERT_OK(dmcmd(d, UHMM_DMIRROR_EXCLUSIVE, p + 48 * PAGE / sizeof(int), buf, 4, &c));
+	check_ints(p, 64 * PAGE, 1);
+	ASSERT_OK(dmcmd(d, UHMM_DMIRROR_READ, p, buf, 64, &c));
+	ASSERT_EQ(madvise(p, 64 * PAGE, MADV_DONTNEED), 0);
+	ASSERT_OK(uhmm_dmirror_close(d));
+}
+
+/*
+ * Leak check without valgrind: uhmm's memory in use is counted; after a
+ * first life has warmed every cache (staging slabs, spare blocks), more
+ * lives leave the count where it was.
+ */
+TEST(device_life_leaves_no_memory_behind)
+{
+	int *p = map_anon(64 * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE);
+	void *buf = map_anon(64 * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE);
+	uint64_t warm;
+
+	device_life(p, buf);
+	warm = uhmm_kmem_live_bytes();
+	for (int i = 0; i < 5; i++)
+		device_life(p, buf);
+	ASSERT_EQ(uhmm_kmem_live_bytes(), warm);
+}
