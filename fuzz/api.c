@@ -426,13 +426,42 @@ static void op_strings(struct input *in)
 	      "uhmm_stats(size %zu): %ld", size, got);
 }
 
+/* uhmm's own memory: no device command may take or map it, and it stays as it was. */
+static void op_kmem(struct input *in)
+{
+	size_t size = 1 + (size_t)(take(in, 3) % (256 << 10));
+	unsigned int cmd = (unsigned int)(take(in, 1) % 9);
+	uint64_t n = 1 + take(in, 1) % 8, off = take(in, 2) % ((size + PG - 1) / PG) * PG;
+	unsigned char *k = uhmm_kmalloc(size);
+	static uint32_t buf[8 * PG / 4];
+	struct uhmm_dmirror_cmd c = { .ptr = (uintptr_t)buf, .npages = n };
+	int ret;
+
+	CHECK(k, "uhmm_kmalloc(%zu) failed", size);
+	for (size_t i = 0; i < size; i++)
+		k[i] = (unsigned char)(i * 7 + size);
+	c.addr = (uintptr_t)k + off;
+	if (cmd == UHMM_DMIRROR_FLAGS)
+		cmd = UHMM_DMIRROR_MIGRATE_TO_DEV;
+	ret = uhmm_dmirror_cmd(F.dev[take(in, 1) & 1], cmd, &c);
+	/* a command on nothing (RELEASE, SNAPSHOT, a page the block and its neighbours lack) may say 0 */
+	CHECK(ret == 0 || ALLOWED(ret, EINVAL, EFAULT, ENOENT, EPERM),
+	      "dmirror command %u on uhmm's own memory: %d", cmd, ret);
+	CHECK(!(ret == 0 && (cmd == UHMM_DMIRROR_READ || cmd == UHMM_DMIRROR_WRITE ||
+			     cmd == UHMM_DMIRROR_MIGRATE_TO_DEV || cmd == UHMM_DMIRROR_EXCLUSIVE)),
+	      "dmirror command %u reached uhmm's own memory", cmd);
+	for (size_t i = 0; i < size; i++)
+		CHECK(k[i] == (unsigned char)(i * 7 + size), "uhmm's own memory changed at %zu", i);
+	uhmm_kfree(k);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	static void (*const ops[])(struct input *) = {
 		op_cpu_store, op_cpu_store, op_cpu_load, op_dmirror, op_dmirror, op_dmirror, op_madvise,
 		op_map, op_notifier, op_range_fault, op_range_fault, op_migrate, op_access, op_strings,
-		op_exclusive,
+		op_exclusive, op_kmem,
 	};
 	static bool ready;
 	struct input in = { data, size };
