@@ -397,6 +397,132 @@ static void bench_trace(struct result *out)
 	uhmm_mm_put(mm);
 }
 
+/* ---- THP: the kernel's benchmark_thp_migration sizes, with and without THP ---- */
+
+#define THP_SIZE (2UL << 20)
+
+/* A 2 MiB-aligned buffer, THP allowed or not, filled (THP-backed where the kernel could). */
+static char *map_thp_buf(size_t size, bool thp)
+{
+	size_t span = size + THP_SIZE;
+	char *raw = mmap(NULL, span, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0), *p;
+
+	if (raw == MAP_FAILED) {
+		perror("mmap");
+		exit(1);
+	}
+	p = (char *)(((uintptr_t)raw + THP_SIZE - 1) & ~(THP_SIZE - 1));
+	if (p > raw)
+		munmap(raw, (size_t)(p - raw));
+	munmap(p + size, (size_t)(raw + span - p - size));
+	madvise(p, size, thp ? MADV_HUGEPAGE : MADV_NOHUGEPAGE);
+	memset(p, 0x5a, size);
+	return p;
+}
+
+/* KiB of @p's mapping backed by THP (smaps' AnonHugePages), -1 if unknown. */
+static long thp_kib(const char *p)
+{
+	FILE *f = fopen("/proc/self/smaps", "re");
+	char line[256];
+	bool in = false;
+	long kib = -1;
+
+	if (!f)
+		return -1;
+	while (fgets(line, sizeof(line), f)) {
+		unsigned long s, e, v;
+
+		if (sscanf(line, "%lx-%lx ", &s, &e) == 2)
+			in = (uintptr_t)p >= s && (uintptr_t)p < e;
+		else if (in && sscanf(line, "AnonHugePages: %lu kB", &v) == 1)
+			kib = (long)v;
+	}
+	fclose(f);
+	return kib;
+}
+
+struct thp_row {
+	size_t size;
+	long thp_pct;		/* of the THP-allowed buffer, before the first migration */
+	struct result dev[2], sys[2];	/* [0] THP allowed, [1] base pages */
+};
+
+static void bench_thp_size(struct uhmm_dmirror *d, size_t size, struct thp_row *row)
+{
+	int reps = size >= (64UL << 20) ? 3 : REPS;
+	char *mirror = map_buf(size);
+
+	row->size = size;
+	for (int mode = 0; mode < 2; mode++) {
+		double to_dev[REPS], to_sys[REPS];
+
+		for (int i = 0; i < reps; i++) {
+			char *buf = map_thp_buf(size, mode == 0);
+			double t;
+
+			if (mode == 0 && i == 0) {
+				long kib = thp_kib(buf);
+
+				row->thp_pct = kib < 0 ? -1 : kib * 1024 * 100 / (long)size;
+			}
+			t = now_s();
+			if (dm(d, UHMM_DMIRROR_MIGRATE_TO_DEV, buf, mirror, size / PAGE))
+				fprintf(stderr, "bench: MIGRATE_TO_DEV failed\n");
+			to_dev[i] = (double)size / (now_s() - t) / 1e9;
+			t = now_s();
+			if (dm(d, UHMM_DMIRROR_MIGRATE_TO_SYS, buf, mirror, size / PAGE))
+				fprintf(stderr, "bench: MIGRATE_TO_SYS failed\n");
+			to_sys[i] = (double)size / (now_s() - t) / 1e9;
+			munmap(buf, size);
+		}
+		row->dev[mode] = summarize(mode ? "base" : "THP", "GB/s", to_dev, reps);
+		row->sys[mode] = summarize(mode ? "base" : "THP", "GB/s", to_sys, reps);
+	}
+	munmap(mirror, size);
+}
+
+static int cmd_bench_thp(bool json)
+{
+	static const size_t kib[] = { 512, 1024, 2048, 4096, 8192, 16384, 262144 };	/* the kernel's sizes */
+	enum { N = sizeof(kib) / sizeof(kib[0]) };
+	struct thp_row rows[N];
+	struct result mc[N];
+	struct uhmm_dmirror *d;
+	int ret = uhmm_dmirror_open(0, &d);
+
+	if (ret) {
+		fprintf(stderr, "uhmm bench: cannot open the reference device: %s\n", strerror(-ret));
+		return 1;
+	}
+	for (int i = 0; i < N; i++) {
+		mc[i] = bench_memcpy(kib[i] << 10);
+		bench_thp_size(d, kib[i] << 10, &rows[i]);
+	}
+	uhmm_dmirror_close(d);
+	if (json) {
+		printf("{\n  \"thp\": [\n");
+		for (int i = 0; i < N; i++)
+			printf("    {\"size_kib\": %zu, \"thp_percent\": %ld, \"memcpy\": %.4f, "
+			       "\"to_device_thp\": %.4f, \"to_device_base\": %.4f, "
+			       "\"to_system_thp\": %.4f, \"to_system_base\": %.4f}%s\n",
+			       kib[i], rows[i].thp_pct, mc[i].med, rows[i].dev[0].med, rows[i].dev[1].med,
+			       rows[i].sys[0].med, rows[i].sys[1].med, i + 1 < N ? "," : "");
+		printf("  ]\n}\n");
+		return 0;
+	}
+	printf("uhmm bench --thp: the kernel's benchmark_thp_migration sizes; GB/s, median of %d (3 from 64 MiB)\n"
+	       "THP: 2 MiB-aligned buffer with MADV_HUGEPAGE (%% of it THP-backed before migrating); base: MADV_NOHUGEPAGE\n\n",
+	       REPS);
+	printf("%9s %5s %8s | %9s %9s %6s | %9s %9s %6s\n", "size", "THP%", "memcpy", "dev THP", "dev base",
+	       "ratio", "sys THP", "sys base", "ratio");
+	for (int i = 0; i < N; i++)
+		printf("%7zuKi %5ld %8.2f | %9.2f %9.2f %6.2f | %9.2f %9.2f %6.2f\n", kib[i], rows[i].thp_pct,
+		       mc[i].med, rows[i].dev[0].med, rows[i].dev[1].med, rows[i].dev[0].med / rows[i].dev[1].med,
+		       rows[i].sys[0].med, rows[i].sys[1].med, rows[i].sys[0].med / rows[i].sys[1].med);
+	return 0;
+}
+
 /* ---- output ---- */
 
 static void print_table(const struct result *r, int n)
@@ -421,7 +547,7 @@ static void print_json(const struct result *r, int n, const double *ratio, const
 int cmd_bench(int argc, char **argv)
 {
 	size_t mib = 64;
-	bool json = false;
+	bool json = false, thp = false;
 	struct uhmm_dmirror *d;
 	struct result r[13];
 	int ret;
@@ -429,13 +555,17 @@ int cmd_bench(int argc, char **argv)
 	for (int i = 1; i < argc; i++) {
 		if (strcmp(argv[i], "--json") == 0)
 			json = true;
+		else if (strcmp(argv[i], "--thp") == 0)
+			thp = true;
 		else if (strcmp(argv[i], "--size-mib") == 0 && i + 1 < argc)
 			mib = strtoul(argv[++i], NULL, 10);
 		else {
-			fprintf(stderr, "usage: uhmm bench [--json] [--size-mib N]\n");
+			fprintf(stderr, "usage: uhmm bench [--json] [--size-mib N | --thp]\n");
 			return 2;
 		}
 	}
+	if (thp)
+		return cmd_bench_thp(json);
 	ret = uhmm_dmirror_open(0, &d);
 	if (ret) {
 		fprintf(stderr, "uhmm bench: cannot open the reference device: %s\n", strerror(-ret));

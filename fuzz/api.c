@@ -429,7 +429,7 @@ static void op_strings(struct input *in)
 /* uhmm's own memory: no device command may take or map it, and it stays as it was. */
 static void op_kmem(struct input *in)
 {
-	size_t size = 1 + (size_t)(take(in, 3) % (256 << 10));
+	size_t size = 1 + (size_t)(take(in, 2) % (24 << 10));	/* up to 6 pages: keeps the fuzzer fast */
 	unsigned int cmd = (unsigned int)(take(in, 1) % 9);
 	uint64_t n = 1 + take(in, 1) % 8, off = take(in, 2) % ((size + PG - 1) / PG) * PG;
 	unsigned char *k = uhmm_kmalloc(size);

@@ -16,7 +16,7 @@ static void usage(FILE *f)
 		"  info [--json]   what this kernel offers uhmm, and how to enable what is missing\n"
 		"  demo            mirror a malloc'ed buffer into the reference device and show\n"
 		"                  faults, invalidations and errors\n"
-		"  bench [--json] [--size-mib N]\n"
+		"  bench [--json] [--size-mib N | --thp]\n"
 		"                  uhmm's data paths next to memcpy and a bare userfaultfd\n"
 		"                  round trip, in the same run\n"
 		"  trace [-o FILE] [--stats] -- PROGRAM [ARGS...]\n"
