@@ -101,27 +101,41 @@ static void kmem_unlock_all(void)
 		pthread_mutex_unlock(&km.cls[c].lock);
 }
 
-static void kmem_init(void)
+/*
+ * Reserve the slices, the biggest class first: every slice size is a power
+ * of two at least its block size, so each slice starts aligned to its blocks
+ * when the reservation starts aligned to the biggest. Where the address
+ * space is limited (RLIMIT_AS), try smaller slices: up to 64 times smaller.
+ */
+static bool kmem_reserve(int shrink)
 {
-	uint64_t total = 0, align = 1ULL << SMALL_SLICE_SHIFT;
+	uint64_t total = 0, align = 1ULL << (MAX_SHIFT);
 	long raw;
 
-	for (int c = 0; c < NCLASS; c++) {
-		km.slice_size[c] = class_slice_size(c);
-		total += km.slice_size[c];
-		pthread_mutex_init(&km.cls[c].lock, NULL);
-	}
-	/* PROT_NONE costs no memory; slice-aligned so every block is size-aligned */
+	for (int c = 0; c < NCLASS; c++)
+		total += class_slice_size(c) >> shrink;
+	/* PROT_NONE costs no memory */
 	raw = syscall(SYS_mmap, NULL, total + align, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
 	if (raw == -1)
-		return;
+		return false;
 	km.base = uhmm_align_up((uint64_t)raw, align);
 	if (km.base > (uint64_t)raw)
 		syscall(SYS_munmap, raw, km.base - (uint64_t)raw);
 	syscall(SYS_munmap, km.base + total, (uint64_t)raw + align - km.base);
-	for (int c = 0; c < NCLASS; c++)
-		km.slice[c] = c ? km.slice[c - 1] + km.slice_size[c - 1] : km.base;
 	km.end = km.base + total;
+	for (int c = NCLASS - 1; c >= 0; c--) {
+		km.slice_size[c] = class_slice_size(c) >> shrink;
+		km.slice[c] = c == NCLASS - 1 ? km.base : km.slice[c + 1] + km.slice_size[c + 1];
+	}
+	return true;
+}
+
+static void kmem_init(void)
+{
+	for (int c = 0; c < NCLASS; c++)
+		pthread_mutex_init(&km.cls[c].lock, NULL);
+	for (int shrink = 0; shrink <= MIN_BLOCKS_SHIFT && !kmem_reserve(shrink); shrink++)
+		;
 	/* the forking thread holds every class lock across fork(): it is the child's thread too */
 	pthread_atfork(kmem_lock_all, kmem_unlock_all, kmem_unlock_all);
 }
@@ -177,8 +191,8 @@ static int addr_class(const void *p)
 
 	if (a < km.base || a >= km.end)
 		return -1;
-	for (int c = NCLASS - 1; c >= 0; c--)
-		if (a >= km.slice[c])
+	for (int c = 0; c < NCLASS; c++)
+		if (a >= km.slice[c] && a < km.slice[c] + km.slice_size[c])
 			return c;
 	return -1;
 }

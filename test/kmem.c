@@ -129,3 +129,49 @@ TEST(device_life_leaves_no_memory_behind)
 		device_life(p, buf);
 	ASSERT_EQ(uhmm_kmem_live_bytes(), warm);
 }
+
+/*
+ * The reservation is ~51 GiB of address space; where RLIMIT_AS is lower,
+ * uhmm reserves smaller slices instead of failing. A fresh process (this
+ * test program, re-executed) under a 2 GiB limit runs the allocator's
+ * contract and a device's life. Sanitizer runtimes need terabytes of
+ * address space for their shadow, so those builds leave this test out.
+ */
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#define SANITIZED 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
+#define SANITIZED 1
+#endif
+#endif
+#ifndef SANITIZED
+#include <sys/resource.h>
+
+static void run_limited(void *arg)
+{
+	struct rlimit lim = { 2UL << 30, 2UL << 30 };
+
+	(void)arg;
+	if (setrlimit(RLIMIT_AS, &lim))
+		_exit(90);
+	execl("/proc/self/exe", "uhmm-tests", "--mode", "fast", "--filter", "kmem_contract", (char *)NULL);
+	_exit(91);
+}
+
+static void run_limited_life(void *arg)
+{
+	struct rlimit lim = { 2UL << 30, 2UL << 30 };
+
+	(void)arg;
+	if (setrlimit(RLIMIT_AS, &lim))
+		_exit(90);
+	execl("/proc/self/exe", "uhmm-tests", "--mode", "fast", "--filter", "device_life_leaves", (char *)NULL);
+	_exit(91);
+}
+
+TEST(kmem_under_an_address_space_limit)
+{
+	ASSERT_EQ(run_child(run_limited, NULL), 0);
+	ASSERT_EQ(run_child(run_limited_life, NULL), 0);
+}
+#endif
