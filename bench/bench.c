@@ -445,17 +445,17 @@ static long thp_kib(const char *p)
 struct thp_row {
 	size_t size;
 	long thp_pct;		/* of the THP-allowed buffer, before the first migration */
-	struct result dev[2], sys[2];	/* [0] THP allowed, [1] base pages */
+	struct result dev[2], sys[2], scan[2];	/* [0] THP allowed, [1] base pages */
 };
 
 static void bench_thp_size(struct uhmm_dmirror *d, size_t size, struct thp_row *row)
 {
 	int reps = size >= (64UL << 20) ? 3 : REPS;
-	char *mirror = map_buf(size);
+	char *mirror = map_buf(size), sink = 0;
 
 	row->size = size;
 	for (int mode = 0; mode < 2; mode++) {
-		double to_dev[REPS], to_sys[REPS];
+		double to_dev[REPS], to_sys[REPS], scan[REPS];
 
 		for (int i = 0; i < reps; i++) {
 			char *buf = map_thp_buf(size, mode == 0);
@@ -475,11 +475,21 @@ static void bench_thp_size(struct uhmm_dmirror *d, size_t size, struct thp_row *
 				fprintf(stderr, "bench: MIGRATE_TO_SYS failed\n");
 			to_sys[i] = (double)size / (now_s() - t) / 1e9;
 			munmap(buf, size);
+			/* a fresh buffer to the device again, then the CPU reads it back page by page */
+			buf = map_thp_buf(size, mode == 0);
+			dm(d, UHMM_DMIRROR_MIGRATE_TO_DEV, buf, mirror, size / PAGE);
+			t = now_s();
+			for (size_t off = 0; off < size; off += PAGE)
+				sink = (char)(sink + ((volatile char *)buf)[off]);
+			scan[i] = (double)size / (now_s() - t) / 1e9;
+			munmap(buf, size);
 		}
 		row->dev[mode] = summarize(mode ? "base" : "THP", "GB/s", to_dev, reps);
 		row->sys[mode] = summarize(mode ? "base" : "THP", "GB/s", to_sys, reps);
+		row->scan[mode] = summarize(mode ? "base" : "THP", "GB/s", scan, reps);
 	}
 	munmap(mirror, size);
+	(void)sink;
 }
 
 static int cmd_bench_thp(bool json)
@@ -505,21 +515,25 @@ static int cmd_bench_thp(bool json)
 		for (int i = 0; i < N; i++)
 			printf("    {\"size_kib\": %zu, \"thp_percent\": %ld, \"memcpy\": %.4f, "
 			       "\"to_device_thp\": %.4f, \"to_device_base\": %.4f, "
-			       "\"to_system_thp\": %.4f, \"to_system_base\": %.4f}%s\n",
+			       "\"to_system_thp\": %.4f, \"to_system_base\": %.4f, "
+			       "\"fault_back_scan_thp\": %.4f, \"fault_back_scan_base\": %.4f}%s\n",
 			       kib[i], rows[i].thp_pct, mc[i].med, rows[i].dev[0].med, rows[i].dev[1].med,
-			       rows[i].sys[0].med, rows[i].sys[1].med, i + 1 < N ? "," : "");
+			       rows[i].sys[0].med, rows[i].sys[1].med, rows[i].scan[0].med, rows[i].scan[1].med,
+			       i + 1 < N ? "," : "");
 		printf("  ]\n}\n");
 		return 0;
 	}
 	printf("uhmm bench --thp: the kernel's benchmark_thp_migration sizes; GB/s, median of %d (3 from 64 MiB)\n"
 	       "THP: 2 MiB-aligned buffer with MADV_HUGEPAGE (%% of it THP-backed before migrating); base: MADV_NOHUGEPAGE\n\n",
 	       REPS);
-	printf("%9s %5s %8s | %9s %9s %6s | %9s %9s %6s\n", "size", "THP%", "memcpy", "dev THP", "dev base",
-	       "ratio", "sys THP", "sys base", "ratio");
+	printf("%9s %5s %8s | %8s %8s %5s | %8s %8s %5s | %8s %8s %5s\n", "size", "THP%", "memcpy", "dev THP",
+	       "dev base", "ratio", "sys THP", "sys base", "ratio", "scan THP", "scanbase", "ratio");
 	for (int i = 0; i < N; i++)
-		printf("%7zuKi %5ld %8.2f | %9.2f %9.2f %6.2f | %9.2f %9.2f %6.2f\n", kib[i], rows[i].thp_pct,
-		       mc[i].med, rows[i].dev[0].med, rows[i].dev[1].med, rows[i].dev[0].med / rows[i].dev[1].med,
-		       rows[i].sys[0].med, rows[i].sys[1].med, rows[i].sys[0].med / rows[i].sys[1].med);
+		printf("%7zuKi %5ld %8.2f | %8.2f %8.2f %5.2f | %8.2f %8.2f %5.2f | %8.2f %8.2f %5.2f\n", kib[i],
+		       rows[i].thp_pct, mc[i].med, rows[i].dev[0].med, rows[i].dev[1].med,
+		       rows[i].dev[0].med / rows[i].dev[1].med, rows[i].sys[0].med, rows[i].sys[1].med,
+		       rows[i].sys[0].med / rows[i].sys[1].med, rows[i].scan[0].med, rows[i].scan[1].med,
+		       rows[i].scan[0].med / rows[i].scan[1].med);
 	return 0;
 }
 

@@ -24,6 +24,8 @@
 #define DM_MAX_CHUNKS 64
 #define DM_MIGRATE_PAGES 512		/* pages per migrate_vma call */
 #define DM_FAULT_AROUND 16		/* pages brought back per CPU fault */
+#define DM_UNIT_PAGES 512		/* a 2 MiB unit: a THP migrated whole */
+#define DM_UNIT_SIZE (DM_UNIT_PAGES * DM_PAGE_SIZE)
 
 struct dmirror_chunk {
 	struct uhmm_pagemap *pgmap;
@@ -149,14 +151,20 @@ static int devmem_add_chunk(struct uhmm_dmirror *dm)
 	return 0;
 }
 
+/* FAIL_ALLOC: the next allocation fails (the flag goes with it). */
+static bool fail_alloc(struct uhmm_dmirror *dm)
+{
+	return __atomic_fetch_and(&dm->flags, ~UHMM_DMIRROR_FLAG_FAIL_ALLOC, __ATOMIC_RELAXED) &
+	       UHMM_DMIRROR_FLAG_FAIL_ALLOC;
+}
+
 /* A device page with one reference, or NULL (out of memory, or FAIL_ALLOC). */
 static struct uhmm_page *devmem_alloc(struct uhmm_dmirror *dm)
 {
 	struct dmirror_devmem *mem = dm->devmem;
 	struct uhmm_page *page = NULL;
 
-	if ((__atomic_fetch_and(&dm->flags, ~UHMM_DMIRROR_FLAG_FAIL_ALLOC, __ATOMIC_RELAXED) &
-	     UHMM_DMIRROR_FLAG_FAIL_ALLOC) || uhmm_inject(UHMM_INJECT_DEVICE_ALLOC))
+	if (fail_alloc(dm) || uhmm_inject(UHMM_INJECT_DEVICE_ALLOC))
 		return NULL;
 	pthread_mutex_lock(&mem->mem_lock);
 	if (mem->nfree || devmem_add_chunk(dm) == 0) {
@@ -171,11 +179,71 @@ static struct uhmm_page *devmem_alloc(struct uhmm_dmirror *dm)
 	return page;
 }
 
+/* Take the free unit at page @first of @c off the free list (mem_lock held). */
+static void unit_take(struct dmirror_devmem *mem, struct dmirror_chunk *c, uint64_t first)
+{
+	size_t n = 0;
+
+	memset(&c->is_free[first], 0, DM_UNIT_PAGES);
+	for (size_t k = 0; k < mem->nfree; k++) {
+		struct uhmm_page *p = mem->free[k];
+
+		if (uhmm_page_pgmap(p) != c->pgmap || uhmm_page_index(p) - first >= DM_UNIT_PAGES)
+			mem->free[n++] = p;
+	}
+	mem->nfree = n;
+}
+
+/* A 512-aligned run of free pages in @c, or -1 (mem_lock held). */
+static int64_t unit_find(const struct dmirror_chunk *c)
+{
+	for (uint64_t first = 0; first < DM_CHUNK_DEV_PAGES; first += DM_UNIT_PAGES) {
+		uint64_t k = 0;
+
+		while (k < DM_UNIT_PAGES && c->is_free[first + k])
+			k++;
+		if (k == DM_UNIT_PAGES)
+			return (int64_t)first;
+	}
+	return -1;
+}
+
+/*
+ * 512 contiguous device pages, 512-aligned in their pagemap (2 MiB of
+ * contiguous device memory), each with one reference: the first, or NULL
+ * (out of memory, or FAIL_ALLOC: the kernel's test device then falls back
+ * to base pages, and so does this one).
+ */
+static struct uhmm_page *devmem_alloc_unit(struct uhmm_dmirror *dm)
+{
+	struct dmirror_devmem *mem = dm->devmem;
+	struct uhmm_page *head = NULL;
+
+	if (fail_alloc(dm) || uhmm_inject(UHMM_INJECT_DEVICE_ALLOC))
+		return NULL;
+	pthread_mutex_lock(&mem->mem_lock);
+	for (int tries = 0; !head && tries < 2; tries++) {
+		for (unsigned int i = 0; !head && i < mem->nchunks; i++) {
+			int64_t first = unit_find(&mem->chunks[i]);
+
+			if (first >= 0) {
+				unit_take(mem, &mem->chunks[i], (uint64_t)first);
+				head = uhmm_pagemap_page(mem->chunks[i].pgmap, (uint64_t)first);
+			}
+		}
+		if (!head && devmem_add_chunk(dm))
+			break;
+	}
+	pthread_mutex_unlock(&mem->mem_lock);
+	for (uint64_t j = 0; head && j < DM_UNIT_PAGES; j++)
+		(void)uhmm_page_init(uhmm_pfn_to_page(uhmm_page_to_pfn(head) + j));	/* free: no reference */
+	return head;
+}
+
 /* A system page to migrate into (or NULL: out of memory, or FAIL_ALLOC). */
 static void *sysmem_alloc(struct uhmm_dmirror *dm, uint64_t *dst)
 {
-	if (__atomic_fetch_and(&dm->flags, ~UHMM_DMIRROR_FLAG_FAIL_ALLOC, __ATOMIC_RELAXED) &
-	    UHMM_DMIRROR_FLAG_FAIL_ALLOC)
+	if (fail_alloc(dm))
 		return NULL;
 	return uhmm_migrate_alloc_system_page(dst);
 }
@@ -266,6 +334,60 @@ static void migrate_copy_run(const struct uhmm_migrate_vma *m, uint64_t i, uint6
 	}
 }
 
+static bool base_with_data(const struct uhmm_migrate_vma *m, uint64_t i)
+{
+	return (m->src[i] & UHMM_MIGRATE_PFN_VALID) && !(m->src[i] & UHMM_MIGRATE_PFN_COMPOUND) && m->dst[i];
+}
+
+static void unit_put(struct uhmm_page *head)
+{
+	for (uint64_t j = 0; j < DM_UNIT_PAGES; j++)
+		uhmm_page_put(uhmm_pfn_to_page(uhmm_page_to_pfn(head) + j));
+}
+
+/*
+ * A unit offered whole (a THP, or 2 MiB of holes): 2 MiB of device memory
+ * and one copy; without a unit to give (FAIL_ALLOC, fragmentation), base
+ * pages for its 512 entries, as the kernel's test device does.
+ */
+static void unit_alloc_and_copy(struct uhmm_dmirror *dm, struct uhmm_migrate_vma *m, uint64_t i,
+				struct iovec *iov)
+{
+	uint64_t s = m->src[i], flags = s & UHMM_MIGRATE_PFN_WRITE, at = m->start + (i << DM_PAGE_SHIFT);
+	struct uhmm_page *head = devmem_alloc_unit(dm);
+
+	if (head) {
+		char *mem = page_mem(head);	/* a unit's pages are contiguous in its chunk */
+		bool ok = !uhmm_inject(UHMM_INJECT_COPY_TO_DEVICE);
+
+		if (ok && (s & UHMM_MIGRATE_PFN_VALID))
+			ok = uhmm_access_vm(at, mem, DM_UNIT_SIZE, 0) >= 0;
+		else if (ok)
+			memset(mem, 0, DM_UNIT_SIZE);
+		if (ok)
+			m->dst[i] = uhmm_migrate_pfn(uhmm_page_to_pfn(head)) | UHMM_MIGRATE_PFN_COMPOUND | flags;
+		else
+			unit_put(head);	/* stays in system memory */
+		return;
+	}
+	for (uint64_t j = 0; j < DM_UNIT_PAGES; j++) {
+		struct uhmm_page *dpage = devmem_alloc(dm);
+
+		if (!dpage)
+			break;	/* the rest stays in system memory */
+		iov[j] = (struct iovec){ page_mem(dpage), DM_PAGE_SIZE };
+		m->dst[i + j] = uhmm_migrate_pfn(uhmm_page_to_pfn(dpage)) | flags;
+		if (!(s & UHMM_MIGRATE_PFN_VALID))
+			memset(page_mem(dpage), 0, DM_PAGE_SIZE);
+	}
+	/* all or nothing: a split unit whose pages ran out stays in system memory */
+	if (!m->dst[i + DM_UNIT_PAGES - 1] ||
+	    ((s & UHMM_MIGRATE_PFN_VALID) && uhmm_access_vm_iov(at, iov, DM_UNIT_PAGES, 0) < 0))
+		for (uint64_t j = 0; j < DM_UNIT_PAGES; j++)
+			if (m->dst[i + j])
+				drop_dst(m, i + j);
+}
+
 /* Allocate device pages for the collected entries and copy the data in. */
 static void migrate_alloc_and_copy(struct uhmm_dmirror *dm, struct uhmm_migrate_vma *m)
 {
@@ -274,6 +396,11 @@ static void migrate_alloc_and_copy(struct uhmm_dmirror *dm, struct uhmm_migrate_
 	for (uint64_t i = 0; i < m->npages; i++) {
 		struct uhmm_page *dpage;
 
+		if (m->src[i] & UHMM_MIGRATE_PFN_COMPOUND) {
+			unit_alloc_and_copy(dm, m, i, iov);
+			i += DM_UNIT_PAGES - 1;
+			continue;
+		}
 		if (!(m->src[i] & UHMM_MIGRATE_PFN_MIGRATE))
 			continue;
 		dpage = devmem_alloc(dm);
@@ -283,11 +410,11 @@ static void migrate_alloc_and_copy(struct uhmm_dmirror *dm, struct uhmm_migrate_
 			memset(page_mem(dpage), 0, DM_PAGE_SIZE);	/* a hole or the zero page */
 		m->dst[i] = uhmm_migrate_pfn(uhmm_page_to_pfn(dpage)) | (m->src[i] & UHMM_MIGRATE_PFN_WRITE);
 	}
-	/* Runs of pages with data to copy: one system call each. */
+	/* Runs of pages with data to copy: one system call each (units copied themselves). */
 	for (uint64_t i = 0, j; i < m->npages; i = j + 1) {
-		for (; i < m->npages && !((m->src[i] & UHMM_MIGRATE_PFN_VALID) && m->dst[i]); i++)
+		for (; i < m->npages && !(base_with_data(m, i)); i++)
 			;
-		for (j = i; j < m->npages && (m->src[j] & UHMM_MIGRATE_PFN_VALID) && m->dst[j]; j++)
+		for (j = i; j < m->npages && base_with_data(m, j); j++)
 			;
 		if (i < j)
 			migrate_copy_run(m, i, j, iov);
@@ -358,7 +485,7 @@ static int migrate_chunk_to_dev(struct uhmm_dmirror *dm, uint64_t start, uint64_
 	uint64_t src[DM_MIGRATE_PAGES], dst[DM_MIGRATE_PAGES];
 	struct uhmm_migrate_vma m = {
 		.mm = dm->mm, .src = src, .dst = dst, .start = start, .end = end,
-		.pgmap_owner = dm->owner, .flags = UHMM_MIGRATE_VMA_SELECT_SYSTEM,
+		.pgmap_owner = dm->owner, .flags = UHMM_MIGRATE_VMA_SELECT_SYSTEM | UHMM_MIGRATE_VMA_SELECT_COMPOUND,
 	};
 	int ret = migrate_setup_as(dm, &m);
 	unsigned long seq;
@@ -443,6 +570,20 @@ static int migrate_to_dev(struct uhmm_dmirror *dm, struct uhmm_dmirror_cmd *c)
  * step under our lock: a device WRITE either lands before the copy (and
  * goes with it) or finds no entry and faults (and waits for the page).
  */
+/* A unit comes back whole (2 MiB of system memory, one copy), or page by page. */
+static void unit_copy_to_sys(struct uhmm_dmirror *dm, struct uhmm_migrate_vma *m, uint64_t i, const char *dev)
+{
+	char *sys = fail_alloc(dm) ? NULL : uhmm_migrate_alloc_system_huge_page(&m->dst[i]);
+
+	if (sys) {
+		memcpy(sys, dev, DM_UNIT_SIZE);
+		return;
+	}
+	for (uint64_t j = 0; j < DM_UNIT_PAGES; j++)
+		if ((sys = sysmem_alloc(dm, &m->dst[i + j])))
+			memcpy(sys, dev + (j << DM_PAGE_SHIFT), DM_PAGE_SIZE);
+}
+
 static void migrate_copy_to_sys(struct uhmm_dmirror *dm, struct uhmm_migrate_vma *m)
 {
 	pthread_mutex_lock(&dm->lock);
@@ -452,15 +593,24 @@ static void migrate_copy_to_sys(struct uhmm_dmirror *dm, struct uhmm_migrate_vma
 
 		if (!spage || !(m->src[i] & UHMM_MIGRATE_PFN_MIGRATE) || uhmm_inject(UHMM_INJECT_COPY_TO_SYSTEM))
 			continue;	/* not ours to move, or the copy failed: it stays */
+		if (m->src[i] & UHMM_MIGRATE_PFN_COMPOUND) {
+			unit_copy_to_sys(dm, m, i, page_mem(spage));	/* contiguous in its chunk */
+			i += DM_UNIT_PAGES - 1;
+			continue;
+		}
 		sys = sysmem_alloc(dm, &m->dst[i]);
 		if (!sys)
 			continue;
 		memcpy(sys, page_mem(spage), DM_PAGE_SIZE);
 	}
 	/* The data is leaving the device: its mappings go (our own MIGRATE events keep them). */
-	for (uint64_t i = 0; i < m->npages; i++)
-		if (m->dst[i] & UHMM_MIGRATE_PFN_VALID)
-			uhmm_radix_set(&dm->pt, (m->start >> DM_PAGE_SHIFT) + i, 0);
+	for (uint64_t i = 0; i < m->npages; i++) {
+		uint64_t n = (m->dst[i] & UHMM_MIGRATE_PFN_COMPOUND) ? DM_UNIT_PAGES : 1;
+
+		for (uint64_t j = 0; (m->dst[i] & UHMM_MIGRATE_PFN_VALID) && j < n; j++)
+			uhmm_radix_set(&dm->pt, (m->start >> DM_PAGE_SHIFT) + i + j, 0);
+		i += n - 1;
+	}
 	pthread_mutex_unlock(&dm->lock);
 }
 
@@ -473,30 +623,40 @@ static uint64_t count_migrated(const struct uhmm_migrate_vma *m)
 	return n;
 }
 
+/* Was entry @k collected, alone or in a unit offered whole? (before pages()) */
+static bool entry_collected(const struct uhmm_migrate_vma *m, uint64_t k)
+{
+	uint64_t into = ((m->start >> DM_PAGE_SHIFT) + k) % DM_UNIT_PAGES;
+
+	return (m->src[k] & UHMM_MIGRATE_PFN_MIGRATE) ||
+	       (k >= into && (m->src[k - into] & UHMM_MIGRATE_PFN_COMPOUND));
+}
+
 /*
  * Returns 0 with *@migrated counted and *@first saying what became of entry
- * 0: 1 moved (or its address went away meanwhile), 0 not collected (another
- * migration held it), -1 no system page to move it to.
+ * @fi (the faulting page's): 1 moved (or its address went away meanwhile),
+ * 0 not collected (another migration held it), -1 no system page for it.
  */
 static int migrate_range_to_sys(struct uhmm_dmirror *dm, void *owner, uint64_t start, uint64_t end,
-				struct uhmm_page *fault_page, uint64_t *migrated, int *first)
+				struct uhmm_page *fault_page, uint64_t *migrated, int *first, uint64_t fi)
 {
 	uint64_t src[DM_MIGRATE_PAGES], dst[DM_MIGRATE_PAGES];
 	struct uhmm_migrate_vma m = {
 		.mm = dm->mm, .src = src, .dst = dst, .start = start, .end = end, .pgmap_owner = owner,
-		.flags = UHMM_MIGRATE_VMA_SELECT_DEVICE_PRIVATE, .fault_page = fault_page,
+		.flags = UHMM_MIGRATE_VMA_SELECT_DEVICE_PRIVATE | UHMM_MIGRATE_VMA_SELECT_COMPOUND,
+		.fault_page = fault_page,
 	};
 	int ret = migrate_setup_as(dm, &m);
 	bool collected;
 
 	if (ret)
 		return ret;
-	collected = src[0] & UHMM_MIGRATE_PFN_MIGRATE;
+	collected = entry_collected(&m, fi);
 	migrate_copy_to_sys(dm, &m);
 	uhmm_migrate_vma_pages(&m);
 	*migrated += count_migrated(&m);
 	if (first)
-		*first = !collected ? 0 : (dst[0] & UHMM_MIGRATE_PFN_VALID) ? 1 : -1;	/* -1: no system page */
+		*first = !collected ? 0 : (dst[fi] & UHMM_MIGRATE_PFN_VALID) ? 1 : -1;	/* -1: no system page */
 	uhmm_migrate_vma_finalize(&m);
 	return 0;
 }
@@ -509,7 +669,7 @@ static int migrate_to_sys(struct uhmm_dmirror *dm, struct uhmm_dmirror_cmd *c)
 	for (uint64_t a = c->addr; !ret && a < end; a += DM_MIGRATE_PAGES * DM_PAGE_SIZE)
 		ret = migrate_range_to_sys(dm, dm->owner, a,
 					   end - a > DM_MIGRATE_PAGES * DM_PAGE_SIZE ? a + DM_MIGRATE_PAGES * DM_PAGE_SIZE : end,
-					   NULL, &migrated, NULL);
+					   NULL, &migrated, NULL, 0);
 	if (!ret) {
 		c->cpages = migrated;
 		c->faults = 0;
@@ -526,12 +686,16 @@ static int migrate_to_sys(struct uhmm_dmirror *dm, struct uhmm_dmirror_cmd *c)
 static int dmirror_migrate_to_ram(struct uhmm_vm_fault *vmf)
 {
 	struct uhmm_dmirror *dm = page_dmirror(vmf->page);
-	uint64_t migrated = 0;
+	uint64_t migrated = 0, start = vmf->address, end = start + DM_FAULT_AROUND * DM_PAGE_SIZE;
 	int first = 0;
 	int ret;
 
-	ret = migrate_range_to_sys(dm, uhmm_pagemap_owner(uhmm_page_pgmap(vmf->page)), vmf->address,
-				   vmf->address + DM_FAULT_AROUND * DM_PAGE_SIZE, vmf->page, &migrated, &first);
+	if (uhmm_page_order(vmf->page)) {	/* part of a unit: the unit comes back whole */
+		start = vmf->address & ~(uint64_t)(DM_UNIT_SIZE - 1);
+		end = start + DM_UNIT_SIZE;
+	}
+	ret = migrate_range_to_sys(dm, uhmm_pagemap_owner(uhmm_page_pgmap(vmf->page)), start, end, vmf->page,
+				   &migrated, &first, (vmf->address - start) >> DM_PAGE_SHIFT);
 	if (ret)
 		return ret;
 	/* Not even collected (another migration held it): uhmm looks again. */

@@ -216,14 +216,36 @@ UHMM_EXPORT void uhmm_page_get(struct uhmm_page *page)
 	atomic_fetch_add(&page->refs, 1);
 }
 
+static struct uhmm_page *unit_head(const struct uhmm_page *page);
+
+/* A page of a device unit leaves it: the rest are 4 KiB pages from now on. */
+static void unit_break(struct uhmm_page *page)
+{
+	struct uhmm_page *head = unit_head(page);
+
+	if (atomic_load_explicit(&head->order, memory_order_relaxed))
+		atomic_store_explicit(&head->order, 0, memory_order_relaxed);
+}
+
 UHMM_EXPORT void uhmm_page_put(struct uhmm_page *page)
 {
 	if (!page)
 		return;
 	if (atomic_fetch_sub(&page->refs, 1) != 1)
 		return;
+	unit_break(page);
 	atomic_fetch_sub(&page->pgmap->allocated, 1);
 	page->pgmap->ops->page_free(page);
+}
+
+static struct uhmm_page *unit_head(const struct uhmm_page *page)
+{
+	return &page->pgmap->pages[uhmm_page_index(page) & ~(uint64_t)((UHMM_PMD_SIZE >> UHMM_PAGE_SHIFT) - 1)];
+}
+
+UHMM_EXPORT unsigned int uhmm_page_order(const struct uhmm_page *page)
+{
+	return page ? atomic_load_explicit(&unit_head(page)->order, memory_order_relaxed) : 0;
 }
 
 UHMM_EXPORT uint64_t uhmm_page_to_pfn(const struct uhmm_page *page)

@@ -236,6 +236,7 @@ bool uhmm_mm_is_current(const struct uhmm_mm *mm);
 
 /* kmem.c: uhmm's own memory (uhmm_kmalloc() and friends are public) */
 bool uhmm_kmem_owns(uint64_t start, uint64_t end);	/* does [start, end) touch it? */
+void *uhmm_kmem_block(const void *p);	/* the block @p lies in (NULL: not uhmm's memory) */
 uint64_t uhmm_kmem_live_bytes(void);
 
 int uhmm_service_start(struct uhmm_mm *mm);
@@ -276,6 +277,7 @@ struct uhmm_page {
 	uint64_t vaddr;			/* CPU address whose data it holds (mm->dp_lock) */
 	uint64_t claim_addr;		/* where migrate_device_range() claimed it */
 	void *zone_device_data;
+	atomic_uchar order;		/* on a unit's first page: 9 while its 512 pages are one unit */
 };
 
 struct uhmm_pagemap {

@@ -298,6 +298,13 @@ UHMM_EXPORT void *uhmm_krealloc(void *p, size_t size)
 	return n;
 }
 
+void *uhmm_kmem_block(const void *p)
+{
+	int c = addr_class(p);
+
+	return c < 0 ? NULL : (void *)((uintptr_t)p & ~(uintptr_t)(block_size(c) - 1));
+}
+
 bool uhmm_kmem_owns(uint64_t start, uint64_t end)
 {
 	pthread_once(&km.once, kmem_init);

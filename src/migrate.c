@@ -34,10 +34,15 @@
 #define MS_COMMITTED (1u << 2)
 #define MS_EMPTY (1u << 3)	/* a hole or the zero page: protected, never un-protected */
 #define MS_VMA_WRITE (1u << 4)	/* its VMA is writable (for a page found filled, see recheck) */
+#define MS_UNIT (1u << 5)	/* first entry of a 2 MiB unit the driver took whole (pages()) */
+
+#define UNIT_PAGES (UHMM_PMD_SIZE / UHMM_PAGE_SIZE)	/* a THP, or a device unit: 512 */
+#define UNIT_ORDER (UHMM_PMD_SHIFT - UHMM_PAGE_SHIFT)
 
 struct mig_priv {
 	struct uhmm_mm *mm;
 	uint64_t t0;		/* setup's start, for the trace */
+	uint64_t *base_src;	/* the base-page src entries, once a unit is offered (SELECT_COMPOUND) */
 	uint8_t st[];
 };
 
@@ -305,6 +310,7 @@ static int write_protect(struct uhmm_mm *mm, uint64_t start, uint64_t end, bool 
 struct staging_slab {
 	atomic_long refs;	/* one per page out, plus one while it is the owner's current slab */
 	size_t used;		/* pages handed out, from 1 (the header); owner thread only */
+	bool unit;		/* a staging unit: header page, then 2 MiB of data from +2 MiB */
 };
 
 static __thread struct staging_slab *cur_slab;
@@ -321,14 +327,30 @@ static pthread_once_t slab_key_once = PTHREAD_ONCE_INIT;
 #define SLAB_SPARES 4
 static _Atomic(struct staging_slab *) slab_spares[SLAB_SPARES];
 
+static _Atomic(struct staging_slab *) unit_spares[SLAB_SPARES];	/* the same, for staging units */
+
+/* A spare of @spares, or NULL. */
+static struct staging_slab *spare_take(_Atomic(struct staging_slab *) *spares)
+{
+	for (int i = 0; i < SLAB_SPARES; i++) {
+		struct staging_slab *spare = atomic_exchange(&spares[i], NULL);
+
+		if (spare)
+			return spare;
+	}
+	return NULL;
+}
+
 static void slab_put(struct staging_slab *slab)
 {
+	_Atomic(struct staging_slab *) *spares = slab->unit ? unit_spares : slab_spares;
+
 	if (atomic_fetch_sub(&slab->refs, 1) != 1)
 		return;
 	for (int i = 0; i < SLAB_SPARES; i++) {
 		struct staging_slab *none = NULL;
 
-		if (atomic_compare_exchange_strong(&slab_spares[i], &none, slab))
+		if (atomic_compare_exchange_strong(&spares[i], &none, slab))
 			return;
 	}
 	uhmm_kfree(slab);
@@ -347,14 +369,12 @@ static void slab_key_init(void)
 
 static struct staging_slab *slab_new(void)
 {
-	for (int i = 0; i < SLAB_SPARES; i++) {
-		struct staging_slab *spare = atomic_exchange(&slab_spares[i], NULL);
+	struct staging_slab *spare = spare_take(slab_spares);
 
-		if (spare) {
-			atomic_store(&spare->refs, 1);
-			spare->used = 1;
-			return spare;
-		}
+	if (spare) {
+		atomic_store(&spare->refs, 1);
+		spare->used = 1;
+		return spare;
 	}
 
 	/* uhmm's own memory (2 MiB blocks are 2 MiB-aligned): no migration can take it */
@@ -364,6 +384,7 @@ static struct staging_slab *slab_new(void)
 		return NULL;
 	atomic_init(&slab->refs, 1);
 	slab->used = 1;
+	slab->unit = false;
 	return slab;
 }
 
@@ -390,9 +411,32 @@ UHMM_EXPORT void *uhmm_migrate_alloc_system_page(uint64_t *dst)
 	return page;
 }
 
+/*
+ * A staging unit for a device unit coming back whole: 2 MiB, 2 MiB-aligned,
+ * installed with one UFFDIO_COPY. A 4 MiB block of uhmm's own memory: the
+ * header in its first page, the data in its second half.
+ */
+UHMM_EXPORT void *uhmm_migrate_alloc_system_huge_page(uint64_t *dst)
+{
+	struct staging_slab *slab;
+
+	if (!dst || uhmm_inject(UHMM_INJECT_STAGING_ALLOC))
+		return NULL;
+	slab = spare_take(unit_spares);	/* its pages are faulted in already */
+	if (!slab)
+		slab = uhmm_kmalloc(2 * UHMM_PMD_SIZE);
+	if (!slab)
+		return NULL;
+	atomic_init(&slab->refs, UNIT_PAGES);	/* one per page: finalize frees them one by one */
+	slab->used = 0;
+	slab->unit = true;
+	*dst = uhmm_migrate_pfn(((uintptr_t)slab + UHMM_PMD_SIZE) >> UHMM_PAGE_SHIFT) | UHMM_MIGRATE_PFN_COMPOUND;
+	return (char *)slab + UHMM_PMD_SIZE;
+}
+
 static void staging_free(void *page)
 {
-	slab_put((struct staging_slab *)uhmm_align_down((uintptr_t)page, UHMM_PMD_SIZE));
+	slab_put(uhmm_kmem_block(page));	/* a slab's header is its block's first page */
 }
 
 static void *system_page_addr(uint64_t mpfn)
@@ -525,6 +569,57 @@ static void collect_recheck(struct collect *c)
 	}
 }
 
+/*
+ * Units (SELECT_COMPOUND): a 2 MiB-aligned block of the range whose 512
+ * entries were all collected as one thing: a THP (every page PMD-mapped),
+ * a hole or zero page throughout, or the 512 pages of a device unit, in
+ * order. It is offered as the kernel offers a THP: src[i] | COMPOUND, the
+ * other 511 entries 0. The base-page entries are kept: pages() restores
+ * them, whether the driver takes the unit whole or page by page.
+ */
+static bool block_is_unit(const struct collect *c, uint64_t i)
+{
+	const struct uhmm_migrate_vma *m = c->m;
+	const uint8_t *st = c->priv->st;
+	struct uhmm_page *head = uhmm_migrate_pfn_to_page(m->src[i]);
+	bool empty = st[i] & MS_EMPTY;
+
+	if (head && (uhmm_page_order(head) != UNIT_ORDER || uhmm_page_index(head) % UNIT_PAGES))
+		return false;
+	for (uint64_t j = 0; j < UNIT_PAGES; j++) {
+		uint64_t s = m->src[i + j];
+
+		if (!(s & UHMM_MIGRATE_PFN_MIGRATE))
+			return false;
+		if (head ? uhmm_migrate_pfn_to_pfn(s) != uhmm_page_to_pfn(head) + j
+			 : uhmm_migrate_pfn_to_page(s) || !!(st[i + j] & MS_EMPTY) != empty ||
+				   (!empty && !(c->pte && (c->pte[i + j] & UHMM_PTE_HUGE))))
+			return false;
+	}
+	return true;
+}
+
+static void collect_units(struct collect *c)
+{
+	struct uhmm_migrate_vma *m = c->m;
+	uint64_t first = (uhmm_align_up(m->start, UHMM_PMD_SIZE) - m->start) >> UHMM_PAGE_SHIFT;
+
+	if (!(m->flags & UHMM_MIGRATE_VMA_SELECT_COMPOUND))
+		return;
+	for (uint64_t i = first; i + UNIT_PAGES <= m->npages; i += UNIT_PAGES) {
+		if (!block_is_unit(c, i))
+			continue;
+		if (!c->priv->base_src) {
+			c->priv->base_src = uhmm_kmalloc(m->npages * sizeof(*m->src));
+			if (!c->priv->base_src)
+				return;	/* offered page by page */
+			memcpy(c->priv->base_src, m->src, m->npages * sizeof(*m->src));
+		}
+		m->src[i] |= UHMM_MIGRATE_PFN_COMPOUND;
+		memset(&m->src[i + 1], 0, (UNIT_PAGES - 1) * sizeof(*m->src));
+	}
+}
+
 static void collect_vmas(struct collect *c, const struct uhmm_vma *v, int n)
 {
 	struct uhmm_migrate_vma *m = c->m;
@@ -624,6 +719,7 @@ int uhmm_migrate_setup_as(struct uhmm_migrate_vma *m, enum uhmm_notifier_event e
 	collect_vmas(&c, v, n);
 	collect_protect(&c);
 	collect_recheck(&c);
+	collect_units(&c);
 	uhmm_invalidate_end(m->mm);
 	uhmm_kfree(c.pte);
 	m->priv = c.priv;
@@ -634,7 +730,7 @@ err:
 	gate_exit(m->mm);
 	pthread_rwlock_unlock(&m->mm->mmap_lock);
 	uhmm_kfree(c.pte);
-	uhmm_kfree(c.priv);
+	uhmm_kfree(c.priv);	/* base_src is only made after the last error */
 	m->cpages = 0;
 	return ret;
 }
@@ -773,12 +869,75 @@ static int entry_direction(uint64_t src, uint64_t dst)
 	return ddev ? 1 : -1;
 }
 
+/*
+ * A unit's destination, taken whole: 512 device pages of one pagemap from a
+ * 512-aligned index, or a staging unit (uhmm_migrate_alloc_system_huge_page()).
+ */
+static bool unit_dst_ok(uint64_t dst)
+{
+	struct uhmm_page *head = uhmm_migrate_pfn_to_page(dst);
+
+	if (!(dst & UHMM_MIGRATE_PFN_VALID) || !(dst & UHMM_MIGRATE_PFN_COMPOUND))
+		return false;
+	if (!head)
+		return uhmm_migrate_pfn_to_pfn(dst) % UNIT_PAGES == 0;
+	return uhmm_page_index(head) % UNIT_PAGES == 0 &&
+	       uhmm_page_index(head) + UNIT_PAGES <= head->pgmap->npages;
+}
+
+/*
+ * Back to base-page entries (uhmm keeps every page's state per 4 KiB): the
+ * src entries as collected; a unit the driver took whole gets the dst
+ * entries of its 512 pages; one it did not (no COMPOUND in dst[i], as when
+ * a device cannot allocate a huge page) is split: the driver filled
+ * dst[i + j] page by page, as for the kernel's migrate_vma_split_pages().
+ */
+static void expand_units(struct uhmm_migrate_vma *m, struct mig_priv *p)
+{
+	for (uint64_t i = 0; p->base_src && i < m->npages; i++) {
+		uint64_t d = m->dst[i];
+
+		if (!(m->src[i] & UHMM_MIGRATE_PFN_COMPOUND))
+			continue;
+		memcpy(&m->src[i], &p->base_src[i], UNIT_PAGES * sizeof(*m->src));
+		if (unit_dst_ok(d)) {
+			for (uint64_t j = 0; j < UNIT_PAGES; j++)
+				m->dst[i + j] = uhmm_migrate_pfn(uhmm_migrate_pfn_to_pfn(d) + j) |
+						(d & UHMM_MIGRATE_PFN_WRITE);
+			p->st[i] |= MS_UNIT;
+		} else {
+			m->dst[i] = d & ~UHMM_MIGRATE_PFN_COMPOUND;
+		}
+		i += UNIT_PAGES - 1;
+	}
+}
+
+/* Units that moved whole: a device unit is marked on its first page (order), and counted. */
+static void account_units(struct uhmm_migrate_vma *m, struct mig_priv *p)
+{
+	for (uint64_t i = 0; p->base_src && i < m->npages; i++) {
+		bool whole = p->st[i] & MS_UNIT;
+		struct uhmm_page *head = uhmm_migrate_pfn_to_page(m->dst[i]);
+
+		if (!whole)
+			continue;
+		for (uint64_t j = 0; j < UNIT_PAGES && whole; j++)
+			whole = p->st[i + j] & MS_COMMITTED;
+		if (whole && head)
+			atomic_store_explicit(&head->order, UNIT_ORDER, memory_order_relaxed);	/* the table holds all 512 */
+		if (whole)
+			uhmm_stat_add(UHMM_STAT(units_migrated), 1);
+		i += UNIT_PAGES - 1;
+	}
+}
+
 UHMM_EXPORT void uhmm_migrate_vma_pages(struct uhmm_migrate_vma *m)
 {
 	struct mig_priv *p;
 
 	if (!m || !(p = m->priv))
 		return;
+	expand_units(m, p);
 	for (uint64_t i = 0; i < m->npages;) {
 		int dir = entry_direction(m->src[i], m->dst[i]);
 		uint64_t j = i + 1;
@@ -799,6 +958,7 @@ UHMM_EXPORT void uhmm_migrate_vma_pages(struct uhmm_migrate_vma *m)
 		}
 		i = j;
 	}
+	account_units(m, p);
 }
 
 /* Release one entry's references and claim; the caller wakes. */
@@ -846,6 +1006,7 @@ UHMM_EXPORT void uhmm_migrate_vma_finalize(struct uhmm_migrate_vma *m)
 				(unsigned long long)m->cpages);
 	gate_exit(p->mm);
 	pthread_rwlock_unlock(&p->mm->mmap_lock);
+	uhmm_kfree(p->base_src);
 	uhmm_kfree(p);
 	m->priv = NULL;
 }

@@ -112,20 +112,21 @@ static int pagemap_scan(uint64_t start, uint64_t end, uint8_t *state, bool need_
  * entries with consecutive PFNs starting at a 2 MiB aligned one whose
  * kpageflags say THP.
  */
-static bool pagemap_block_is_thp(const uint64_t *ent)
+/* The kernel page flags of a 512-page block mapped by one PMD (pfns in order), or 0. */
+static uint64_t pagemap_block_kflags(const uint64_t *ent)
 {
 	uint64_t pfn0 = ent[0] & PM_PFN_MASK, kflags = 0;
 	int kfd;
 
 	if (!(ent[0] & PM_PRESENT) || (pfn0 & 511))
-		return false;
+		return 0;
 	for (int i = 1; i < 512; i++)
 		if (!(ent[i] & PM_PRESENT) || (ent[i] & PM_PFN_MASK) != pfn0 + (uint64_t)i)
 			return false;
 	kfd = uhmm_proc_fd(UHMM_PROC_KPAGEFLAGS);
 	if (kfd < 0 || pread(kfd, &kflags, sizeof(kflags), (off_t)(pfn0 * 8)) != 8)
-		return false;
-	return (kflags & ((1ULL << KPF_THP) | (1ULL << KPF_HUGE))) != 0;
+		return 0;
+	return kflags;
 }
 
 static uint8_t pread_entry_to_state(uint64_t e, uint64_t zero_pfn)
@@ -150,6 +151,7 @@ static int pagemap_pread_all(uint64_t start, uint64_t end, uint8_t *state)
 	for (uint64_t a = start; a < end;) {
 		size_t n = (size_t)((end - a) >> UHMM_PAGE_SHIFT);
 		uint8_t *st = state + ((a - start) >> UHMM_PAGE_SHIFT);
+		uint64_t kflags;
 		int ret;
 
 		/* Batches are PMD aligned so that a whole THP lands in one. */
@@ -160,9 +162,12 @@ static int pagemap_pread_all(uint64_t start, uint64_t end, uint8_t *state)
 			return ret;
 		for (size_t i = 0; i < n; i++)
 			st[i] = pread_entry_to_state(ent[i], zero_pfn);
-		if (thp && n == PM_BATCH && pagemap_block_is_thp(ent))
-			for (size_t i = 0; i < n; i++)
-				st[i] |= UHMM_PTE_HUGE;
+		kflags = thp && n == PM_BATCH ? pagemap_block_kflags(ent) : 0;
+		for (size_t i = 0; (kflags & ((1ULL << KPF_THP) | (1ULL << KPF_HUGE))) && i < n; i++)
+			st[i] |= UHMM_PTE_HUGE;
+		/* the huge zero page: its pfns are not the zero page's */
+		for (size_t i = 0; (kflags & (1ULL << KPF_ZERO_PAGE)) && i < n; i++)
+			st[i] = (uint8_t)((st[i] | UHMM_PTE_ZERO) & ~UHMM_PTE_EXCLUSIVE);
 		a += n << UHMM_PAGE_SHIFT;
 	}
 	return 0;

@@ -76,6 +76,7 @@ __attribute__((destructor)) static void stats_at_exit(void)
 		"  zaps              %llu moved, %llu madvised\n"
 		"  events            %llu\n"
 		"  exclusive pages   %llu\n"
+		"  2 MiB units       %llu migrated whole\n"
 		"  invalidations    ",
 		(int)getpid(), (unsigned long long)s.faults, (unsigned long long)s.faults_device,
 		s.faults ? (double)s.fault_ns / (double)s.faults / 1e3 : 0.0,
@@ -85,7 +86,8 @@ __attribute__((destructor)) static void stats_at_exit(void)
 		(unsigned long long)s.range_fault_pages, (unsigned long long)s.range_fault_busy,
 		(unsigned long long)s.read_retries, (unsigned long long)s.poisons,
 		(unsigned long long)s.zaps_moved, (unsigned long long)s.zaps_madvised,
-		(unsigned long long)s.events, (unsigned long long)s.exclusive_pages);
+		(unsigned long long)s.events, (unsigned long long)s.exclusive_pages,
+		(unsigned long long)s.units_migrated);
 	for (unsigned int i = 0; i < UHMM_ARRAY_SIZE(s.invalidations); i++)
 		fprintf(stderr, " %s=%llu", uhmm_event_name(i), (unsigned long long)s.invalidations[i]);
 	fputc('\n', stderr);

@@ -32,11 +32,15 @@ exclusive|exclusive|EXCLUSIVE, CPU increments every int (revoking), CHECK_EXCLUS
 exclusive_mprotect|exclusive_mprotect|EXCLUSIVE, mprotect read-only, WRITE is -EPERM
 exclusive_cow|exclusive_cow|EXCLUSIVE, fork: copy-on-write keeps both sides right
 compound|compound|hugetlb: snapshot WRITE|PMD everywhere, READ|PMD after mprotect
-migrate_anon_huge_empty|-|an empty THP region migrates as one unit and back
-migrate_anon_huge_zero|-|a huge-zero-page region migrates as one unit and back
-migrate_anon_huge_free|-|MADV_FREE after a THP migrated
-migrate_anon_huge_fault|-|a filled THP migrates and faults back as one unit
-migrate_anon_huge_err|-|device cannot allocate a huge page (FAIL_ALLOC): falls back to base pages both ways
+migrate_anon_huge_empty|migrate_anon_huge_empty|an empty THP region migrates as one unit and back
+migrate_anon_huge_zero|migrate_anon_huge_zero|a huge-zero-page region migrates as one unit and back
+migrate_anon_huge_free|migrate_anon_huge_free|MADV_FREE after a THP migrated
+migrate_anon_huge_fault|migrate_anon_huge_fault|a filled THP migrates and faults back as one unit
+migrate_anon_huge_err|migrate_anon_huge_err|device cannot allocate a huge page (FAIL_ALLOC): falls back to base pages both ways
+migrate_anon_huge_zero_err|migrate_anon_huge_zero_err|huge zero page, FAIL_ALLOC: base pages, zeros
+huge: partial munmap|migrate_anon_huge_partial_unmap|munmap of half a device-resident THP keeps the other half's data
+huge: mremap|migrate_anon_huge_remap|mremap of a device-resident THP to a 2 MiB boundary: still one unit, data intact
+huge: mremap unaligned|migrate_anon_huge_remap_unaligned|mremap to an unaligned address: every byte intact
 benchmark_thp_migration|bench|throughput both ways, 512 KiB .. 256 MiB, with and without THP
 rule 3: munmap|invalidate_munmap|munmap drops the device mappings first
 rule 3: madvise|invalidate_madvise_dontneed|madvise(DONTNEED/FREE) drops the device mappings first

@@ -469,6 +469,8 @@ uint64_t uhmm_page_to_pfn(const struct uhmm_page *page);
 struct uhmm_page *uhmm_pfn_to_page(uint64_t pfn);
 struct uhmm_pagemap *uhmm_page_pgmap(const struct uhmm_page *page);
 uint64_t uhmm_page_index(const struct uhmm_page *page);
+/* 9 while @page belongs to a 2 MiB unit that migrated to the device whole, else 0 */
+unsigned int uhmm_page_order(const struct uhmm_page *page);
 void *uhmm_page_zone_device_data(const struct uhmm_page *page);
 void uhmm_page_set_zone_device_data(struct uhmm_page *page, void *data);
 
@@ -482,6 +484,15 @@ void uhmm_page_set_zone_device_data(struct uhmm_page *page, void *data);
 #define UHMM_MIGRATE_PFN_COMPOUND	(1ULL << 4)
 #define UHMM_MIGRATE_PFN_SHIFT		6
 
+/*
+ * COMPOUND (with SELECT_COMPOUND): src[i] | COMPOUND offers a 2 MiB unit
+ * whole (a THP, a hole or zero page throughout, or a device unit), the next
+ * 511 entries 0, as the kernel offers a THP. Take it whole with dst[i] =
+ * the first of 512 device pages of one pagemap from a 512-aligned index,
+ * each taken with uhmm_page_init() (or a uhmm_migrate_alloc_system_huge_page()),
+ * | COMPOUND; or page by page, filling dst[i + j] (the kernel's split). After
+ * uhmm_migrate_vma_pages() every entry is a base-page entry again.
+ */
 static inline uint64_t uhmm_migrate_pfn(uint64_t pfn) { return (pfn << UHMM_MIGRATE_PFN_SHIFT) | UHMM_MIGRATE_PFN_VALID; }
 static inline uint64_t uhmm_migrate_pfn_to_pfn(uint64_t mpfn) { return mpfn >> UHMM_MIGRATE_PFN_SHIFT; }
 /* The device page of a src/dst entry, or NULL (a system page or no page). */
@@ -567,6 +578,16 @@ void uhmm_migrate_vma_finalize(struct uhmm_migrate_vma *migrate);
  * out of memory.
  */
 void *uhmm_migrate_alloc_system_page(uint64_t *dst);
+
+/**
+ * uhmm_migrate_alloc_system_huge_page() - 2 MiB to bring a unit back whole
+ * @dst: receives dst[i] for the unit's entry (with UHMM_MIGRATE_PFN_COMPOUND)
+ *
+ * As uhmm_migrate_alloc_system_page(), for an entry offered with COMPOUND:
+ * 2 MiB of contiguous memory, filled by the driver, installed with one
+ * UFFDIO_COPY. NULL when out of memory (bring the unit back page by page).
+ */
+void *uhmm_migrate_alloc_system_huge_page(uint64_t *dst);
 
 /**
  * uhmm_migrate_device_range() - collect device pages for eviction
@@ -663,6 +684,7 @@ struct uhmm_stats {
 	uint64_t events;		/* userfaultfd messages handled */
 	uint64_t faults_injected;	/* failures and delays injected (uhmm_fault_inject()) */
 	uint64_t exclusive_pages;	/* pages made device-exclusive (uhmm_make_device_exclusive()) */
+	uint64_t units_migrated;	/* 2 MiB units (THP, device units) that migrated whole, each way */
 };
 
 /**

@@ -170,5 +170,6 @@ struct procmap_query {
 /* /proc/kpageflags bits */
 #define KPF_HUGE 17
 #define KPF_THP 22
+#define KPF_ZERO_PAGE 24
 
 #endif /* UHMM_UAPI_H */

@@ -1,0 +1,258 @@
+// SPDX-License-Identifier: MIT
+/*
+ * Huge pages in migration (the kernel's migrate_anon_huge_* scenarios): a
+ * 2 MiB unit (a THP, 2 MiB of holes or the huge zero page) migrates to the
+ * device whole, comes back whole on a CPU touch, falls back to base pages
+ * when the device (or the system) cannot give 2 MiB (FAIL_ALLOC), and
+ * partial munmap / mremap of a device-resident unit keep every surviving
+ * byte. "Whole" is observed through uhmm_stats().units_migrated and the
+ * number of CPU faults it took to bring the unit back.
+ */
+#include <string.h>
+#include <sys/mman.h>
+
+#include "../harness.h"
+
+#define UNIT_INTS (TWO_MB / sizeof(int))
+
+static struct uhmm_stats stats(void)
+{
+	struct uhmm_stats s;
+
+	ASSERT_EQ(uhmm_stats(&s, sizeof(s)), sizeof(s));
+	return s;
+}
+
+/* 2 MiB-aligned, THP allowed. */
+static int *thp_region(void)
+{
+	int *p = map_anon_aligned(TWO_MB, TWO_MB);
+
+	if (!thp_available())
+		SKIP("transparent huge pages are off");
+	ASSERT_OK(madvise(p, TWO_MB, MADV_HUGEPAGE));
+	return p;
+}
+
+/* KiB of @p's mapping that smaps shows as THP. */
+static long thp_kib(const void *p)
+{
+	FILE *f = fopen("/proc/self/smaps", "re");
+	char line[256];
+	bool in = false;
+	long kib = 0;
+
+	ASSERT_TRUE(f);
+	while (fgets(line, sizeof(line), f)) {
+		unsigned long s, e, v;
+
+		if (sscanf(line, "%lx-%lx ", &s, &e) == 2)
+			in = (uintptr_t)p >= s && (uintptr_t)p < e;
+		else if (in && sscanf(line, "AnonHugePages: %lu kB", &v) == 1)
+			kib = (long)v;
+	}
+	fclose(f);
+	return kib;
+}
+
+/* A THP full of the kernel test's pattern (int i holds i). */
+static int *filled_thp(void)
+{
+	int *p = thp_region();
+	struct uhmm_features feat;
+
+	uhmm_query_features(&feat);
+	if ((feat.flags & UHMM_FEAT_FALLBACK_FORCED) && !(feat.flags & UHMM_FEAT_KPAGEFLAGS))
+		SKIP("the fallback path needs /proc/kpageflags to see THP");
+	fill_ints(p, TWO_MB, 1);
+	if (thp_kib(p) < 2048)
+		SKIP("the kernel gave no THP here (fragmented memory)");
+	return p;
+}
+
+static void to_device(struct uhmm_dmirror *d, int *p, int *mirror)
+{
+	struct uhmm_dmirror_cmd c;
+
+	memset(mirror, 0xff, TWO_MB);
+	ASSERT_OK(dmcmd(d, UHMM_DMIRROR_MIGRATE_TO_DEV, p, mirror, 512, &c));
+	ASSERT_EQ(c.cpages, 512);
+}
+
+static void check_zero(const int *p)
+{
+	for (size_t i = 0; i < UNIT_INTS; i++)
+		ASSERT_EQ(p[i], 0);
+}
+
+/* A unit on the device, then one CPU touch brings all of it back: one fault, one unit. */
+static void faults_back_whole(const int *p, int sign_or_zero)
+{
+	struct uhmm_stats a = stats(), b;
+	struct uhmm_mm *mm;
+
+	ASSERT_OK(uhmm_mm_get(&mm));
+	ASSERT_EQ(p[UNIT_INTS / 2], sign_or_zero ? (int)(UNIT_INTS / 2) : 0);	/* the touch */
+	ASSERT_OK(uhmm_mm_sync(mm));	/* the fault's accounting is done */
+	uhmm_mm_put(mm);
+	b = stats();
+	ASSERT_EQ(b.units_migrated - a.units_migrated, 1);
+	ASSERT_EQ(b.faults - a.faults, 1);
+	if (sign_or_zero)
+		check_ints(p, TWO_MB, 1);
+	else
+		check_zero(p);
+	ASSERT_EQ(stats().faults - a.faults, 1);	/* the other 511 pages came with it */
+}
+
+TEST(migrate_anon_huge_empty)
+{
+	struct uhmm_dmirror *d = dmirror(0);
+	int *p = thp_region(), *mirror = map_anon(TWO_MB, PROT_READ | PROT_WRITE, MAP_PRIVATE);
+	uint64_t units = stats().units_migrated;
+
+	to_device(d, p, mirror);
+	ASSERT_EQ(stats().units_migrated - units, 1);
+	check_zero(mirror);
+	faults_back_whole(p, 0);
+	ASSERT_OK(uhmm_dmirror_close(d));
+}
+
+TEST(migrate_anon_huge_zero)
+{
+	struct uhmm_dmirror *d = dmirror(0);
+	int *p = thp_region(), *mirror = map_anon(TWO_MB, PROT_READ | PROT_WRITE, MAP_PRIVATE);
+	uint64_t units;
+
+	ASSERT_EQ(((volatile int *)p)[0], 0);	/* the (huge) zero page */
+	units = stats().units_migrated;
+	to_device(d, p, mirror);
+	ASSERT_EQ(stats().units_migrated - units, 1);
+	check_zero(mirror);
+	faults_back_whole(p, 0);
+	ASSERT_OK(uhmm_dmirror_close(d));
+}
+
+TEST(migrate_anon_huge_fault)
+{
+	struct uhmm_dmirror *d = dmirror(0);
+	int *p = filled_thp(), *mirror = map_anon(TWO_MB, PROT_READ | PROT_WRITE, MAP_PRIVATE);
+	uint64_t units = stats().units_migrated;
+
+	to_device(d, p, mirror);
+	ASSERT_EQ(stats().units_migrated - units, 1);
+	check_ints(mirror, TWO_MB, 1);
+	faults_back_whole(p, 1);
+	ASSERT_OK(uhmm_dmirror_close(d));
+}
+
+/* MADV_FREE of a device-resident THP: accepted; a page reads its data or zeros, nothing else. */
+TEST(migrate_anon_huge_free)
+{
+	struct uhmm_dmirror *d = dmirror(0);
+	int *p = filled_thp(), *mirror = map_anon(TWO_MB, PROT_READ | PROT_WRITE, MAP_PRIVATE);
+
+	to_device(d, p, mirror);
+	check_ints(mirror, TWO_MB, 1);
+	ASSERT_OK(madvise(p, TWO_MB, MADV_FREE));
+	for (size_t i = 0; i < UNIT_INTS; i++)
+		ASSERT_TRUE(p[i] == (int)i || p[i] == 0);
+	ASSERT_OK(uhmm_dmirror_close(d));
+}
+
+static void fail_next_alloc(struct uhmm_dmirror *d)
+{
+	struct uhmm_dmirror_cmd c;
+
+	ASSERT_OK(dmcmd(d, UHMM_DMIRROR_FLAGS, NULL, NULL, UHMM_DMIRROR_FLAG_FAIL_ALLOC, &c));
+}
+
+/*
+ * The device cannot allocate 2 MiB: the THP goes page by page (no unit);
+ * and a unit coming back when the system cannot give 2 MiB comes page by page.
+ */
+TEST(migrate_anon_huge_err)
+{
+	struct uhmm_dmirror *d = dmirror(0);
+	int *p = filled_thp(), *mirror = map_anon(TWO_MB, PROT_READ | PROT_WRITE, MAP_PRIVATE);
+	int *q = thp_region();
+	struct uhmm_dmirror_cmd c;
+	uint64_t units = stats().units_migrated;
+
+	fail_next_alloc(d);
+	to_device(d, p, mirror);
+	ASSERT_EQ(stats().units_migrated, units);
+	check_ints(mirror, TWO_MB, 1);
+	check_ints(p, TWO_MB, 1);	/* back by CPU faults, page by page */
+	/* 2 MiB of holes as a unit to the device, back page by page */
+	to_device(d, q, mirror);
+	ASSERT_EQ(stats().units_migrated - units, 1);
+	fail_next_alloc(d);
+	ASSERT_OK(dmcmd(d, UHMM_DMIRROR_MIGRATE_TO_SYS, q, mirror, 512, &c));
+	ASSERT_EQ(c.cpages, 512);
+	ASSERT_EQ(stats().units_migrated - units, 1);
+	check_zero(q);
+	ASSERT_OK(uhmm_dmirror_close(d));
+}
+
+/* The huge zero page when the device cannot allocate 2 MiB: page by page, reads zeros. */
+TEST(migrate_anon_huge_zero_err)
+{
+	struct uhmm_dmirror *d = dmirror(0);
+	int *p = thp_region(), *mirror = map_anon(TWO_MB, PROT_READ | PROT_WRITE, MAP_PRIVATE);
+	uint64_t units;
+
+	ASSERT_EQ(((volatile int *)p)[0], 0);
+	units = stats().units_migrated;
+	fail_next_alloc(d);
+	to_device(d, p, mirror);
+	ASSERT_EQ(stats().units_migrated, units);
+	check_zero(mirror);
+	check_zero(p);
+	ASSERT_EQ(stats().units_migrated, units);
+	ASSERT_OK(uhmm_dmirror_close(d));
+}
+
+/* munmap of half a device-resident unit: the other half keeps its data (page by page now). */
+TEST(migrate_anon_huge_partial_unmap)
+{
+	struct uhmm_dmirror *d = dmirror(0);
+	int *p = filled_thp(), *mirror = map_anon(TWO_MB, PROT_READ | PROT_WRITE, MAP_PRIVATE);
+	uint64_t units;
+
+	to_device(d, p, mirror);
+	ASSERT_OK(munmap(p, TWO_MB / 2));
+	units = stats().units_migrated;
+	check_ints_from(p, UNIT_INTS / 2, TWO_MB / 2, 1);
+	ASSERT_EQ(stats().units_migrated, units);	/* no longer a unit */
+	ASSERT_OK(uhmm_dmirror_close(d));
+}
+
+/* mremap of a device-resident unit to another 2 MiB boundary: still a unit, data intact. */
+TEST(migrate_anon_huge_remap)
+{
+	struct uhmm_dmirror *d = dmirror(0);
+	int *p = filled_thp(), *mirror = map_anon(TWO_MB, PROT_READ | PROT_WRITE, MAP_PRIVATE);
+	int *to = map_anon_aligned(TWO_MB, TWO_MB), *q;
+
+	to_device(d, p, mirror);
+	q = mremap(p, TWO_MB, TWO_MB, MREMAP_MAYMOVE | MREMAP_FIXED, to);
+	ASSERT_TRUE(q == to);
+	faults_back_whole(q, 1);
+	ASSERT_OK(uhmm_dmirror_close(d));
+}
+
+/* mremap to an address that is not 2 MiB-aligned: the unit cannot stay one; every byte does. */
+TEST(migrate_anon_huge_remap_unaligned)
+{
+	struct uhmm_dmirror *d = dmirror(0);
+	int *p = filled_thp(), *mirror = map_anon(TWO_MB, PROT_READ | PROT_WRITE, MAP_PRIVATE);
+	char *to = (char *)map_anon_aligned(TWO_MB + 2 * TWO_MB, TWO_MB) + PAGE;
+	int *q;
+
+	to_device(d, p, mirror);
+	q = mremap(p, TWO_MB, TWO_MB, MREMAP_MAYMOVE | MREMAP_FIXED, to);
+	ASSERT_TRUE(q == (int *)to);
+	check_ints(q, TWO_MB, 1);
+	ASSERT_OK(uhmm_dmirror_close(d));
+}
