@@ -100,10 +100,10 @@ check: $(BUILD)/uhmm-tests
 conformance: $(BUILD)/uhmm-tests
 	TSAN_OPTIONS="die_after_fork=0 $(TSAN_OPTIONS)" tools/conformance.sh $(BUILD)
 
-# The model-checked stress test, long (make check runs four 2-second ones).
+# The model-checked stress test, long (make check runs five 2-second ones).
 # STRESSFLAGS: -s SEED -t SECONDS -T THREADS -r REGIONS -p PAGES -n OPS -F
 # (no fork) -C (no chaos thread) -x OPS (leave out) -m (trace marks) -i RULES
-# (inject failures); build/uhmm-stress -h lists them.
+# (inject failures) -H (2 MiB regions, units); build/uhmm-stress -h lists them.
 stress: $(BUILD)/uhmm-stress
 	$(BUILD)/uhmm-stress $(STRESSFLAGS)
 

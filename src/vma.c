@@ -104,6 +104,36 @@ static uint32_t default_hugetlb_shift(void)
 	return shift;
 }
 
+/*
+ * The page size of the hugetlb VMA at @start: maps does not say it (1 GiB
+ * pages and 2 MiB pages look alike there), smaps does (KernelPageSize).
+ * The default huge page size if it cannot be read.
+ */
+static uint32_t hugetlb_shift_at(uint64_t start)
+{
+	struct uhmm_lines f;
+	char line[256];
+	bool in = false;
+	uint32_t shift = default_hugetlb_shift();
+
+	if (uhmm_lines_open(&f, "/proc/self/smaps"))
+		return shift;
+	while (uhmm_lines_next(&f, line, sizeof(line))) {
+		unsigned long long s, e, kb;
+
+		if (sscanf(line, "%llx-%llx ", &s, &e) == 2) {
+			if (in)
+				break;
+			in = s == start;
+		} else if (in && sscanf(line, "KernelPageSize: %llu kB", &kb) == 1 && kb) {
+			shift = (uint32_t)__builtin_ctzll(kb * 1024);
+			break;
+		}
+	}
+	uhmm_lines_close(&f);
+	return shift;
+}
+
 /* Parse one /proc/self/maps line into @v. Returns false on a malformed line. */
 static bool vma_parse_line(const char *line, struct uhmm_vma *v)
 {
@@ -122,7 +152,7 @@ static bool vma_parse_line(const char *line, struct uhmm_vma *v)
 	/* maps does not say the page size: a MAP_HUGETLB mapping has this name. */
 	if (strncmp(name, "/anon_hugepage", 14) == 0) {
 		v->flags |= UHMM_VMA_HUGETLB;
-		v->page_shift = default_hugetlb_shift();
+		v->page_shift = hugetlb_shift_at(s);
 	}
 	return true;
 }

@@ -275,3 +275,23 @@ TEST(range_fault_thp_order)
 		ASSERT_EQ(uhmm_pfn_to_map_order(pfns[i]), 9);
 	fix_fini(&f);
 }
+
+/* A 1 GiB hugetlb page is reported with PUD order (18), as the kernel's hmm_range_fault() does. */
+TEST(range_fault_hugetlb_1g_order)
+{
+	const size_t gib = 1UL << 30;
+	struct fix f;
+	uint64_t pfns[4];
+	char *p;
+
+	p = mmap(NULL, gib, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB | (30 << 26), -1, 0);
+	if (p == MAP_FAILED)
+		SKIP("no free 1 GiB hugetlb page (/sys/kernel/mm/hugepages/hugepages-1048576kB): %s", strerror(errno));
+	p[0] = 1;	/* the page exists now */
+	fix_init(&f);
+	ASSERT_OK(fault(&f, p + gib / 2, 4, UHMM_PFN_REQ_FAULT, pfns));
+	for (int i = 0; i < 4; i++)
+		ASSERT_EQ(uhmm_pfn_to_map_order(pfns[i]), 18);
+	fix_fini(&f);
+	ASSERT_OK(munmap(p, gib));
+}

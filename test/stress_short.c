@@ -12,7 +12,9 @@
  *    RELEASE and READs of the owner's pages at random by every instance,
  *    racing its stores, DONTNEED, mmap(MAP_FIXED), mremap, mprotect, fork);
  *  - two owners and the chaos thread with the failures uhmm absorbs
- *    injected (STRESS_ABSORBED_FAULTS): the model must still hold.
+ *    injected (STRESS_ABSORBED_FAULTS): the model must still hold;
+ *  - one owner and the chaos thread on 2 MiB regions (-H): whole-region
+ *    migrations move 2 MiB units whole, amid every other operation.
  * UHMM_STRESS_SEED reruns a seed.
  */
 #include <time.h>
@@ -20,10 +22,10 @@
 #include "harness.h"
 #include "stress/stress.h"
 
-static void short_run(int threads, bool fork, bool chaos, const char *skip, const char *inject)
+static void run(int threads, bool fork, bool chaos, const char *skip, const char *inject, bool huge)
 {
-	struct stress_opts o = { .seconds = 2, .threads = threads, .regions = 3, .pages = 32, .fork = fork,
-				 .no_chaos = !chaos, .skip_ops = skip, .inject = inject };
+	struct stress_opts o = { .seconds = 2, .threads = threads, .regions = 3, .pages = huge ? 512 : 32,
+				 .fork = fork, .no_chaos = !chaos, .skip_ops = skip, .inject = inject, .huge = huge };
 	struct stress_report r;
 	const char *env = getenv("UHMM_STRESS_SEED");
 	int ret;
@@ -41,6 +43,13 @@ static void short_run(int threads, bool fork, bool chaos, const char *skip, cons
 	ASSERT_EQ(ret, 0);
 	if (inject)
 		ASSERT_GT(r.injected, 0);
+	if (huge)
+		ASSERT_GT(r.units, 0);	/* the regions start empty: their first whole migration is a unit */
+}
+
+static void short_run(int threads, bool fork, bool chaos, const char *skip, const char *inject)
+{
+	run(threads, fork, chaos, skip, inject, false);
 }
 
 TEST(stress_short_one_owner_with_fork) { short_run(1, true, false, NULL, NULL); }
@@ -52,3 +61,5 @@ TEST(stress_short_three_owners) { short_run(3, true, false, NULL, NULL); }
  */
 TEST(stress_short_one_owner_and_chaos) { short_run(1, true, true, NULL, NULL); }
 TEST(stress_short_with_injected_faults) { short_run(2, true, true, NULL, STRESS_ABSORBED_FAULTS); }
+/* 2 MiB regions, THP allowed, whole-region migrations: units move whole amid every other operation. */
+TEST(stress_short_huge_units) { run(1, true, true, NULL, NULL, true); }

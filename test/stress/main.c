@@ -22,7 +22,7 @@ int main(int argc, char **argv)
 	struct stress_report r;
 	int c, ret;
 
-	while ((c = getopt(argc, argv, "s:t:T:r:p:n:FCx:i:mh")) != -1) {
+	while ((c = getopt(argc, argv, "s:t:T:r:p:n:FCx:i:mHh")) != -1) {
 		switch (c) {
 		case 's': o.seed = strtoull(optarg, NULL, 0); break;
 		case 't': o.seconds = atof(optarg); break;
@@ -34,18 +34,23 @@ int main(int argc, char **argv)
 		case 'C': o.no_chaos = true; break;
 		case 'x': o.skip_ops = optarg; break;
 		case 'm': o.mark = true; break;
+		case 'H': o.huge = true; break;
 		case 'i': o.inject = optarg; break;
 		default:
 			fprintf(stderr, "usage: %s [-s SEED] [-t SECONDS] [-T THREADS] [-r REGIONS] [-p PAGES] "
 					"[-n OPS_PER_THREAD] [-F (no fork)] [-C (no chaos thread)] [-x OPS_TO_SKIP]\n"
 					"  [-m (mark each operation in the trace; with UHMM_TRACE=file)]\n"
+					"  [-H (huge: 2 MiB regions, THP allowed, whole-region migrations as units)]\n"
 					"  [-i RULES (uhmm_fault_inject() rules for the run, e.g. -i %s)]\n"
 					"  operations: S store, C check, W device write, R device read, M to device,\n"
 					"  Y to system, L release, D madvise(DONTNEED), F mmap(MAP_FIXED) over it, P mprotect,\n"
-					"  X mremap, K fork, E device-exclusive\n", argv[0], STRESS_ABSORBED_FAULTS);
+					"  X mremap, K fork, E device-exclusive, U whole region to device or back (-H)\n",
+					argv[0], STRESS_ABSORBED_FAULTS);
 			return c == 'h' ? 0 : 2;
 		}
 	}
+	if (o.huge)
+		o.pages = 512;	/* a region is one 2 MiB unit */
 	if (o.threads < 1 || o.regions < 1 || o.pages < 1 || o.seconds <= 0)
 		return 2;
 	uhmm_set_logger(log_stderr, NULL);

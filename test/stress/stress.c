@@ -63,6 +63,7 @@ struct owner {
 	long ops;
 	uint32_t next_value;
 	char *buf;		/* device I/O buffer, MAX_SPAN pages */
+	char *rbuf;		/* a whole region's read-back (OP_UNIT) */
 	pthread_t thread;
 };
 
@@ -77,10 +78,10 @@ struct stress {
 	pthread_mutex_t print_lock;
 };
 
-static const char op_names[] = "SCWRMYLDFPXKE";	/* see enum op */
+static const char op_names[] = "SCWRMYLDFPXKEU";	/* see enum op */
 enum op { OP_STORE, OP_CHECK, OP_DEV_WRITE, OP_DEV_READ, OP_TO_DEV, OP_TO_SYS, OP_RELEASE,
-	  OP_DONTNEED, OP_FRESH, OP_PROTECT, OP_REMAP, OP_FORK, OP_EXCLUSIVE, OP_N };
-static const int op_weight[OP_N] = { 20, 20, 10, 10, 10, 5, 2, 4, 2, 3, 3, 1, 5 };
+	  OP_DONTNEED, OP_FRESH, OP_PROTECT, OP_REMAP, OP_FORK, OP_EXCLUSIVE, OP_UNIT, OP_N };
+static const int op_weight[OP_N] = { 20, 20, 10, 10, 10, 5, 2, 4, 2, 3, 3, 1, 5, 4 };
 
 static double now_s(void)
 {
@@ -180,11 +181,32 @@ static int dmcmd(struct stress *s, int d, unsigned int cmd, const char *addr, vo
 	return uhmm_dmirror_cmd(s->dev[d], cmd, &c);
 }
 
+#define HUGE_SIZE (2UL << 20)
+
+/* THP allowed (huge runs), so that a filled region can be a THP again. */
+static void allow_thp(struct stress *s, char *p)
+{
+	if (s->o->huge)
+		(void)madvise(p, region_bytes(s), MADV_HUGEPAGE);
+}
+
+/* A region; 2 MiB-aligned in huge runs, so that it can migrate as one unit. */
 static char *map_region(struct stress *s)
 {
-	char *p = mmap(NULL, region_bytes(s), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	size_t extra = s->o->huge ? HUGE_SIZE : 0, size = region_bytes(s);
+	char *p = mmap(NULL, size + extra, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0), *a;
 
-	return p == MAP_FAILED ? NULL : p;
+	if (p == MAP_FAILED)
+		return NULL;
+	if (!extra)
+		return p;
+	a = (char *)(((uintptr_t)p + extra - 1) & ~(uintptr_t)(extra - 1));
+	if (a > p)
+		munmap(p, (size_t)(a - p));
+	if (a + size < p + size + extra)
+		munmap(a + size, (size_t)(p + size + extra - (a + size)));
+	allow_thp(s, a);
+	return a;
 }
 
 /* ---- the owners' operations ---- */
@@ -228,6 +250,36 @@ static void op_migrate(struct stress *s, struct owner *w, int ri, int a, int n, 
 			   ret);
 	if (what == OP_TO_DEV && ret == 0)
 		check_pages(s, w, ri, a, n, w->buf, "device read-back");
+}
+
+static void set_zero(struct stress *s, struct owner *w, int ri, int a, int n, enum op what);
+
+/*
+ * A whole region to a device or back: in huge runs a 2 MiB unit when the
+ * region is one thing (a THP, empty, or a unit on the device), page by
+ * page otherwise. Sometimes the region is discarded first, so that it is
+ * empty: CPU stores leave base pages, and a unit would be rare. The
+ * device's read-back is checked against the model.
+ */
+static void op_unit(struct stress *s, struct owner *w, int ri, int d)
+{
+	char *base = atomic_load(&w->reg[ri].base);
+	uint64_t how = rnd(&w->rng) % 6;
+	bool to_dev = how >= 2;
+	int ret;
+
+	if (how == 5) {
+		if (madvise(base, region_bytes(s), MADV_DONTNEED))
+			unexpected(s, w, "madvise (region)", -errno);
+		set_zero(s, w, ri, 0, s->o->pages, OP_DONTNEED);
+	}
+	ret = dmcmd(s, d, to_dev ? UHMM_DMIRROR_MIGRATE_TO_DEV : UHMM_DMIRROR_MIGRATE_TO_SYS, base, w->rbuf,
+		    s->o->pages);
+
+	if (ret && ret != -ENOENT && ret != -EBUSY && !(ret == -EFAULT && s->o->efault_ok))
+		unexpected(s, w, to_dev ? "MIGRATE_TO_DEV (region)" : "MIGRATE_TO_SYS (region)", ret);
+	if (to_dev && ret == 0)
+		check_pages(s, w, ri, 0, s->o->pages, w->rbuf, "device read-back (region)");
 }
 
 static void set_zero(struct stress *s, struct owner *w, int ri, int a, int n, enum op what)
@@ -284,6 +336,7 @@ static void op_fresh(struct stress *s, struct owner *w, int ri)
 		unexpected(s, w, "mmap(MAP_FIXED)", -errno);
 		exit(2);
 	}
+	allow_thp(s, old);
 	set_zero(s, w, ri, 0, s->o->pages, OP_FRESH);
 }
 
@@ -312,6 +365,8 @@ static bool op_enabled(const struct stress *s, int i)
 {
 	if (i == OP_FORK && !s->o->fork)
 		return false;
+	if (i == OP_UNIT && !s->o->huge)
+		return false;	/* keeps the other runs' operation mix (and seeds) as they were */
 	return !s->o->skip_ops || !strchr(s->o->skip_ops, op_names[i]);
 }
 
@@ -380,6 +435,7 @@ static void owner_step(struct stress *s, struct owner *w)
 	case OP_PROTECT: op_protect(s, w, ri, a, n, d); break;
 	case OP_REMAP: op_remap(s, w, ri); break;
 	case OP_FORK: op_fork(s, w); break;
+	case OP_UNIT: op_unit(s, w, ri, d); break;
 	default: break;
 	}
 	w->ops++;
@@ -447,8 +503,9 @@ static int setup(struct stress *s)
 		w->rng = s->o->seed * 1000003ULL + (uint64_t)t;
 		w->next_value = ((uint32_t)t + 1) << 24;
 		w->buf = malloc(MAX_SPAN * PAGE);
+		w->rbuf = malloc(region_bytes(s));
 		w->reg = calloc((size_t)s->o->regions, sizeof(*w->reg));
-		if (!w->buf || !w->reg)
+		if (!w->buf || !w->rbuf || !w->reg)
 			return -ENOMEM;
 		for (int ri = 0; ri < s->o->regions; ri++) {
 			struct region *g = &w->reg[ri];
@@ -521,6 +578,7 @@ int stress_run(const struct stress_opts *o, struct stress_report *r)
 	r->pages_to_system = b.pages_to_system - a.pages_to_system;
 	r->faults = b.faults - a.faults;
 	r->injected = b.faults_injected - a.faults_injected;
+	r->units = b.units_migrated - a.units_migrated;
 	free(args);
 	return r->mismatches || r->unexpected ? 1 : 0;
 }
@@ -529,12 +587,12 @@ void stress_print(const struct stress_opts *o, const struct stress_report *r)
 {
 	printf("stress: seed %llu, %d owner threads x %d regions x %d pages + 1 chaos thread, %.1f s\n"
 	       "  operations %ld (chaos %ld), pages checked %ld, invalidations %llu,\n"
-	       "  pages migrated to device %llu, to system %llu, CPU faults %llu\n"
+	       "  pages migrated to device %llu, to system %llu (2 MiB units whole: %llu), CPU faults %llu\n"
 	       "  faults injected %llu%s%s\n"
 	       "  mismatches %ld, lost writes %ld, unexpected errors %ld\n",
 	       (unsigned long long)o->seed, o->threads, o->regions, o->pages, o->seconds, r->ops, r->chaos_ops,
 	       r->checks, (unsigned long long)r->invalidations, (unsigned long long)r->pages_to_device,
-	       (unsigned long long)r->pages_to_system, (unsigned long long)r->faults,
+	       (unsigned long long)r->pages_to_system, (unsigned long long)r->units, (unsigned long long)r->faults,
 	       (unsigned long long)r->injected, o->inject ? ": " : "", o->inject ? o->inject : "", r->mismatches,
 	       r->lost_writes, r->unexpected);
 }

@@ -22,6 +22,8 @@ struct stress_opts {
 	bool efault_ok;		/* user-mode-only userfaultfd: a device's (kernel-mode) access to a
 				 * page another thread holds fails with EFAULT instead of waiting */
 	bool mark;		/* put each owner operation into the uhmm trace (UHMM_TRACE=file) */
+	bool huge;		/* regions of 512 pages, 2 MiB-aligned, THP allowed; whole-region
+				 * migrations (2 MiB units) join the operations */
 	const char *skip_ops;	/* operation letters to leave out (see op_names in stress.c) */
 	const char *inject;	/* uhmm_fault_inject() rules for the run: failures uhmm absorbs */
 	bool verbose;
@@ -34,7 +36,7 @@ struct stress_report {
 	long lost_writes;	/* of which held an older value of that page */
 	long unexpected;	/* operations that failed with an errno the model forbids */
 	long chaos_ops;		/* value-preserving operations of the chaos thread */
-	uint64_t invalidations, pages_to_device, pages_to_system, faults, injected;
+	uint64_t invalidations, pages_to_device, pages_to_system, faults, injected, units;
 };
 
 /*
