@@ -35,7 +35,7 @@ compound|compound|hugetlb: snapshot WRITE|PMD everywhere, READ|PMD after mprotec
 migrate_anon_huge_empty|migrate_anon_huge_empty|an empty THP region migrates as one unit and back
 migrate_anon_huge_zero|migrate_anon_huge_zero|a huge-zero-page region migrates as one unit and back
 migrate_anon_huge_free|migrate_anon_huge_free|MADV_FREE after a THP migrated
-migrate_anon_huge_fault|migrate_anon_huge_fault|a filled THP migrates and faults back as one unit
+migrate_anon_huge_fault|migrate_anon_huge_fault|a filled THP migrates and faults back as one unit; MADV_COLLAPSE makes it a THP again, and it migrates whole again
 migrate_anon_huge_err|migrate_anon_huge_err|device cannot allocate a huge page (FAIL_ALLOC): falls back to base pages both ways
 migrate_anon_huge_zero_err|migrate_anon_huge_zero_err|huge zero page, FAIL_ALLOC: base pages, zeros
 huge: partial munmap|migrate_anon_huge_partial_unmap|munmap of half a device-resident THP keeps the other half's data

@@ -6,7 +6,8 @@
  * when the device (or the system) cannot give 2 MiB (FAIL_ALLOC), and
  * partial munmap / mremap of a device-resident unit keep every surviving
  * byte. "Whole" is observed through uhmm_stats().units_migrated and the
- * number of CPU faults it took to bring the unit back.
+ * number of CPU faults it took to bring the unit back. A unit lands back as
+ * base pages; MADV_COLLAPSE makes it a THP again (migrate_anon_huge_fault).
  */
 #include <string.h>
 #include <sys/mman.h>
@@ -14,6 +15,9 @@
 #include "../harness.h"
 
 #define UNIT_INTS (TWO_MB / sizeof(int))
+#ifndef MADV_COLLAPSE
+#define MADV_COLLAPSE 25	/* Linux 6.1 */
+#endif
 
 static struct uhmm_stats stats(void)
 {
@@ -142,6 +146,13 @@ TEST(migrate_anon_huge_fault)
 	to_device(d, p, mirror);
 	ASSERT_EQ(stats().units_migrated - units, 1);
 	check_ints(mirror, TWO_MB, 1);
+	faults_back_whole(p, 1);
+	/* it came back as base pages: MADV_COLLAPSE makes it a THP again, and it goes whole again */
+	ASSERT_OK(madvise(p, TWO_MB, MADV_COLLAPSE));
+	ASSERT_EQ(thp_kib(p), 2048);
+	check_ints(p, TWO_MB, 1);
+	to_device(d, p, mirror);
+	ASSERT_EQ(stats().units_migrated - units, 3);
 	faults_back_whole(p, 1);
 	ASSERT_OK(uhmm_dmirror_close(d));
 }
