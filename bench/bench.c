@@ -130,6 +130,32 @@ static void bench_migrate(struct uhmm_dmirror *d, size_t size, struct result *ou
 	munmap(mirror, size);
 }
 
+/* The CPU touching device-resident pages in random order: time per touched page. */
+static struct result bench_random_fault_back(struct uhmm_dmirror *d, size_t size)
+{
+	char *buf = map_buf(size), *mirror = map_buf(size);
+	size_t npages = size / PAGE, touches = npages / 8;
+	double v[REPS];
+	volatile char sink = 0;
+
+	for (int i = 0; i < REPS; i++) {
+		uint64_t x = 12345 + (uint64_t)i;
+		double t;
+
+		dm(d, UHMM_DMIRROR_MIGRATE_TO_DEV, buf, mirror, npages);
+		t = now_s();
+		for (size_t k = 0; k < touches; k++) {
+			x = x * 6364136223846793005ULL + 1442695040888963407ULL;	/* an LCG: random pages */
+			sink = (char)(sink + buf[(size_t)(x >> 33) % npages * PAGE]);
+		}
+		v[i] = (now_s() - t) / (double)touches * 1e6;
+		dm(d, UHMM_DMIRROR_MIGRATE_TO_SYS, buf, mirror, npages);
+	}
+	munmap(buf, size);
+	munmap(mirror, size);
+	return summarize("CPU random fault-back (1/8 of the pages)", "us", v, REPS);
+}
+
 /*
  * The library's migration path alone, with the smallest possible driver:
  * device pages backed by host memory, filled with one scatter-gather
@@ -563,7 +589,7 @@ int cmd_bench(int argc, char **argv)
 	size_t mib = 64;
 	bool json = false, thp = false;
 	struct uhmm_dmirror *d;
-	struct result r[13];
+	struct result r[14];
 	int ret;
 
 	for (int i = 1; i < argc; i++) {
@@ -591,6 +617,7 @@ int cmd_bench(int argc, char **argv)
 	r[5] = bench_bare_uffd(SCHEDULER);
 	r[6] = bench_bare_uffd(SAME_CPU);
 	r[7] = bench_bare_uffd(OTHER_CPU);
+	r[13] = bench_random_fault_back(d, mib << 20);
 	uhmm_dmirror_close(d);
 	bench_raw_migrate(mib << 20, &r[8]);
 	bench_trace(&r[10]);
@@ -610,11 +637,11 @@ int cmd_bench(int argc, char **argv)
 		r[10].med / 1e3 / r[11].med, r[12].med / r[11].med,
 	};
 	if (json) {
-		print_json(r, 13, ratio, rname, 10);
+		print_json(r, 14, ratio, rname, 10);
 		return 0;
 	}
 	printf("uhmm bench: %zu MiB buffers, 4 KiB pages, median of %d (latencies: of %d)\n", mib, REPS, LAT_REPS);
-	print_table(r, 13);
+	print_table(r, 14);
 	printf("\nratios (uhmm / raw mechanism, same run):\n");
 	for (int i = 0; i < 10; i++)
 		printf("  %-36s %.4f\n", rname[i], ratio[i]);

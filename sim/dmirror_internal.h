@@ -40,6 +40,9 @@ struct uhmm_dmirror {
 	uint64_t flags;				/* UHMM_DMIRROR_FLAG_* (atomic) */
 	uint64_t invalidations;			/* under lock */
 	struct dmirror_devmem *devmem;		/* this device's memory */
+	/* fault-around (devmem.c): where the last CPU fault's window ended, and its size */
+	uint64_t fa_next;			/* atomic, relaxed: a hint */
+	uint64_t fa_pages;			/* atomic, relaxed: 0 until the first fault */
 };
 
 static inline int dmirror_owned_here(const struct uhmm_dmirror *dm)
