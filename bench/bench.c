@@ -27,6 +27,7 @@
 #include "bench.h"
 #include "../src/include/uhmm.h"
 #include "../src/include/uhmm/dmirror.h"
+#include "../src/uapi/uhmm_uapi.h"
 
 #define PAGE 4096UL
 #define REPS 5
@@ -353,6 +354,92 @@ static struct result bench_bare_uffd(enum placement where)
 	return summarize(placement_name[where], "us", v, LAT_REPS);
 }
 
+/* ---- mirroring: device reads and snapshots ---- */
+
+/* Device READ of a fresh buffer (uhmm_range_fault() fills the device page table), then again (hits). */
+static void bench_device_read(struct uhmm_dmirror *d, size_t size, struct result *out)
+{
+	char *mirror = map_buf(size);
+	double first[REPS], hits[REPS];
+
+	for (int i = 0; i < REPS; i++) {
+		char *buf = map_buf(size);
+		double t = now_s();
+
+		if (dm(d, UHMM_DMIRROR_READ, buf, mirror, size / PAGE))
+			fprintf(stderr, "bench: READ failed\n");
+		first[i] = (double)size / (now_s() - t) / 1e9;
+		t = now_s();
+		dm(d, UHMM_DMIRROR_READ, buf, mirror, size / PAGE);
+		hits[i] = (double)size / (now_s() - t) / 1e9;
+		munmap(buf, size);
+	}
+	out[0] = summarize("device READ, first (range_fault + copy)", "GB/s", first, REPS);
+	out[1] = summarize("device READ, page-table hits", "GB/s", hits, REPS);
+	munmap(mirror, size);
+}
+
+static bool nop_invalidate(struct uhmm_interval_notifier *sub, const struct uhmm_notifier_range *r,
+			   unsigned long seq);
+static const struct uhmm_interval_notifier_ops nop_ops;
+
+/* A raw PAGEMAP_SCAN of [p, p + size) asking what uhmm asks; returns the regions seen. */
+static long raw_pagemap_scan(int fd, char *p, size_t size)
+{
+	struct page_region vec[128];
+	struct pm_scan_arg arg = {
+		.size = sizeof(arg), .start = (uintptr_t)p, .end = (uintptr_t)p + size,
+		.vec = (uintptr_t)vec, .vec_len = 128,
+		.category_anyof_mask = PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
+		.return_mask = PAGE_IS_PRESENT | PAGE_IS_SWAPPED | PAGE_IS_FILE | PAGE_IS_PFNZERO | PAGE_IS_HUGE,
+	};
+	long total = 0;
+
+	while (arg.start < arg.end) {
+		long n = ioctl(fd, PAGEMAP_SCAN, &arg);
+
+		if (n < 0)
+			return -1;
+		total += n;
+		if (arg.walk_end <= arg.start)
+			break;
+		arg.start = arg.walk_end;
+	}
+	return total;
+}
+
+/* uhmm_range_fault() snapshot (no fault) of a filled buffer vs the raw PAGEMAP_SCAN under it, in ms. */
+static void bench_snapshot(struct uhmm_mm *mm, size_t size, struct result *out)
+{
+	struct uhmm_interval_notifier sub;
+	uint64_t *pfns = calloc(size / PAGE, sizeof(*pfns));
+	char *p = map_buf(size);
+	struct uhmm_range r = { .notifier = &sub, .start = (uintptr_t)p, .end = (uintptr_t)p + size,
+				.hmm_pfns = pfns, .default_flags = 0 };
+	int fd = open("/proc/self/pagemap", O_RDONLY);
+	double snap[REPS], raw[REPS];
+
+	uhmm_interval_notifier_insert(&sub, mm, r.start, size, &nop_ops);
+	for (int i = 0; i < REPS; i++) {
+		double t = now_s();
+
+		r.notifier_seq = uhmm_interval_read_begin(&sub);
+		if (uhmm_range_fault(&r))
+			fprintf(stderr, "bench: range_fault failed\n");
+		snap[i] = (now_s() - t) * 1e3;
+		t = now_s();
+		if (raw_pagemap_scan(fd, p, size) < 0)
+			fprintf(stderr, "bench: PAGEMAP_SCAN failed (kernel < 6.7?)\n");
+		raw[i] = (now_s() - t) * 1e3;
+	}
+	out[0] = summarize("uhmm_range_fault snapshot (no fault)", "ms", snap, REPS);
+	out[1] = summarize("raw PAGEMAP_SCAN of the same range", "ms", raw, REPS);
+	uhmm_interval_notifier_remove(&sub);
+	close(fd);
+	munmap(p, size);
+	free(pfns);
+}
+
 /* ---- the cost of tracing ---- */
 
 static bool nop_invalidate(struct uhmm_interval_notifier *sub, const struct uhmm_notifier_range *r,
@@ -589,7 +676,8 @@ int cmd_bench(int argc, char **argv)
 	size_t mib = 64;
 	bool json = false, thp = false;
 	struct uhmm_dmirror *d;
-	struct result r[14];
+	struct result r[18];
+	struct uhmm_mm *mm;
 	int ret;
 
 	for (int i = 1; i < argc; i++) {
@@ -618,6 +706,11 @@ int cmd_bench(int argc, char **argv)
 	r[6] = bench_bare_uffd(SAME_CPU);
 	r[7] = bench_bare_uffd(OTHER_CPU);
 	r[13] = bench_random_fault_back(d, mib << 20);
+	bench_device_read(d, mib << 20, &r[14]);
+	if (uhmm_mm_get(&mm) == 0) {
+		bench_snapshot(mm, mib << 20, &r[16]);
+		uhmm_mm_put(mm);
+	}
 	uhmm_dmirror_close(d);
 	bench_raw_migrate(mib << 20, &r[8]);
 	bench_trace(&r[10]);
@@ -628,6 +721,7 @@ int cmd_bench(int argc, char **argv)
 		"fault_back_vs_bare_uffd_same_cpu", "fault_back_vs_bare_uffd_other_cpu",
 		"uhmm_migrate_vma_to_device_vs_memcpy", "uhmm_migrate_vma_to_system_vs_memcpy",
 		"trace_off_cost_per_range_fault", "trace_on_vs_off_range_fault",
+		"device_read_first_vs_memcpy", "device_read_hits_vs_memcpy", "range_fault_snapshot_vs_pagemap_scan",
 	};
 	double ratio[] = {
 		r[1].med / r[0].med, r[2].med / r[0].med, r[3].med / r[0].med,
@@ -635,15 +729,16 @@ int cmd_bench(int argc, char **argv)
 		r[8].med / r[0].med, r[9].med / r[0].med,
 		/* range_fault passes 1 trace point: its off cost as a share of the call */
 		r[10].med / 1e3 / r[11].med, r[12].med / r[11].med,
+		r[14].med / r[0].med, r[15].med / r[0].med, r[16].med / r[17].med,
 	};
 	if (json) {
-		print_json(r, 14, ratio, rname, 10);
+		print_json(r, 18, ratio, rname, 13);
 		return 0;
 	}
 	printf("uhmm bench: %zu MiB buffers, 4 KiB pages, median of %d (latencies: of %d)\n", mib, REPS, LAT_REPS);
-	print_table(r, 14);
+	print_table(r, 18);
 	printf("\nratios (uhmm / raw mechanism, same run):\n");
-	for (int i = 0; i < 10; i++)
-		printf("  %-36s %.4f\n", rname[i], ratio[i]);
+	for (int i = 0; i < 13; i++)
+		printf("  %-38s %.4f\n", rname[i], ratio[i]);
 	return 0;
 }
