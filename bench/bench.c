@@ -101,6 +101,21 @@ static int dm(struct uhmm_dmirror *d, unsigned int cmd, void *addr, void *ptr, u
 	return uhmm_dmirror_cmd(d, cmd, &c);
 }
 
+/* MIGRATE_TO_DEV then MIGRATE_TO_SYS of @buf, each timed into *@to_dev, *@to_sys (GB/s). */
+static void round_trip(struct uhmm_dmirror *d, char *buf, char *mirror, size_t size, double *to_dev,
+		       double *to_sys)
+{
+	double t = now_s();
+
+	if (dm(d, UHMM_DMIRROR_MIGRATE_TO_DEV, buf, mirror, size / PAGE))
+		fprintf(stderr, "bench: MIGRATE_TO_DEV failed\n");
+	*to_dev = (double)size / (now_s() - t) / 1e9;
+	t = now_s();
+	if (dm(d, UHMM_DMIRROR_MIGRATE_TO_SYS, buf, mirror, size / PAGE))
+		fprintf(stderr, "bench: MIGRATE_TO_SYS failed\n");
+	*to_sys = (double)size / (now_s() - t) / 1e9;
+}
+
 /* Migration both ways and the CPU's sequential fault-back, on one buffer. */
 static void bench_migrate(struct uhmm_dmirror *d, size_t size, struct result *out)
 {
@@ -109,15 +124,9 @@ static void bench_migrate(struct uhmm_dmirror *d, size_t size, struct result *ou
 	volatile char sink = 0;
 
 	for (int i = 0; i < REPS; i++) {
-		double t = now_s();
+		double t;
 
-		if (dm(d, UHMM_DMIRROR_MIGRATE_TO_DEV, buf, mirror, size / PAGE))
-			fprintf(stderr, "bench: MIGRATE_TO_DEV failed\n");
-		to_dev[i] = (double)size / (now_s() - t) / 1e9;
-		t = now_s();
-		if (dm(d, UHMM_DMIRROR_MIGRATE_TO_SYS, buf, mirror, size / PAGE))
-			fprintf(stderr, "bench: MIGRATE_TO_SYS failed\n");
-		to_sys[i] = (double)size / (now_s() - t) / 1e9;
+		round_trip(d, buf, mirror, size, &to_dev[i], &to_sys[i]);
 		dm(d, UHMM_DMIRROR_MIGRATE_TO_DEV, buf, mirror, size / PAGE);
 		t = now_s();
 		for (size_t off = 0; off < size; off += PAGE)
@@ -579,14 +588,7 @@ static void bench_thp_size(struct uhmm_dmirror *d, size_t size, struct thp_row *
 
 				row->thp_pct = kib < 0 ? -1 : kib * 1024 * 100 / (long)size;
 			}
-			t = now_s();
-			if (dm(d, UHMM_DMIRROR_MIGRATE_TO_DEV, buf, mirror, size / PAGE))
-				fprintf(stderr, "bench: MIGRATE_TO_DEV failed\n");
-			to_dev[i] = (double)size / (now_s() - t) / 1e9;
-			t = now_s();
-			if (dm(d, UHMM_DMIRROR_MIGRATE_TO_SYS, buf, mirror, size / PAGE))
-				fprintf(stderr, "bench: MIGRATE_TO_SYS failed\n");
-			to_sys[i] = (double)size / (now_s() - t) / 1e9;
+			round_trip(d, buf, mirror, size, &to_dev[i], &to_sys[i]);
 			munmap(buf, size);
 			/* a fresh buffer to the device again, then the CPU reads it back page by page */
 			buf = map_thp_buf(size, mode == 0);
