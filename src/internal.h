@@ -27,6 +27,7 @@ struct uffd_msg;
 #define UHMM_PAGE_SIZE (1UL << UHMM_PAGE_SHIFT)
 #define UHMM_PMD_SHIFT 21
 #define UHMM_PMD_SIZE (1UL << UHMM_PMD_SHIFT)
+#define UHMM_PMD_PAGES (UHMM_PMD_SIZE >> UHMM_PAGE_SHIFT)
 #define UHMM_PUD_SHIFT 30
 
 static inline bool uhmm_page_aligned(uint64_t x) { return (x & (UHMM_PAGE_SIZE - 1)) == 0; }

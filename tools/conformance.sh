@@ -38,6 +38,7 @@ migrate_anon_huge_free|migrate_anon_huge_free|MADV_FREE after a THP migrated
 migrate_anon_huge_fault|migrate_anon_huge_fault|a filled THP migrates and faults back as one unit; MADV_COLLAPSE makes it a THP again, and it migrates whole again
 migrate_anon_huge_err|migrate_anon_huge_err|device cannot allocate a huge page (FAIL_ALLOC): falls back to base pages both ways
 migrate_anon_huge_zero_err|migrate_anon_huge_zero_err|huge zero page, FAIL_ALLOC: base pages, zeros
+huge: device snapshot|migrate_anon_huge_snapshot|a THP migrated whole mirrors as one PMD-order device mapping; after one page goes, as 4 KiB pages
 huge: partial munmap|migrate_anon_huge_partial_unmap|munmap of half a device-resident THP keeps the other half's data
 huge: mremap|migrate_anon_huge_remap|mremap of a device-resident THP to a 2 MiB boundary: still one unit, data intact
 huge: mremap unaligned|migrate_anon_huge_remap_unaligned|mremap to an unaligned address: every byte intact

@@ -157,6 +157,31 @@ TEST(migrate_anon_huge_fault)
 	ASSERT_OK(uhmm_dmirror_close(d));
 }
 
+static void snapshot_is(struct uhmm_dmirror *d, void *p, int npages, uint8_t want)
+{
+	uint8_t *snap = malloc((size_t)npages);
+	struct uhmm_dmirror_cmd c;
+
+	ASSERT_OK(dmcmd(d, UHMM_DMIRROR_SNAPSHOT, p, snap, (uint64_t)npages, &c));
+	for (int i = 0; i < npages; i++)
+		ASSERT_EQ(snap[i], want);
+	free(snap);
+}
+
+/* A unit on the device is mapped (mirrored) as one: PMD order, as a device THP in the kernel. */
+TEST(migrate_anon_huge_snapshot)
+{
+	struct uhmm_dmirror *d = dmirror(0);
+	int *p = filled_thp(), *mirror = map_anon(TWO_MB, PROT_READ | PROT_WRITE, MAP_PRIVATE);
+	const uint8_t local = UHMM_DMIRROR_PROT_DEV_PRIVATE_LOCAL | UHMM_DMIRROR_PROT_WRITE;
+
+	to_device(d, p, mirror);
+	snapshot_is(d, p, 512, local | UHMM_DMIRROR_PROT_PMD);
+	ASSERT_OK(madvise(p, PAGE, MADV_DONTNEED));	/* one page gone: no longer a unit */
+	snapshot_is(d, (char *)p + PAGE, 511, local);	/* ... the rest are 4 KiB pages */
+	ASSERT_OK(uhmm_dmirror_close(d));
+}
+
 /* MADV_FREE of a device-resident THP: accepted; a page reads its data or zeros, nothing else. */
 TEST(migrate_anon_huge_free)
 {
@@ -264,6 +289,7 @@ TEST(migrate_anon_huge_remap_unaligned)
 	to_device(d, p, mirror);
 	q = mremap(p, TWO_MB, TWO_MB, MREMAP_MAYMOVE | MREMAP_FIXED, to);
 	ASSERT_TRUE(q == (int *)to);
+	snapshot_is(d, q, 512, UHMM_DMIRROR_PROT_DEV_PRIVATE_LOCAL | UHMM_DMIRROR_PROT_WRITE);	/* no PMD here */
 	check_ints(q, TWO_MB, 1);
 	ASSERT_OK(uhmm_dmirror_close(d));
 }
