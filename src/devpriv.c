@@ -71,7 +71,8 @@ struct uhmm_page *uhmm_dp_release_locked(struct uhmm_mm *mm, uint64_t addr)
 			dropped = uhmm_dp_remove_locked(mm, addr);	/* its address is gone */
 		*slot &= ~DP_FLAGS;
 		mm->devpriv.count -= *slot == 0;
-		pthread_cond_broadcast(&mm->dp_cond);	/* uhmm_dp_wait_unclaimed() */
+		if (mm->dp_waiters)	/* uhmm_dp_wait_unclaimed(); none is the common case */
+			pthread_cond_broadcast(&mm->dp_cond);
 	}
 	return dropped;
 }
@@ -127,9 +128,11 @@ void uhmm_dp_wait_unclaimed(struct uhmm_mm *mm, uint64_t addr)
 
 	uhmm_deadline_ms(&until, 10);
 	pthread_mutex_lock(&mm->dp_lock);
+	mm->dp_waiters++;
 	while ((uhmm_radix_get(&mm->devpriv, vpn(addr)) & DP_BUSY) &&
 	       pthread_cond_timedwait(&mm->dp_cond, &mm->dp_lock, &until) == 0)
 		;
+	mm->dp_waiters--;
 	pthread_mutex_unlock(&mm->dp_lock);
 }
 

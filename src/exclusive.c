@@ -101,21 +101,41 @@ static struct uhmm_excl_chunk *excl_chunk_new(struct uhmm_mm *mm)
 	return c;
 }
 
-/* A free pool page with one reference (the migration's), or NULL. */
+/* Take pool page @i of @c if it is free, and remember where the search got to (excl_lock held). */
+static struct uhmm_page *excl_try(struct uhmm_mm *mm, struct uhmm_excl_chunk *c, uint64_t i)
+{
+	struct uhmm_page *page = uhmm_pagemap_page(c->pgmap, i);
+
+	if (uhmm_page_init(page))
+		return NULL;
+	mm->excl_hint = c;
+	mm->excl_hint_index = i + 1;
+	return page;
+}
+
+/*
+ * A free pool page with one reference (the migration's), or NULL. The
+ * search starts where the last one ended (pages are taken in order and
+ * mostly given back in order), so a take is O(1) in the common case and
+ * the whole pool is looked at only when it is nearly full.
+ */
 static struct uhmm_page *excl_alloc(struct uhmm_mm *mm)
 {
+	struct uhmm_excl_chunk *hint;
 	struct uhmm_page *page = NULL;
 
 	pthread_mutex_lock(&mm->excl_lock);
+	hint = mm->excl_hint;
+	for (uint64_t i = mm->excl_hint_index; hint && !page && i < EXCL_CHUNK_PAGES; i++)
+		page = excl_try(mm, hint, i);
 	for (struct uhmm_excl_chunk *c = mm->excl_chunks; c && !page; c = c->next)
 		for (uint64_t i = 0; i < EXCL_CHUNK_PAGES && !page; i++)
-			if (uhmm_page_init(uhmm_pagemap_page(c->pgmap, i)) == 0)
-				page = uhmm_pagemap_page(c->pgmap, i);
+			page = excl_try(mm, c, i);
 	if (!page) {
 		struct uhmm_excl_chunk *c = excl_chunk_new(mm);
 
-		if (c && uhmm_page_init(uhmm_pagemap_page(c->pgmap, 0)) == 0)
-			page = uhmm_pagemap_page(c->pgmap, 0);
+		if (c)
+			page = excl_try(mm, c, 0);
 	}
 	pthread_mutex_unlock(&mm->excl_lock);
 	return page;
@@ -229,6 +249,7 @@ void uhmm_excl_fini(struct uhmm_mm *mm)
 	pthread_mutex_lock(&mm->excl_lock);
 	c = mm->excl_chunks;
 	mm->excl_chunks = NULL;
+	mm->excl_hint = NULL;
 	pthread_mutex_unlock(&mm->excl_lock);
 	for (; c; c = next) {
 		struct uhmm_pagemap_stats st;

@@ -211,6 +211,8 @@ struct uhmm_mm {
 	/* exclusive.c: the pool holding pages devices have exclusive access to */
 	pthread_mutex_t excl_lock;	/* the pool's chunk list (taken before dp_lock, never under it) */
 	struct uhmm_excl_chunk *excl_chunks;
+	struct uhmm_excl_chunk *excl_hint;	/* where the last free pool page was found ... */
+	uint64_t excl_hint_index;		/* ... (excl_lock): the next search starts there */
 
 	/*
 	 * mmap_lock, user space's counterpart of the kernel's: the program's
@@ -228,6 +230,7 @@ struct uhmm_mm {
 	struct uhmm_radix devpriv;
 	uint64_t dp_installs;			/* device pages ever mapped in devpriv (dp_lock) */
 	pthread_cond_t dp_cond;			/* a claim was released (with dp_lock) */
+	unsigned int dp_waiters;		/* threads in uhmm_dp_wait_unclaimed() (dp_lock) */
 
 };
 
