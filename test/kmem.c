@@ -5,6 +5,8 @@
  * migration's and device's reach, and that a device's whole life leaves
  * none of it behind (a leak check that needs no valgrind).
  */
+#include <pthread.h>
+#include <stdatomic.h>
 #include <string.h>
 #include <sys/mman.h>
 
@@ -60,6 +62,68 @@ TEST(kmem_contract)
 	for (size_t j = 0; j < (1 << 20); j += 512)
 		ASSERT_EQ(q[j], 0);
 	uhmm_kfree(q);
+}
+
+struct churn {
+	int id;
+	atomic_long bad;
+};
+
+/* Allocate, fill, check and free blocks of random sizes; realloc some. */
+static void *churn_thread(void *arg)
+{
+	struct churn *c = arg;
+	uint64_t x = 0x9e3779b97f4a7c15ULL * (uint64_t)(c->id + 1);
+	unsigned char *held[64] = { NULL };
+	size_t size[64] = { 0 };
+
+	for (int round = 0; round < 20000; round++) {
+		int k = (int)((x >> 40) % 64);
+
+		x = x * 6364136223846793005ULL + 1442695040888963407ULL;
+		if (held[k]) {
+			for (size_t j = 0; j < size[k]; j += 61)
+				if (held[k][j] != (unsigned char)(c->id + k))
+					atomic_fetch_add(&c->bad, 1);
+			if (x & 1) {
+				uhmm_kfree(held[k]);
+				held[k] = NULL;
+				continue;
+			}
+			size[k] = 1 + (size_t)((x >> 20) % 70000);
+			held[k] = uhmm_krealloc(held[k], size[k]);	/* keeps the old prefix */
+		} else {
+			size[k] = 1 + (size_t)((x >> 20) % 70000);
+			held[k] = uhmm_kmalloc(size[k]);
+		}
+		if (!held[k]) {
+			atomic_fetch_add(&c->bad, 1);
+			continue;
+		}
+		memset(held[k], c->id + k, size[k]);
+	}
+	for (int k = 0; k < 64; k++)
+		uhmm_kfree(held[k]);
+	return NULL;
+}
+
+/* Four threads allocating at once: no block is handed out twice, none loses its bytes (TSan and ASan watch). */
+TEST(kmem_threads)
+{
+	struct churn c[4];
+	pthread_t t[4];
+	uint64_t before = uhmm_kmem_live_bytes();
+
+	for (int i = 0; i < 4; i++) {
+		c[i].id = i * 64;
+		atomic_init(&c[i].bad, 0);
+		ASSERT_OK(pthread_create(&t[i], NULL, churn_thread, &c[i]));
+	}
+	for (int i = 0; i < 4; i++) {
+		ASSERT_OK(pthread_join(t[i], NULL));
+		ASSERT_EQ(atomic_load(&c[i].bad), 0);
+	}
+	ASSERT_EQ(uhmm_kmem_live_bytes(), before);
 }
 
 /* A device cannot take it, nor map it: a stale pointer into it is only an error. */
