@@ -209,15 +209,22 @@ TEST(device_life_leaves_no_memory_behind)
 #endif
 #endif
 #ifndef SANITIZED
+#include <fcntl.h>
 #include <sys/resource.h>
+#include <unistd.h>
 
 /* Child: this test program, re-executed under the limit, runs the tests @arg names. */
 static void run_limited(void *arg)
 {
 	struct rlimit lim = { 2UL << 30, 2UL << 30 };
 
-	if (setrlimit(RLIMIT_AS, &lim))
+	int null = open("/dev/null", O_WRONLY);
+
+	if (setrlimit(RLIMIT_AS, &lim) || null < 0)
 		_exit(90);
+	/* its own "N passed" line must not reach the suite's output: CI counts those lines */
+	dup2(null, STDOUT_FILENO);
+	dup2(null, STDERR_FILENO);
 	execl("/proc/self/exe", "uhmm-tests", "--mode", "fast", "--filter", (const char *)arg, (char *)NULL);
 	_exit(91);
 }
