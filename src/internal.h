@@ -397,7 +397,7 @@ int uhmm_mm_unify_registration(struct uhmm_mm *mm, uint64_t start, uint64_t end)
 
 /* ---- zap.c ---- */
 /* Take the CPU pages of [start, end) out (empty ptes), raising no event if it can. */
-int uhmm_zap_range(struct uhmm_mm *mm, uint64_t start, uint64_t end);
+long uhmm_zap_range(struct uhmm_mm *mm, uint64_t start, uint64_t end);
 void uhmm_zap_fini(struct uhmm_mm *mm);
 
 #endif /* UHMM_INTERNAL_H */

@@ -821,10 +821,15 @@ static bool staging_follows(uint64_t prev, uint64_t next)
 static void commit_run_to_device(struct uhmm_migrate_vma *m, struct mig_priv *p, uint64_t i, uint64_t j)
 {
 	uint64_t start = m->start + (i << UHMM_PAGE_SHIFT), end = m->start + (j << UHMM_PAGE_SHIFT);
+	long zapped;
 
 	pthread_mutex_lock(&p->mm->dp_lock);
-	if (!run_dropped(m, p, i, j) && uhmm_zap_range(p->mm, start, end) == 0) {
-		for (uint64_t k = i; k < j; k++)
+	zapped = run_dropped(m, p, i, j) ? -1 : uhmm_zap_range(p->mm, start, end);
+	if (zapped > 0) {
+		/* up to a pinned page, if one stopped the zap: the rest stays where it is */
+		uint64_t taken = i + ((uint64_t)zapped >> UHMM_PAGE_SHIFT);
+
+		for (uint64_t k = i; k < taken; k++)
 			if (uhmm_dp_install_locked(p->mm, m->start + (k << UHMM_PAGE_SHIFT),
 						   uhmm_migrate_pfn_to_page(m->dst[k])) == 0)
 				p->st[k] |= MS_COMMITTED;

@@ -76,9 +76,11 @@ err_close:
 
 /*
  * Move [start, end) (within one PMD) into the scratch area at the same
- * offset, then discard it. Returns the bytes taken out from @start on.
+ * offset, then discard it. Returns the bytes taken out from @start on;
+ * *@pinned says the move stopped at a pinned page (EBUSY): something (a
+ * process_vm_writev() of a device copy, O_DIRECT I/O) is about to write it.
  */
-static uint64_t zap_piece(struct uhmm_mm *mm, uint64_t start, uint64_t end)
+static uint64_t zap_piece(struct uhmm_mm *mm, uint64_t start, uint64_t end, bool *pinned)
 {
 	uint64_t dst = mm->zap_area + (start & (UHMM_PMD_SIZE - 1));
 	struct uffdio_move mv = {
@@ -96,6 +98,8 @@ static uint64_t zap_piece(struct uhmm_mm *mm, uint64_t start, uint64_t end)
 		if (!err && ioctl(mm->zap_uffd, UFFDIO_MOVE, &mv) == 0) {
 			mv.move = (int64_t)mv.len;
 		} else if (mv.move <= 0) {
+			if (!err && errno == EBUSY)
+				*pinned = true;
 			if ((err ? err : -errno) != -EAGAIN)
 				break;
 			sched_yield();	/* an event waits for the reader (UHMM_EAGAIN_TRIES) */
@@ -114,23 +118,37 @@ static uint64_t zap_piece(struct uhmm_mm *mm, uint64_t start, uint64_t end)
 	return done;
 }
 
-int uhmm_zap_range(struct uhmm_mm *mm, uint64_t start, uint64_t end)
+/*
+ * Take the pages of [start, end) out of the CPU page table. Returns the
+ * bytes taken from @start on (all of them, or up to a pinned page), or
+ * -errno with none taken for sure. A page UFFDIO_MOVE finds pinned stays,
+ * and so does the rest of the range: its pin may be a write on its way in
+ * (a device copy through the CPU page table), which MADV_DONTNEED would
+ * throw away; the kernel's migration leaves a pinned page alone too. Other
+ * refusals go the slow way (MADV_DONTNEED).
+ */
+long uhmm_zap_range(struct uhmm_mm *mm, uint64_t start, uint64_t end)
 {
 	uint64_t a = start;
+	bool pinned = false;
+	int ret;
 
 	pthread_mutex_lock(&mm->zap_lock);
 	if (mm->zap_state == 0)
 		mm->zap_state = zap_setup(mm) == 0 ? 1 : -1;
-	while (mm->zap_state > 0 && a < end) {
+	while (mm->zap_state > 0 && a < end && !pinned) {
 		uint64_t e = uhmm_align_down(a, UHMM_PMD_SIZE) + UHMM_PMD_SIZE;
-		uint64_t n = zap_piece(mm, a, e < end ? e : end);
+		uint64_t n = zap_piece(mm, a, e < end ? e : end, &pinned);
 
 		a += n;
 		if (a < e && a < end)
-			break;	/* refused: the rest goes the slow way */
+			break;	/* refused: the rest goes the slow way, unless pinned */
 	}
 	pthread_mutex_unlock(&mm->zap_lock);
-	return a < end ? uhmm_mm_self_zap(mm, a, end) : 0;
+	if (pinned || a == end)
+		return (long)(a - start);
+	ret = uhmm_mm_self_zap(mm, a, end);
+	return ret ? ret : (long)(end - start);
 }
 
 /* Release the quiet userfaultfd and its area (mm teardown). */
