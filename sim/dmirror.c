@@ -283,7 +283,7 @@ static int dmirror_do_copy(struct uhmm_dmirror *dm, uint64_t start, uint64_t npa
 			*done += n - 1;	/* the loop adds the last one */
 			continue;
 		}
-		if (!(entry & (DPT_DEVPAGE | DPT_ZERO | DPT_ATOMIC))) {
+		if (system_entry(entry, write)) {
 			/*
 			 * A system page: copied through the CPU's page table, so
 			 * it is coherent without our lock, and the copy may fault

@@ -240,7 +240,7 @@ UHMM_EXPORT void uhmm_page_put(struct uhmm_page *page)
 
 static struct uhmm_page *unit_head(const struct uhmm_page *page)
 {
-	return &page->pgmap->pages[uhmm_page_index(page) & ~(uint64_t)((UHMM_PMD_SIZE >> UHMM_PAGE_SHIFT) - 1)];
+	return &page->pgmap->pages[uhmm_page_index(page) & ~(uint64_t)(UHMM_PMD_PAGES - 1)];
 }
 
 UHMM_EXPORT unsigned int uhmm_page_order(const struct uhmm_page *page)

@@ -282,15 +282,15 @@ static uint64_t device_pfn(struct uhmm_mm *mm, const struct uhmm_vma *v, uint64_
 {
 	struct uhmm_page *page = DP_PAGE(uhmm_dp_get(mm, addr));
 
-	uint64_t order = 0;
+	uint64_t order;
 
 	/* Gone since the pass looked: not present (the sequence check catches it). */
 	if (!page)
 		return 0;
 	/* a 2 MiB unit on the device, mapped where a PMD could map it: PMD order, as for a device THP */
-	if (uhmm_page_order(page) &&
-	    uhmm_page_index(page) % UHMM_PMD_PAGES == (addr >> UHMM_PAGE_SHIFT) % UHMM_PMD_PAGES)
-		order = uhmm_page_order(page);
+	order = uhmm_page_order(page);
+	if (uhmm_page_index(page) % UHMM_PMD_PAGES != (addr >> UHMM_PAGE_SHIFT) % UHMM_PMD_PAGES)
+		order = 0;
 	return UHMM_PFN_VALID | ((v->flags & UHMM_VMA_WRITE) ? UHMM_PFN_WRITE : 0) |
 	       (order << UHMM_PFN_ORDER_SHIFT) | uhmm_page_to_pfn(page);
 }

@@ -36,7 +36,7 @@
 #define MS_VMA_WRITE (1u << 4)	/* its VMA is writable (for a page found filled, see recheck) */
 #define MS_UNIT (1u << 5)	/* first entry of a 2 MiB unit the driver took whole (pages()) */
 
-#define UNIT_PAGES (UHMM_PMD_SIZE / UHMM_PAGE_SIZE)	/* a THP, or a device unit: 512 */
+#define UNIT_PAGES UHMM_PMD_PAGES	/* a THP, or a device unit: 512 */
 #define UNIT_ORDER (UHMM_PMD_SHIFT - UHMM_PAGE_SHIFT)
 
 struct mig_priv {
