@@ -386,7 +386,9 @@ static uint64_t dp_entry_since(struct uhmm_mm *mm, uint64_t addr, uint64_t insta
  * Bring @addr's device page back. Returns 0 when the driver moved it (or it
  * was never device-private; another device may have taken it since, so
  * the caller looks again), -EBUSY when a migration holds it (the caller
- * waits for its wake-up), or the driver's error after poisoning the page.
+ * waits for its wake-up) or the driver said -EAGAIN (its device is using
+ * the page: the worker defers the fault and retries it within a
+ * millisecond), or the driver's error after poisoning the page.
  */
 int uhmm_dp_fault(struct uhmm_mm *mm, uint64_t addr, unsigned int flags, pid_t tid)
 {
@@ -416,6 +418,8 @@ int uhmm_dp_fault(struct uhmm_mm *mm, uint64_t addr, unsigned int flags, pid_t t
 		uhmm_stat_add(UHMM_STAT(faults_device), 1);
 		ret = page->pgmap->ops->migrate_to_ram(&vmf);
 		uhmm_page_put(page);
+		if (ret == -EAGAIN)
+			return -EBUSY;	/* the device is using it: fault again later (VM_FAULT_RETRY) */
 		if (ret)
 			break;
 		/*

@@ -494,3 +494,99 @@ TEST(mapping_changes_wait_for_migrations)
 	}
 	uhmm_mm_put(mm);
 }
+
+/* ---- migrate_to_ram() returning -EAGAIN: the device is using the page ---- */
+
+static char busy_mem[2][PAGE] __attribute__((aligned(4096)));
+static atomic_bool busy_device;		/* page 0 is in use by the device */
+static atomic_int busy_retries;
+static int busy_owner;
+
+static void busy_free(struct uhmm_page *page) { (void)page; }
+
+static int busy_to_ram(struct uhmm_vm_fault *vmf)
+{
+	uint64_t src, dst;
+	struct uhmm_migrate_vma m = { .mm = vmf->mm, .src = &src, .dst = &dst, .start = vmf->address,
+				      .end = vmf->address + PAGE, .pgmap_owner = &busy_owner,
+				      .flags = UHMM_MIGRATE_VMA_SELECT_DEVICE_PRIVATE, .fault_page = vmf->page };
+	int ret;
+
+	if (uhmm_page_index(vmf->page) == 0 && atomic_load(&busy_device)) {
+		atomic_fetch_add(&busy_retries, 1);
+		return -EAGAIN;
+	}
+	ret = uhmm_migrate_vma_setup(&m);
+	if (ret)
+		return ret;
+	if (src & UHMM_MIGRATE_PFN_MIGRATE) {
+		void *sys = uhmm_migrate_alloc_system_page(&dst);
+
+		if (sys)
+			memcpy(sys, busy_mem[uhmm_page_index(uhmm_migrate_pfn_to_page(src))], PAGE);
+	}
+	uhmm_migrate_vma_pages(&m);
+	uhmm_migrate_vma_finalize(&m);
+	return 0;
+}
+static const struct uhmm_pagemap_ops busy_ops = { .page_free = busy_free, .migrate_to_ram = busy_to_ram };
+
+static void *busy_touch(void *arg)
+{
+	return (void *)(intptr_t)*(volatile int *)arg;
+}
+
+/* Put page @i of @pgmap at @p, holding @value. */
+static void busy_place(struct uhmm_mm *mm, struct uhmm_pagemap *pgmap, int *p, unsigned int i, int value)
+{
+	uint64_t src, dst;
+	struct uhmm_migrate_vma m = { .mm = mm, .src = &src, .dst = &dst, .start = (uintptr_t)p,
+				      .end = (uintptr_t)p + PAGE, .pgmap_owner = &busy_owner,
+				      .flags = UHMM_MIGRATE_VMA_SELECT_SYSTEM };
+	struct uhmm_page *page = uhmm_pagemap_page(pgmap, i);
+
+	p[0] = 1;
+	ASSERT_OK(uhmm_migrate_vma_setup(&m));
+	ASSERT_OK(uhmm_page_init(page));
+	memset(busy_mem[i], 0, PAGE);
+	memcpy(busy_mem[i], &value, sizeof(value));
+	dst = uhmm_migrate_pfn(uhmm_page_to_pfn(page));
+	uhmm_migrate_vma_pages(&m);
+	uhmm_migrate_vma_finalize(&m);
+	ASSERT_TRUE(src & UHMM_MIGRATE_PFN_MIGRATE);
+}
+
+/*
+ * A CPU touch of a page the device is using waits, without poisoning, and
+ * the worker serves other faults meanwhile (one on another page of the same
+ * device completes while the first still waits); once the device lets go,
+ * the first completes with the device's data.
+ */
+TEST(migrate_to_ram_eagain_retries_later)
+{
+	struct uhmm_mm *mm = mm_or_skip();
+	int *a = map_anon(PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE);
+	int *b = map_anon(PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE);
+	struct uhmm_pagemap *pgmap;
+	struct uhmm_pagemap_stats st;
+	pthread_t t;
+	void *got;
+
+	ASSERT_OK(uhmm_pagemap_add(mm, 2, &busy_owner, &busy_ops, NULL, &pgmap));
+	busy_place(mm, pgmap, a, 0, 0x5a5a);
+	busy_place(mm, pgmap, b, 1, 0x6b6b);
+	atomic_store(&busy_device, true);
+	ASSERT_OK(pthread_create(&t, NULL, busy_touch, a));
+	while (atomic_load(&busy_retries) < 3)	/* it came back more than once: deferred, not poisoned */
+		usleep(1000);
+	ASSERT_EQ(b[0], 0x6b6b);			/* the worker is free for other faults */
+	atomic_store(&busy_device, false);
+	pthread_join(t, &got);
+	ASSERT_EQ((intptr_t)got, 0x5a5a);
+	ASSERT_OK(uhmm_mm_sync(mm));
+	ASSERT_OK(uhmm_pagemap_stats(pgmap, &st));
+	ASSERT_EQ(st.poisoned, 0);
+	ASSERT_EQ(st.allocated, 0);
+	ASSERT_OK(uhmm_pagemap_remove(pgmap));
+	uhmm_mm_put(mm);
+}

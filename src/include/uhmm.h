@@ -404,7 +404,12 @@ struct uhmm_pagemap_ops {
 	 * UHMM_MIGRATE_VMA_SELECT_DEVICE_PRIVATE, fault_page = vmf->page.
 	 * Runs on uhmm's worker thread for a CPU access, or on the thread
 	 * that needs the page. Return 0, or a negative errno: the page is then
-	 * poisoned (the CPU access gets SIGBUS) rather than left to read zeros.
+	 * poisoned (the CPU access gets SIGBUS) rather than left to read zeros;
+	 * except -EAGAIN: the device is using the page and cannot give it back
+	 * yet (a kernel running on it): nothing is poisoned, the access waits
+	 * and faults again a moment later (the kernel's VM_FAULT_RETRY), and
+	 * uhmm's worker serves other faults meanwhile. Never wait here for
+	 * something a thread blocked on a fault may have to do.
 	 */
 	int (*migrate_to_ram)(struct uhmm_vm_fault *vmf);
 };
