@@ -23,7 +23,7 @@ Q := $(if $(V),,@)
 WARN := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes -Wno-unused-parameter
 CFLAGS ?= -O2 -g
 BASE_CFLAGS := -std=gnu11 -D_GNU_SOURCE -pthread -fPIC -fvisibility=hidden $(WARN) \
-	-Isrc/include -Isrc
+	-Isrc/include -Isrc -Iopencl/include
 ifeq ($(WERROR),1)
 BASE_CFLAGS += -Werror
 endif
@@ -51,9 +51,22 @@ EXAMPLES := $(patsubst examples/%.c,$(BUILD)/examples/%,$(wildcard examples/*.c)
 STATIC := $(BUILD)/libuhmm.a
 SHARED := $(BUILD)/libuhmm.so.$(VERSION)
 
-all: $(STATIC) $(SHARED) $(BUILD)/uhmm $(EXAMPLES)
+# uhmm-opencl (opencl/): built when the OpenCL headers and ICD loader are
+# installed (Debian: ocl-icd-opencl-dev; a device: pocl-opencl-icd).
+HAVE_OPENCL ?= $(shell test -f /usr/include/CL/cl.h && $(CC) -print-file-name=libOpenCL.so | grep -q / && echo 1)
+CL_SRCS := $(wildcard opencl/*.c)
+CL_OBJS := $(CL_SRCS:%.c=$(BUILD)/%.o)
+CL_STATIC := $(BUILD)/libuhmm-opencl.a
+CL_SHARED := $(BUILD)/libuhmm-opencl.so.$(VERSION)
+CL_LDLIBS := -lOpenCL -lm $(LDLIBS)
+CL_TEST_SRCS := test/harness.c test/util.c $(wildcard test/opencl/*.c)
+CL_TEST_OBJS := $(CL_TEST_SRCS:%.c=$(BUILD)/%.o)
+CL_EXAMPLES := $(patsubst examples/opencl/%.c,$(BUILD)/examples/opencl/%,$(wildcard examples/opencl/*.c))
+CL_ALL := $(if $(HAVE_OPENCL),$(CL_STATIC) $(CL_SHARED) $(CL_EXAMPLES) $(BUILD)/uhmm-cl-bench)
 
-$(BUILD)/%.o: %.c $(wildcard src/*.h src/include/*.h src/include/uhmm/*.h src/uapi/*.h src/lib/*.h sim/*.h test/*.h tools/*.h bench/*.h)
+all: $(STATIC) $(SHARED) $(BUILD)/uhmm $(EXAMPLES) $(CL_ALL)
+
+$(BUILD)/%.o: %.c $(wildcard src/*.h src/include/*.h src/include/uhmm/*.h src/uapi/*.h src/lib/*.h sim/*.h test/*.h tools/*.h bench/*.h opencl/*.h opencl/include/uhmm/*.h)
 	@mkdir -p $(dir $@)
 	$(Q)$(CC) $(ALL_CFLAGS) -c -o $@ $<
 
@@ -83,6 +96,26 @@ $(BUILD)/examples/%: examples/%.c $(STATIC)
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -o $@ $< $(STATIC) $(LDLIBS)
 
+$(CL_STATIC): $(CL_OBJS)
+	rm -f $@
+	ar rcs $@ $^
+
+$(CL_SHARED): $(CL_OBJS) $(SHARED) opencl/uhmm-opencl.map
+	$(CC) $(ALL_CFLAGS) -shared -Wl,-soname,libuhmm-opencl.so.$(SOVERSION) \
+		-Wl,--version-script=opencl/uhmm-opencl.map -o $@ $(CL_OBJS) -L$(BUILD) -luhmm $(CL_LDLIBS)
+	ln -sf libuhmm-opencl.so.$(VERSION) $(BUILD)/libuhmm-opencl.so.$(SOVERSION)
+	ln -sf libuhmm-opencl.so.$(SOVERSION) $(BUILD)/libuhmm-opencl.so
+
+$(BUILD)/uhmm-cl-tests: $(CL_TEST_OBJS) $(CL_STATIC) $(STATIC)
+	$(CC) $(ALL_CFLAGS) -o $@ $(CL_TEST_OBJS) $(CL_STATIC) $(STATIC) $(CL_LDLIBS)
+
+$(BUILD)/uhmm-cl-bench: $(BUILD)/bench/opencl/bench_cl.o $(CL_STATIC) $(STATIC)
+	$(CC) $(ALL_CFLAGS) -o $@ $^ $(CL_LDLIBS)
+
+$(BUILD)/examples/opencl/%: examples/opencl/%.c $(CL_STATIC) $(STATIC)
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -o $@ $< $(CL_STATIC) $(STATIC) $(CL_LDLIBS)
+
 demo: $(BUILD)/uhmm
 	$(BUILD)/uhmm demo
 
@@ -93,8 +126,18 @@ bench: $(BUILD)/uhmm
 # Every test, in three modes: fast paths, forced fallbacks, unprivileged.
 # TSan refuses to start threads in the child of a multi-threaded fork unless
 # told not to; the fork tests do exactly that, on purpose.
-check: $(BUILD)/uhmm-tests
+# Then uhmm-opencl's tests, on the OpenCL device (PoCL in CI).
+check: $(BUILD)/uhmm-tests $(if $(HAVE_OPENCL),$(BUILD)/uhmm-cl-tests)
 	TSAN_OPTIONS="die_after_fork=0 $(TSAN_OPTIONS)" $(BUILD)/uhmm-tests $(TESTFLAGS)
+ifeq ($(HAVE_OPENCL),1)
+	TSAN_OPTIONS="die_after_fork=0 $(TSAN_OPTIONS)" $(BUILD)/uhmm-cl-tests $(TESTFLAGS)
+else
+	@echo "note: uhmm-opencl not built (no OpenCL headers/loader: apt-get install ocl-icd-opencl-dev pocl-opencl-icd)"
+endif
+
+# uhmm-opencl next to hand-written OpenCL and SVM (docs/performance.md).
+bench-cl: $(BUILD)/uhmm-cl-bench
+	$(BUILD)/uhmm-cl-bench $(BENCHFLAGS)
 
 # Every scenario of the kernel's HMM self-test next to uhmm's result, per mode.
 conformance: $(BUILD)/uhmm-tests
@@ -118,7 +161,7 @@ fuzz:
 		-artifact_prefix=build-fuzz-clang/ -print_final_stats=1 build-fuzz-clang/corpus fuzz/seeds
 
 # uhmm.pc is made at install time: it must name this install's PREFIX.
-install: $(STATIC) $(SHARED) $(BUILD)/uhmm
+install: $(STATIC) $(SHARED) $(BUILD)/uhmm $(if $(HAVE_OPENCL),$(CL_STATIC) $(CL_SHARED))
 	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@LIBDIR@|$(LIBDIR)|' \
 	    -e 's|@INCLUDEDIR@|$(INCLUDEDIR)|' -e 's|@VERSION@|$(VERSION)|' uhmm.pc.in > $(BUILD)/uhmm.pc
 	install -d $(DESTDIR)$(LIBDIR)/pkgconfig $(DESTDIR)$(INCLUDEDIR)/uhmm $(DESTDIR)$(BINDIR)
@@ -132,16 +175,27 @@ install: $(STATIC) $(SHARED) $(BUILD)/uhmm
 	install -m 755 $(BUILD)/uhmm $(DESTDIR)$(BINDIR)/uhmm
 	for s in 1 3 7; do for f in man/*.$$s; do [ -e "$$f" ] || continue; \
 		install -d $(DESTDIR)$(MANDIR)/man$$s; install -m 644 $$f $(DESTDIR)$(MANDIR)/man$$s/; done; done
+ifeq ($(HAVE_OPENCL),1)
+	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@LIBDIR@|$(LIBDIR)|' \
+	    -e 's|@INCLUDEDIR@|$(INCLUDEDIR)|' -e 's|@VERSION@|$(VERSION)|' opencl/uhmm-opencl.pc.in > $(BUILD)/uhmm-opencl.pc
+	install -m 644 opencl/include/uhmm/opencl.h $(DESTDIR)$(INCLUDEDIR)/uhmm/opencl.h
+	install -m 644 $(CL_STATIC) $(DESTDIR)$(LIBDIR)/libuhmm-opencl.a
+	install -m 755 $(CL_SHARED) $(DESTDIR)$(LIBDIR)/libuhmm-opencl.so.$(VERSION)
+	ln -sf libuhmm-opencl.so.$(VERSION) $(DESTDIR)$(LIBDIR)/libuhmm-opencl.so.$(SOVERSION)
+	ln -sf libuhmm-opencl.so.$(SOVERSION) $(DESTDIR)$(LIBDIR)/libuhmm-opencl.so
+	install -m 644 $(BUILD)/uhmm-opencl.pc $(DESTDIR)$(LIBDIR)/pkgconfig/uhmm-opencl.pc
+endif
 
 uninstall:
-	rm -f $(DESTDIR)$(INCLUDEDIR)/uhmm.h $(DESTDIR)$(INCLUDEDIR)/uhmm/dmirror.h
+	rm -f $(DESTDIR)$(INCLUDEDIR)/uhmm.h $(DESTDIR)$(INCLUDEDIR)/uhmm/dmirror.h $(DESTDIR)$(INCLUDEDIR)/uhmm/opencl.h
 	-rmdir $(DESTDIR)$(INCLUDEDIR)/uhmm
 	rm -f $(DESTDIR)$(LIBDIR)/libuhmm.a $(DESTDIR)$(LIBDIR)/libuhmm.so*
-	rm -f $(DESTDIR)$(LIBDIR)/pkgconfig/uhmm.pc $(DESTDIR)$(BINDIR)/uhmm
+	rm -f $(DESTDIR)$(LIBDIR)/libuhmm-opencl.a $(DESTDIR)$(LIBDIR)/libuhmm-opencl.so*
+	rm -f $(DESTDIR)$(LIBDIR)/pkgconfig/uhmm.pc $(DESTDIR)$(LIBDIR)/pkgconfig/uhmm-opencl.pc $(DESTDIR)$(BINDIR)/uhmm
 	for f in man/*.1 man/*.3 man/*.7; do [ -e "$$f" ] || continue; \
 		rm -f $(DESTDIR)$(MANDIR)/man$${f##*.}/$$(basename $$f); done
 
 clean:
 	rm -rf build build-*
 
-.PHONY: all demo bench check conformance stress fuzz install uninstall clean
+.PHONY: all demo bench bench-cl check conformance stress fuzz install uninstall clean

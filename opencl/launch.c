@@ -1,0 +1,427 @@
+// SPDX-License-Identifier: MIT
+/*
+ * uhmm_cl_launch() and uhmm_cl_prefetch(): the sequence protocol of
+ * Documentation/mm/hmm.rst with a kernel launch as the "device page-table
+ * update":
+ *
+ *   migrate each argument's interior to its slots (migrate.c)
+ *   seq = read_begin(); snapshot with uhmm_range_fault(): every interior
+ *   page must be this device's page in the expected slot
+ *   enqueue the edge copies in
+ *   under ctx->lock: wait until no migration back is in progress; if
+ *   read_retry(seq), start again; else mark the regions busy
+ *   enqueue the kernel and the edge copies out, wait, unmark
+ *
+ * While a region is busy a CPU touch of its pages gets -EAGAIN from
+ * migrate_to_ram() (uhmm retries the fault a moment later: the kernel's
+ * VM_FAULT_RETRY) rather than waiting on uhmm's worker: the runtime calls
+ * made in the busy window may themselves fault on memory only the worker
+ * can serve (a page of a freed array, reused by malloc).
+ */
+#include <errno.h>
+#include <sys/mman.h>
+#include <time.h>
+
+#include "internal.h"
+
+#define RETRY_NS 1000000000LL	/* -EBUSY after a second of invalidations */
+
+static long long now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+static bool has_interior(const struct ucl_region *r)
+{
+	return r->ib > r->ia;
+}
+
+/* ---- residency ---- */
+
+/*
+ * A system page the migration left: uhmm commits no page UFFDIO_MOVE
+ * refuses (EBUSY: pinned, or not exclusively this process's since a fork
+ * made it copy-on-write). A write fault makes an unpinned one exclusive
+ * again (the kernel reuses it: nothing is copied), so the next round takes it.
+ */
+static void make_exclusive(uint64_t addr)
+{
+	madvise((void *)(uintptr_t)addr, UCL_PAGE, MADV_POPULATE_WRITE);
+}
+
+/*
+ * Is every interior page of @r this device's page in its slot? -EAGAIN if
+ * not (or if the sequence moved: try again), after sending a page of ours
+ * that sits in the wrong slot (an mremap carried it) back to system memory,
+ * or making a system page the migration could not take exclusive.
+ */
+static int verify_region(struct uhmm_cl *ctx, struct ucl_region *r, unsigned long seq, uint64_t *pfns)
+{
+	struct uhmm_range range = {
+		.notifier = &r->notifier, .notifier_seq = seq, .start = r->ia, .end = r->ib,
+		.hmm_pfns = pfns, .dev_private_owner = ctx,
+	};
+	uint64_t n = (r->ib - r->ia) / UCL_PAGE;
+	int ret = uhmm_range_fault(&range);
+
+	if (ret)
+		return ret == -EBUSY ? -EAGAIN : ret;
+	for (uint64_t j = 0; j < n; j++) {
+		uint64_t addr = r->ia + j * UCL_PAGE, pfn = uhmm_pfn_to_pfn(pfns[j]);
+		struct uhmm_page *want = ucl_slot_page(ctx, r, addr), *got;
+
+		if ((pfns[j] & UHMM_PFN_VALID) && pfn == uhmm_page_to_pfn(want))
+			continue;
+		ret = -EAGAIN;
+		got = (pfns[j] & UHMM_PFN_VALID) ? uhmm_pfn_to_page(pfn) : NULL;
+		if (got && uhmm_page_pgmap(got) == ctx->pgmap)
+			ucl_to_host(ctx, addr, addr + UCL_PAGE, NULL, true);
+		else if (!got && (pfns[j] & UHMM_PFN_VALID) && !uhmm_pfn_is_zero(pfns[j]))
+			make_exclusive(addr);
+	}
+	return ret;
+}
+
+static uint64_t interior_pages(const struct ucl_region *r)
+{
+	return (r->ib - r->ia) / UCL_PAGE;
+}
+
+/*
+ * Nothing to do for @r: the last launch found every interior page in its
+ * slot at sequence @seq, and no invalidation (a fault-back, an munmap, a
+ * madvise...) has happened since. The device page table's validity, as a
+ * kernel driver keeps it with the same sequence.
+ */
+static bool still_resident(struct uhmm_cl *ctx, struct ucl_region *r, unsigned long seq)
+{
+	bool yes;
+
+	pthread_mutex_lock(&ctx->lock);
+	yes = r->verified && r->verified_seq == seq && r->resident == interior_pages(r);
+	pthread_mutex_unlock(&ctx->lock);
+	return yes;
+}
+
+/* Migrate, then snapshot under the sequence: 0 with @seqs set, -EAGAIN to retry, or an error. */
+int ucl_make_resident(struct uhmm_cl *ctx, struct ucl_region **regions, unsigned int n, unsigned long *seqs)
+{
+	uint64_t most = 0, *pfns;
+	bool skip[UCL_MAX_ARGS];
+	int ret = 0;
+
+	for (unsigned int k = 0; k < n; k++) {
+		struct ucl_region *r = regions[k];
+
+		skip[k] = !has_interior(r);
+		if (skip[k])
+			continue;
+		seqs[k] = uhmm_interval_read_begin(&r->notifier);
+		skip[k] = still_resident(ctx, r, seqs[k]);
+		if (skip[k])
+			continue;
+		ret = ucl_to_device(ctx, r);
+		if (ret)
+			return ret;
+		most = interior_pages(r) > most ? interior_pages(r) : most;
+	}
+	if (!most)
+		return 0;
+	pfns = uhmm_kcalloc(most, sizeof(*pfns));
+	if (!pfns)
+		return -ENOMEM;
+	for (unsigned int k = 0; k < n; k++)
+		if (!skip[k])
+			seqs[k] = uhmm_interval_read_begin(&regions[k]->notifier);
+	for (unsigned int k = 0; k < n && !ret; k++)
+		if (!skip[k])
+			ret = verify_region(ctx, regions[k], seqs[k], pfns);
+	uhmm_kfree(pfns);
+	return ret;
+}
+
+/* After a launch or prefetch whose check passed: remember what was verified. */
+static void mark_verified(struct ucl_region **regions, unsigned int n, const unsigned long *seqs)
+{
+	for (unsigned int k = 0; k < n; k++) {
+		regions[k]->verified = has_interior(regions[k]);
+		regions[k]->verified_seq = seqs[k];
+	}
+}
+
+/* ---- the kernel ---- */
+
+struct edge {
+	uint64_t lo, hi;	/* bytes of the argument on a partly covered page */
+};
+
+/* The argument's bytes outside its interior: none, one or two ranges. */
+static unsigned int region_edges(const struct ucl_region *r, struct edge e[2])
+{
+	uint64_t end = r->ptr + r->size;
+	unsigned int n = 0;
+
+	if (!has_interior(r)) {
+		e[n++] = (struct edge){ r->ptr, end };
+		return n;
+	}
+	if (r->ptr < r->ia)
+		e[n++] = (struct edge){ r->ptr, r->ia };
+	if (r->ib < end)
+		e[n++] = (struct edge){ r->ib, end };
+	return n;
+}
+
+/* Edge copies, in (before the kernel) or out (after it, @after its event). */
+static cl_int enqueue_edges(struct uhmm_cl *ctx, struct ucl_region **regions, unsigned int n, bool out,
+			    cl_event *after, uint64_t *bytes)
+{
+	for (unsigned int k = 0; k < n; k++) {
+		struct edge e[2];
+		unsigned int ne = region_edges(regions[k], e);
+
+		for (unsigned int x = 0; x < ne; x++) {
+			uint64_t off = ucl_region_dev_offset(regions[k], e[x].lo), len = e[x].hi - e[x].lo;
+			void *host = (void *)(uintptr_t)e[x].lo;
+			cl_int err = out ? clEnqueueReadBuffer(ctx->queue, regions[k]->sub, CL_FALSE, off, len, host,
+							       1, after, NULL)
+					 : clEnqueueWriteBuffer(ctx->queue, regions[k]->sub, CL_FALSE, off, len, host,
+								0, NULL, NULL);
+
+			if (err)
+				return err;
+			*bytes += len;
+		}
+	}
+	return CL_SUCCESS;
+}
+
+static int set_args(cl_kernel kernel, const struct uhmm_cl_arg *args, unsigned int nargs,
+		    struct ucl_region **argreg)
+{
+	for (unsigned int i = 0; i < nargs; i++) {
+		cl_int err;
+
+		if (args[i].kind == UHMM_CL_ARG_PTR)
+			err = clSetKernelArg(kernel, i, sizeof(cl_mem), &argreg[i]->arg);
+		else
+			err = clSetKernelArg(kernel, i, args[i].size,
+					     args[i].kind == UHMM_CL_ARG_LOCAL ? NULL : args[i].ptr);
+		if (err)
+			return ucl_errno(err);
+	}
+	return 0;
+}
+
+/* Under ctx->lock: no migration back in progress, then has anything changed since the snapshot? */
+static bool regions_changed(struct uhmm_cl *ctx, struct ucl_region **regions, unsigned int n,
+			    const unsigned long *seqs)
+{
+	for (unsigned int k = 0; k < n; k++)
+		while (regions[k]->returning)
+			pthread_cond_wait(&ctx->cond, &ctx->lock);
+	for (unsigned int k = 0; k < n; k++)
+		if (has_interior(regions[k]) && uhmm_interval_read_retry(&regions[k]->notifier, seqs[k]))
+			return true;
+	return false;
+}
+
+static void set_busy(struct uhmm_cl *ctx, struct ucl_region **regions, unsigned int n, int by)
+{
+	for (unsigned int k = 0; k < n; k++)
+		regions[k]->busy += by;
+	if (by < 0)
+		pthread_cond_broadcast(&ctx->cond);
+}
+
+struct launch {
+	cl_kernel kernel;
+	unsigned int dims;
+	const size_t *global, *local;
+	const struct uhmm_cl_arg *args;
+	unsigned int nargs;
+	struct ucl_region *argreg[UCL_MAX_ARGS];	/* each pointer argument's region */
+	struct ucl_region *regions[UCL_MAX_ARGS];	/* distinct */
+	unsigned long seqs[UCL_MAX_ARGS];
+	unsigned int nregions;
+};
+
+/* Enqueue and run once: 0, -EAGAIN (the pages changed: nothing ran), or an error. */
+static int run_kernel(struct uhmm_cl *ctx, struct launch *l)
+{
+	cl_event kev = NULL;
+	uint64_t edge_bytes = 0;
+	cl_int err, st = CL_COMPLETE;
+	int ret = set_args(l->kernel, l->args, l->nargs, l->argreg);
+
+	if (ret)
+		return ret;
+	err = enqueue_edges(ctx, l->regions, l->nregions, false, NULL, &edge_bytes);
+	if (err) {
+		clFinish(ctx->queue);
+		return ucl_errno(err);
+	}
+	clFlush(ctx->queue);
+
+	pthread_mutex_lock(&ctx->lock);
+	if (regions_changed(ctx, l->regions, l->nregions, l->seqs)) {
+		pthread_mutex_unlock(&ctx->lock);
+		clFinish(ctx->queue);	/* the edge copies only wrote device memory */
+		return -EAGAIN;
+	}
+	set_busy(ctx, l->regions, l->nregions, 1);
+	mark_verified(l->regions, l->nregions, l->seqs);
+	pthread_mutex_unlock(&ctx->lock);
+
+	err = clEnqueueNDRangeKernel(ctx->queue, l->kernel, l->dims, NULL, l->global, l->local, 0, NULL, &kev);
+	if (!err)
+		err = enqueue_edges(ctx, l->regions, l->nregions, true, &kev, &edge_bytes);
+	if (clFinish(ctx->queue) && !err)
+		err = CL_OUT_OF_RESOURCES;
+	if (kev) {
+		clGetEventInfo(kev, CL_EVENT_COMMAND_EXECUTION_STATUS, sizeof(st), &st, NULL);
+		clReleaseEvent(kev);
+	}
+
+	pthread_mutex_lock(&ctx->lock);
+	set_busy(ctx, l->regions, l->nregions, -1);
+	ctx->stats.launches += !err && st == CL_COMPLETE;
+	ctx->stats.edge_bytes += edge_bytes;
+	pthread_mutex_unlock(&ctx->lock);
+	if (err)
+		return ucl_errno(err);
+	return st == CL_COMPLETE ? 0 : -EIO;
+}
+
+/* ---- arguments ---- */
+
+static int check_args(const struct uhmm_cl_arg *args, unsigned int nargs)
+{
+	if (nargs > UCL_MAX_ARGS || (nargs && !args))
+		return -EINVAL;
+	for (unsigned int i = 0; i < nargs; i++) {
+		switch (args[i].kind) {
+		case UHMM_CL_ARG_PTR:
+			if (!args[i].ptr || !args[i].size ||
+			    (uintptr_t)args[i].ptr + args[i].size < (uintptr_t)args[i].ptr)
+				return -EINVAL;
+			break;
+		case UHMM_CL_ARG_VALUE:
+			if (!args[i].ptr || !args[i].size)
+				return -EINVAL;
+			break;
+		case UHMM_CL_ARG_LOCAL:
+			if (!args[i].size)
+				return -EINVAL;
+			break;
+		default:
+			return -EINVAL;
+		}
+	}
+	return 0;
+}
+
+static void add_region(struct launch *l, struct ucl_region *r)
+{
+	for (unsigned int k = 0; k < l->nregions; k++)
+		if (l->regions[k] == r)
+			return;
+	l->regions[l->nregions++] = r;
+}
+
+static int collect_regions(struct uhmm_cl *ctx, struct launch *l)
+{
+	for (unsigned int i = 0; i < l->nargs; i++) {
+		int ret;
+
+		if (l->args[i].kind != UHMM_CL_ARG_PTR)
+			continue;
+		ret = ucl_region_get(ctx, (uintptr_t)l->args[i].ptr, l->args[i].size, &l->argreg[i]);
+		if (ret)
+			return ret;
+		add_region(l, l->argreg[i]);
+	}
+	return 0;
+}
+
+static void release_regions(struct uhmm_cl *ctx, struct launch *l)
+{
+	pthread_mutex_lock(&ctx->lock);
+	for (unsigned int k = 0; k < l->nregions; k++)
+		l->regions[k]->in_launch = false;
+	pthread_mutex_unlock(&ctx->lock);
+	ucl_region_reap(ctx, false);
+}
+
+/* A prefetch to the device: the same check as before a kernel, nothing to run. */
+static int check_prefetched(struct uhmm_cl *ctx, struct launch *l)
+{
+	bool changed;
+
+	pthread_mutex_lock(&ctx->lock);
+	changed = regions_changed(ctx, l->regions, l->nregions, l->seqs);
+	if (!changed)
+		mark_verified(l->regions, l->nregions, l->seqs);
+	pthread_mutex_unlock(&ctx->lock);
+	return changed ? -EAGAIN : 0;
+}
+
+/* Make resident and (with a kernel) run, retrying while the pages change under us. */
+static int launch_locked(struct uhmm_cl *ctx, struct launch *l)
+{
+	long long deadline = now_ns() + RETRY_NS;
+	int ret = collect_regions(ctx, l);
+
+	while (!ret) {
+		ret = ucl_make_resident(ctx, l->regions, l->nregions, l->seqs);
+		if (!ret && l->kernel)
+			ret = run_kernel(ctx, l);
+		else if (!ret)
+			ret = check_prefetched(ctx, l);
+		if (ret != -EAGAIN)
+			break;
+		ret = now_ns() > deadline ? -EBUSY : 0;
+	}
+	release_regions(ctx, l);
+	return ret;
+}
+
+UHMM_CL_EXPORT int uhmm_cl_launch(struct uhmm_cl *ctx, cl_kernel kernel, unsigned int dims, const size_t *global,
+		   const size_t *local, const struct uhmm_cl_arg *args, unsigned int nargs)
+{
+	struct launch l = { .kernel = kernel, .dims = dims, .global = global, .local = local,
+			    .args = args, .nargs = nargs };
+	int ret;
+
+	if (!ctx || !kernel || !global || dims < 1 || dims > 3)
+		return -EINVAL;
+	for (unsigned int d = 0; d < dims; d++)
+		if (!global[d])
+			return -EINVAL;
+	ret = check_args(args, nargs);
+	if (ret)
+		return ret;
+	pthread_mutex_lock(&ctx->launch_lock);
+	ret = launch_locked(ctx, &l);
+	pthread_mutex_unlock(&ctx->launch_lock);
+	return ret;
+}
+
+UHMM_CL_EXPORT int uhmm_cl_prefetch(struct uhmm_cl *ctx, const void *ptr, size_t len, enum uhmm_cl_where where)
+{
+	struct uhmm_cl_arg arg = UHMM_CL_PTR(ptr, len);
+	struct launch l = { .args = &arg, .nargs = 1 };
+	uint64_t start = (uintptr_t)ptr & ~(UCL_PAGE - 1), end;
+	int ret;
+
+	if (!ctx || (where != UHMM_CL_TO_DEVICE && where != UHMM_CL_TO_HOST) || check_args(&arg, 1))
+		return -EINVAL;
+	end = ((uintptr_t)ptr + len + UCL_PAGE - 1) & ~(UCL_PAGE - 1);
+	pthread_mutex_lock(&ctx->launch_lock);
+	ret = where == UHMM_CL_TO_DEVICE ? launch_locked(ctx, &l) : ucl_to_host(ctx, start, end, NULL, true);
+	pthread_mutex_unlock(&ctx->launch_lock);
+	return ret;
+}

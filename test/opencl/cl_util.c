@@ -1,0 +1,66 @@
+// SPDX-License-Identifier: MIT
+#include <stdlib.h>
+
+#include "cl_util.h"
+
+static const char *kernels =
+	"__kernel void incr(__global int *p, uint n, int by)\n"
+	"{ size_t i = get_global_id(0); if (i < n) p[i] += by; }\n"
+	"__kernel void saxpy(float a, __global const float *x, __global float *y, uint n)\n"
+	"{ size_t i = get_global_id(0); if (i < n) y[i] = a * x[i] + y[i]; }\n"
+	"__kernel void stencil(__global const float *in, __global float *out, uint w, uint h)\n"
+	"{\n"
+	"	size_t x = get_global_id(0), y = get_global_id(1), i = y * w + x;\n"
+	"	if (x >= w || y >= h) return;\n"
+	"	if (x == 0 || y == 0 || x == w - 1 || y == h - 1) { out[i] = in[i]; return; }\n"
+	"	out[i] = 0.2f * (in[i] + in[i - 1] + in[i + 1] + in[i - w] + in[i + w]);\n"
+	"}\n";
+
+void cl_open(struct cl_fixture *f, const struct uhmm_cl_config *config)
+{
+	int ret;
+
+	/* The runtime caches compiled kernels under $HOME, which the unprivileged mode cannot write. */
+	if (!getenv("POCL_CACHE_DIR")) {
+		char dir[64];
+
+		snprintf(dir, sizeof(dir), "/tmp/uhmm-pocl-cache-%u", (unsigned int)getuid());
+		setenv("POCL_CACHE_DIR", dir, 1);
+	}
+	ret = uhmm_cl_context_create(&f->cl, config);
+	if (ret == -ENODEV)
+		SKIP("no OpenCL device (install pocl-opencl-icd)");
+	if (ret == -EPERM || ret == -ENOSYS)
+		SKIP("no userfaultfd here (%s)", strerror(-ret));
+	ASSERT_OK(ret);
+	ASSERT_OK(uhmm_cl_program_build(f->cl, kernels, NULL, &f->prog));
+	f->incr = clCreateKernel(f->prog, "incr", NULL);
+	f->saxpy = clCreateKernel(f->prog, "saxpy", NULL);
+	f->stencil = clCreateKernel(f->prog, "stencil", NULL);
+	ASSERT_TRUE(f->incr && f->saxpy && f->stencil);
+}
+
+void cl_close(struct cl_fixture *f)
+{
+	clReleaseKernel(f->incr);
+	clReleaseKernel(f->saxpy);
+	clReleaseKernel(f->stencil);
+	clReleaseProgram(f->prog);
+	uhmm_cl_context_destroy(f->cl);
+}
+
+int cl_incr(struct cl_fixture *f, int *p, unsigned int n, int by)
+{
+	size_t global = n;
+	struct uhmm_cl_arg args[] = { UHMM_CL_PTR(p, n * sizeof(int)), UHMM_CL_VALUE(n), UHMM_CL_VALUE(by) };
+
+	return uhmm_cl_launch(f->cl, f->incr, 1, &global, NULL, args, 3);
+}
+
+struct uhmm_cl_stats cl_stats(struct cl_fixture *f)
+{
+	struct uhmm_cl_stats s;
+
+	ASSERT_OK(uhmm_cl_stats(f->cl, &s));
+	return s;
+}

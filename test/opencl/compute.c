@@ -1,0 +1,240 @@
+// SPDX-License-Identifier: MIT
+/*
+ * uhmm-opencl computes on ordinary memory: SAXPY and a 2-D stencil over
+ * malloc'ed arrays checked against the CPU, results that stay on the device
+ * until the CPU touches them, a CPU touch mid-way, stack arrays, prefetch,
+ * and buffers bigger than a device chunk (eviction).
+ */
+#include <math.h>
+
+#include "cl_util.h"
+
+static void saxpy_cpu(float a, const float *x, float *y, unsigned int n)
+{
+	for (unsigned int i = 0; i < n; i++)
+		y[i] = a * x[i] + y[i];
+}
+
+static int saxpy_dev(struct cl_fixture *f, float a, const float *x, float *y, unsigned int n)
+{
+	size_t global = n;
+	struct uhmm_cl_arg args[] = { UHMM_CL_VALUE(a), UHMM_CL_PTR(x, n * sizeof(float)),
+				      UHMM_CL_PTR(y, n * sizeof(float)), UHMM_CL_VALUE(n) };
+
+	return uhmm_cl_launch(f->cl, f->saxpy, 1, &global, NULL, args, 4);
+}
+
+/* Several sizes: inside one page, across two, many pages with partial ends. */
+TEST(cl_saxpy_malloc)
+{
+	static const unsigned int sizes[] = { 1, 1000, 1025, 4096, 100003, 1u << 20 };
+	struct cl_fixture f;
+
+	cl_open(&f, NULL);
+	for (unsigned int s = 0; s < sizeof(sizes) / sizeof(sizes[0]); s++) {
+		unsigned int n = sizes[s];
+		float *x = malloc(n * sizeof(float)), *y = malloc(n * sizeof(float)), *want = malloc(n * sizeof(float));
+
+		ASSERT_TRUE(x && y && want);
+		for (unsigned int i = 0; i < n; i++) {
+			x[i] = (float)(i % 1000) * 0.5f;
+			y[i] = want[i] = (float)(i % 77);
+		}
+		for (int round = 0; round < 3; round++) {
+			ASSERT_OK(saxpy_dev(&f, 1.5f, x, y, n));
+			saxpy_cpu(1.5f, x, want, n);
+		}
+		for (unsigned int i = 0; i < n; i++)
+			if (y[i] != want[i])
+				test_fail(__FILE__, __LINE__, "n %u: y[%u] = %g, want %g", n, i, y[i], want[i]);
+		free(x);
+		free(y);
+		free(want);
+	}
+	ASSERT_GT(cl_stats(&f).pages_to_device, 0);
+	ASSERT_GE(cl_stats(&f).launches, 18);
+	cl_close(&f);
+}
+
+static void check_plus(const int *p, unsigned int first, unsigned int n, int k, const char *file, int line)
+{
+	for (unsigned int i = first; i < first + n; i++)
+		if (p[i] != (int)i + k)
+			test_fail(file, line, "int %u is %d, want %d", i, p[i], (int)i + k);
+}
+#define CHECK_PLUS(p, first, n, k) check_plus(p, first, n, k, __FILE__, __LINE__)
+
+/* Results stay on the device: no page comes back until the CPU reads; then the 2 MiB blocks do. */
+TEST(cl_results_stay_on_device)
+{
+	unsigned int n = 1024 * 1024;	/* 4 MiB */
+	int *p = map_anon(n * sizeof(int), PROT_READ | PROT_WRITE, MAP_PRIVATE);
+	struct uhmm_cl_stats s0, s1;
+	struct cl_fixture f;
+
+	cl_open(&f, NULL);
+	fill_ints(p, n * sizeof(int), 1);
+	ASSERT_OK(cl_incr(&f, p, n, 5));
+	ASSERT_OK(cl_incr(&f, p, n, 2));
+	s0 = cl_stats(&f);
+	ASSERT_EQ(s0.pages_to_device, 1024);	/* the second launch found them there */
+	ASSERT_EQ(s0.resident_pages, 1024);
+	ASSERT_EQ(s0.pages_to_host, 0);
+	ASSERT_EQ(s0.edge_bytes, 0);		/* page-aligned: nothing copied by hand */
+	CHECK_PLUS(p, 0, 1, 7);			/* one touch brings its 2 MiB block back */
+	s1 = cl_stats(&f);
+	ASSERT_EQ(s1.pages_to_host, 512);
+	ASSERT_EQ(s1.faults, 1);
+	ASSERT_EQ(s1.resident_pages, 512);
+	CHECK_PLUS(p, 0, n, 7);
+	ASSERT_EQ(cl_stats(&f).pages_to_host, 1024);
+	cl_close(&f);
+}
+
+/* The CPU touches part of the results between launches: they come back, change, and go again. */
+TEST(cl_touch_midway_and_launch_again)
+{
+	unsigned int n = 300000;
+	int *p = malloc(n * sizeof(int));
+	struct cl_fixture f;
+
+	ASSERT_TRUE(p);
+	cl_open(&f, NULL);
+	fill_ints(p, n * sizeof(int), 1);
+	ASSERT_OK(cl_incr(&f, p, n, 1));
+	for (unsigned int i = 0; i < n; i += 4096)	/* every 4th page, by stride: the CPU takes them back */
+		p[i] += 100;
+	ASSERT_GT(cl_stats(&f).faults, 0);
+	ASSERT_OK(cl_incr(&f, p, n, 1));
+	for (unsigned int i = 0; i < n; i++)
+		ASSERT_EQ(p[i], (int)i + 2 + (i % 4096 == 0 ? 100 : 0));
+	free(p);
+	cl_close(&f);
+}
+
+#define W 700
+#define H 500
+
+static void stencil_cpu(const float *in, float *out)
+{
+	for (unsigned int y = 0; y < H; y++)
+		for (unsigned int x = 0; x < W; x++) {
+			unsigned int i = y * W + x;
+
+			out[i] = (x == 0 || y == 0 || x == W - 1 || y == H - 1) ? in[i] :
+				 0.2f * (in[i] + in[i - 1] + in[i + 1] + in[i - W] + in[i + W]);
+		}
+}
+
+/* A 2-D 5-point stencil, ten sweeps ping-ponging between two malloc'ed grids. */
+TEST(cl_stencil_2d)
+{
+	float *a = malloc(W * H * sizeof(float)), *b = malloc(W * H * sizeof(float));
+	float *ca = malloc(W * H * sizeof(float)), *cb = malloc(W * H * sizeof(float));
+	size_t global[2] = { W, H };
+	unsigned int w = W, h = H;
+	struct cl_fixture f;
+
+	ASSERT_TRUE(a && b && ca && cb);
+	for (unsigned int i = 0; i < W * H; i++)
+		a[i] = ca[i] = (float)((i * 2654435761u) >> 24);
+	memset(b, 0, W * H * sizeof(float));
+	cl_open(&f, NULL);
+	for (int sweep = 0; sweep < 10; sweep++) {
+		float *in = sweep % 2 ? b : a, *out = sweep % 2 ? a : b;
+		struct uhmm_cl_arg args[] = { UHMM_CL_PTR(in, W * H * sizeof(float)),
+					      UHMM_CL_PTR(out, W * H * sizeof(float)), UHMM_CL_VALUE(w), UHMM_CL_VALUE(h) };
+
+		ASSERT_OK(uhmm_cl_launch(f.cl, f.stencil, 2, global, NULL, args, 4));
+		stencil_cpu(sweep % 2 ? cb : ca, sweep % 2 ? ca : cb);
+	}
+	for (unsigned int i = 0; i < W * H; i++)
+		if (fabsf(a[i] - ca[i]) > 1e-3f * (1.0f + fabsf(ca[i])))
+			test_fail(__FILE__, __LINE__, "cell %u: %g, want %g", i, a[i], ca[i]);
+	ASSERT_EQ(cl_stats(&f).launches, 10);
+	free(a);
+	free(b);
+	free(ca);
+	free(cb);
+	cl_close(&f);
+}
+
+/* Arrays on the stack are ordinary memory too. */
+TEST(cl_stack_array)
+{
+	int a[5000];
+	struct cl_fixture f;
+
+	fill_ints(a, sizeof(a), 1);
+	cl_open(&f, NULL);
+	ASSERT_OK(cl_incr(&f, a, 5000, 3));
+	ASSERT_OK(cl_incr(&f, a, 5000, 3));
+	CHECK_PLUS(a, 0, 5000, 6);
+	cl_close(&f);
+}
+
+/* uhmm_cl_prefetch(): to the device moves the pages now; to the host brings them back without faults. */
+TEST(cl_prefetch_both_ways)
+{
+	unsigned int n = 512 * 1024;	/* 2 MiB */
+	int *p = map_anon(n * sizeof(int), PROT_READ | PROT_WRITE, MAP_PRIVATE);
+	struct uhmm_cl_stats s;
+	struct cl_fixture f;
+
+	cl_open(&f, NULL);
+	fill_ints(p, n * sizeof(int), 1);
+	ASSERT_OK(uhmm_cl_prefetch(f.cl, p, n * sizeof(int), UHMM_CL_TO_DEVICE));
+	s = cl_stats(&f);
+	ASSERT_EQ(s.resident_pages, 512);
+	ASSERT_EQ(s.launches, 0);
+	ASSERT_OK(cl_incr(&f, p, n, 4));
+	ASSERT_EQ(cl_stats(&f).pages_to_device, 512);	/* the launch found them there */
+	ASSERT_OK(uhmm_cl_prefetch(f.cl, p, n * sizeof(int), UHMM_CL_TO_HOST));
+	s = cl_stats(&f);
+	ASSERT_EQ(s.resident_pages, 0);
+	ASSERT_EQ(s.pages_to_host, 512);
+	CHECK_PLUS(p, 0, n, 4);
+	ASSERT_EQ(cl_stats(&f).faults, 0);
+	ASSERT_EQ(uhmm_cl_prefetch(f.cl, p, n * sizeof(int), 0), -EINVAL);
+	ASSERT_EQ(uhmm_cl_prefetch(f.cl, NULL, 4096, UHMM_CL_TO_DEVICE), -EINVAL);
+	ASSERT_EQ(uhmm_cl_prefetch(NULL, p, 4096, UHMM_CL_TO_HOST), -EINVAL);
+	cl_close(&f);
+}
+
+/*
+ * Device memory of 4 MiB in 1 MiB buffers: a 3 MiB array is bigger than a
+ * buffer (it gets one of its own), and a second one pushes the first out.
+ * Both results are right, and the device's buffers never exceed 4 MiB.
+ */
+TEST(cl_eviction_buffer_larger_than_chunk)
+{
+	struct uhmm_cl_config cfg = { .size = sizeof(cfg), .device_bytes = 4 << 20, .chunk_bytes = 1 << 20 };
+	unsigned int n = 3 * 256 * 1024;	/* 3 MiB of ints */
+	int *a = map_anon(n * sizeof(int), PROT_READ | PROT_WRITE, MAP_PRIVATE);
+	int *b = map_anon(n * sizeof(int), PROT_READ | PROT_WRITE, MAP_PRIVATE);
+	struct uhmm_cl_stats s;
+	struct cl_fixture f;
+
+	cl_open(&f, &cfg);
+	fill_ints(a, n * sizeof(int), 1);
+	fill_ints(b, n * sizeof(int), 1);
+	ASSERT_OK(cl_incr(&f, a, n, 1));
+	ASSERT_LE(cl_stats(&f).buffer_bytes, 4 << 20);
+	ASSERT_OK(cl_incr(&f, b, n, 2));
+	s = cl_stats(&f);
+	ASSERT_GE(s.evictions, 1);
+	ASSERT_EQ(s.pages_to_host, 768);	/* a came back whole, without a CPU fault */
+	ASSERT_EQ(s.faults, 0);
+	ASSERT_LE(s.buffer_bytes, 4 << 20);
+	ASSERT_OK(cl_incr(&f, a, n, 1));	/* and b goes out for a */
+	CHECK_PLUS(a, 0, n, 2);
+	CHECK_PLUS(b, 0, n, 2);
+	/* an argument bigger than the whole device memory */
+	{
+		int *big = map_anon(5 << 20, PROT_READ | PROT_WRITE, MAP_PRIVATE);
+
+		ASSERT_EQ(cl_incr(&f, big, (5 << 20) / sizeof(int), 1), -E2BIG);
+		ASSERT_EQ(big[0], 0);
+	}
+	cl_close(&f);
+}
