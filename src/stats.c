@@ -73,7 +73,7 @@ __attribute__((destructor)) static void stats_at_exit(void)
 		"  range_fault       %llu calls, %llu pages, %llu busy\n"
 		"  read retries      %llu\n"
 		"  poisons           %llu\n"
-		"  zaps              %llu moved, %llu madvised\n"
+		"  zaps              %llu moved, %llu madvised, %llu unshared\n"
 		"  events            %llu\n"
 		"  exclusive pages   %llu\n"
 		"  2 MiB units       %llu migrated whole\n"
@@ -85,7 +85,7 @@ __attribute__((destructor)) static void stats_at_exit(void)
 		(unsigned long long)s.migrations, (unsigned long long)s.range_faults,
 		(unsigned long long)s.range_fault_pages, (unsigned long long)s.range_fault_busy,
 		(unsigned long long)s.read_retries, (unsigned long long)s.poisons,
-		(unsigned long long)s.zaps_moved, (unsigned long long)s.zaps_madvised,
+		(unsigned long long)s.zaps_moved, (unsigned long long)s.zaps_madvised, (unsigned long long)s.zaps_unshared,
 		(unsigned long long)s.events, (unsigned long long)s.exclusive_pages,
 		(unsigned long long)s.units_migrated);
 	for (unsigned int i = 0; i < UHMM_ARRAY_SIZE(s.invalidations); i++)

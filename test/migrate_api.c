@@ -590,3 +590,81 @@ TEST(migrate_to_ram_eagain_retries_later)
 	ASSERT_OK(uhmm_pagemap_remove(pgmap));
 	uhmm_mm_put(mm);
 }
+
+/* ---- pages a fork() left copy-on-write ---- */
+
+#define COW_PAGES 16
+static char cow_mem[COW_PAGES][PAGE] __attribute__((aligned(4096)));
+static int cow_owner;
+
+static int cow_to_ram(struct uhmm_vm_fault *vmf)
+{
+	uint64_t src, dst;
+	struct uhmm_migrate_vma m = { .mm = vmf->mm, .src = &src, .dst = &dst, .start = vmf->address,
+				      .end = vmf->address + PAGE, .pgmap_owner = &cow_owner,
+				      .flags = UHMM_MIGRATE_VMA_SELECT_DEVICE_PRIVATE, .fault_page = vmf->page };
+	int ret = uhmm_migrate_vma_setup(&m);
+
+	if (ret)
+		return ret;
+	if (src & UHMM_MIGRATE_PFN_MIGRATE) {
+		void *sys = uhmm_migrate_alloc_system_page(&dst);
+
+		if (sys)
+			memcpy(sys, cow_mem[uhmm_page_index(uhmm_migrate_pfn_to_page(src))], PAGE);
+	}
+	uhmm_migrate_vma_pages(&m);
+	uhmm_migrate_vma_finalize(&m);
+	return 0;
+}
+static const struct uhmm_pagemap_ops cow_ops = { .page_free = busy_free, .migrate_to_ram = cow_to_ram };
+
+static void cow_child(void *arg)
+{
+	_exit(((int *)arg)[5] == 5 ? 0 : 1);
+}
+
+/*
+ * After a fork() every page of the parent is copy-on-write until written,
+ * even once the child has gone, and UFFDIO_MOVE refuses it as it refuses a
+ * pinned page. A driver that copies with plain loads (as an OpenCL runtime
+ * does, unlike uhmm_access_vm()) must still get the pages moved: uhmm
+ * unshares them (found by uhmm-opencl: every launch after a fork failed).
+ */
+TEST(migrate_after_fork_copy_on_write)
+{
+	struct uhmm_mm *mm = mm_or_skip();
+	int *p = map_anon(COW_PAGES * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE);
+	uint64_t src[COW_PAGES], dst[COW_PAGES];
+	struct uhmm_migrate_vma m = { .mm = mm, .src = src, .dst = dst, .start = (uintptr_t)p,
+				      .end = (uintptr_t)p + COW_PAGES * PAGE, .pgmap_owner = &cow_owner,
+				      .flags = UHMM_MIGRATE_VMA_SELECT_SYSTEM };
+	struct uhmm_features f;
+	struct uhmm_stats s0, s1;
+	struct uhmm_pagemap *pgmap;
+
+	fill_ints(p, COW_PAGES * PAGE, 1);
+	ASSERT_EQ(run_child(cow_child, p), 0);
+	ASSERT_OK(uhmm_query_features(&f));
+	ASSERT_OK(uhmm_pagemap_add(mm, COW_PAGES, &cow_owner, &cow_ops, NULL, &pgmap));
+	uhmm_stats(&s0, sizeof(s0));
+	ASSERT_OK(uhmm_migrate_vma_setup(&m));
+	ASSERT_EQ(m.cpages, COW_PAGES);
+	for (unsigned int i = 0; i < COW_PAGES; i++) {
+		struct uhmm_page *page = uhmm_pagemap_page(pgmap, i);
+
+		ASSERT_OK(uhmm_page_init(page));
+		memcpy(cow_mem[i], (char *)p + i * PAGE, PAGE);	/* plain loads: no pin, no unsharing */
+		dst[i] = uhmm_migrate_pfn(uhmm_page_to_pfn(page));
+	}
+	uhmm_migrate_vma_pages(&m);
+	for (unsigned int i = 0; i < COW_PAGES; i++)
+		ASSERT_TRUE(src[i] & UHMM_MIGRATE_PFN_MIGRATE);	/* committed, every one */
+	uhmm_migrate_vma_finalize(&m);
+	uhmm_stats(&s1, sizeof(s1));
+	if ((f.flags & UHMM_FEAT_UFFD_MOVE) && !(f.flags & UHMM_FEAT_FALLBACK_FORCED))
+		ASSERT_EQ(s1.zaps_unshared - s0.zaps_unshared, COW_PAGES);
+	check_ints(p, COW_PAGES * PAGE, 1);	/* back through cow_to_ram() */
+	ASSERT_OK(uhmm_pagemap_remove(pgmap));
+	uhmm_mm_put(mm);
+}
