@@ -19,7 +19,6 @@
  * can serve (a page of a freed array, reused by malloc).
  */
 #include <errno.h>
-#include <sys/mman.h>
 #include <time.h>
 
 #include "internal.h"
@@ -42,21 +41,9 @@ static bool has_interior(const struct ucl_region *r)
 /* ---- residency ---- */
 
 /*
- * A system page the migration left: uhmm commits no page UFFDIO_MOVE
- * refuses (EBUSY: pinned, or not exclusively this process's since a fork
- * made it copy-on-write). A write fault makes an unpinned one exclusive
- * again (the kernel reuses it: nothing is copied), so the next round takes it.
- */
-static void make_exclusive(uint64_t addr)
-{
-	madvise((void *)(uintptr_t)addr, UCL_PAGE, MADV_POPULATE_WRITE);
-}
-
-/*
  * Is every interior page of @r this device's page in its slot? -EAGAIN if
  * not (or if the sequence moved: try again), after sending a page of ours
- * that sits in the wrong slot (an mremap carried it) back to system memory,
- * or making a system page the migration could not take exclusive.
+ * that sits in the wrong slot (an mremap carried it) back to system memory.
  */
 static int verify_region(struct uhmm_cl *ctx, struct ucl_region *r, unsigned long seq, uint64_t *pfns)
 {
@@ -69,18 +56,22 @@ static int verify_region(struct uhmm_cl *ctx, struct ucl_region *r, unsigned lon
 
 	if (ret)
 		return ret == -EBUSY ? -EAGAIN : ret;
-	for (uint64_t j = 0; j < n; j++) {
-		uint64_t addr = r->ia + j * UCL_PAGE, pfn = uhmm_pfn_to_pfn(pfns[j]);
-		struct uhmm_page *want = ucl_slot_page(ctx, r, addr), *got;
+	for (uint64_t j = 0, run = n; j <= n; j++) {	/* run: first of pages of ours in the wrong slot */
+		uint64_t addr = r->ia + j * UCL_PAGE;
+		struct uhmm_page *want = j < n ? ucl_slot_page(ctx, r, addr) : NULL, *got = NULL;
+		bool misplaced;
 
-		if ((pfns[j] & UHMM_PFN_VALID) && pfn == uhmm_page_to_pfn(want))
-			continue;
-		ret = -EAGAIN;
-		got = (pfns[j] & UHMM_PFN_VALID) ? uhmm_pfn_to_page(pfn) : NULL;
-		if (got && uhmm_page_pgmap(got) == ctx->pgmap)
-			ucl_to_host(ctx, addr, addr + UCL_PAGE, NULL, true);
-		else if (!got && (pfns[j] & UHMM_PFN_VALID) && !uhmm_pfn_is_zero(pfns[j]))
-			make_exclusive(addr);
+		if (j < n && (pfns[j] & UHMM_PFN_VALID))
+			got = uhmm_pfn_to_page(uhmm_pfn_to_pfn(pfns[j]));	/* NULL for a system page */
+		if (got != want)
+			ret = -EAGAIN;
+		misplaced = got && got != want && uhmm_page_pgmap(got) == ctx->pgmap;
+		if (misplaced && run == n)
+			run = j;
+		if (!misplaced && run < n) {
+			ucl_to_host(ctx, r->ia + run * UCL_PAGE, addr, NULL, true);
+			run = n;
+		}
 	}
 	return ret;
 }
