@@ -27,6 +27,7 @@
 
 #define UCL_PAGE 4096UL
 #define UCL_BLOCK_PAGES 512UL		/* 2 MiB: the fault-back window and the migration batch */
+#define UCL_FAULT_MAX_PAGES 16384UL	/* 64 MiB: the largest fault-back window */
 #define UCL_MAX_ARGS 64
 #define UHMM_CL_EXPORT __attribute__((visibility("default")))
 
@@ -59,6 +60,7 @@ struct ucl_region {
 					   that a CPU reading along cannot starve it */
 	bool verified;			/* every interior page was in its slot ... */
 	unsigned long verified_seq;	/* ... at this notifier sequence */
+	uint64_t fa_next, fa_pages;	/* fault-back window: where a scan goes on, its size */
 	uint64_t last_use;
 	struct ucl_region *next;
 };

@@ -194,15 +194,13 @@ static void drop_batch(uint64_t *src, struct ucl_region **regions, uint64_t n)
 	}
 }
 
-static void returning_leave(struct uhmm_cl *ctx, struct ucl_region **regions, uint64_t n, uint64_t moved,
-			    bool fault)
+static void returning_leave(struct uhmm_cl *ctx, struct ucl_region **regions, uint64_t n, uint64_t moved)
 {
 	pthread_mutex_lock(&ctx->lock);
 	for (uint64_t i = 0; i < n; i++)
 		if (regions[i])
 			regions[i]->returning--;
 	ctx->stats.pages_to_host += moved;
-	ctx->stats.faults += fault;
 	pthread_cond_broadcast(&ctx->cond);
 	pthread_mutex_unlock(&ctx->lock);
 }
@@ -314,7 +312,7 @@ static int to_host_batch(struct uhmm_cl *ctx, uint64_t start, uint64_t end, stru
 	uhmm_migrate_vma_pages(&m);
 	moved = count_moved(src, dst, m.npages);
 	uhmm_migrate_vma_finalize(&m);
-	returning_leave(ctx, regions, m.npages, moved, fault_page != NULL);
+	returning_leave(ctx, regions, m.npages, moved);
 	return ret;
 }
 
@@ -358,16 +356,35 @@ int ucl_evict_region(struct uhmm_cl *ctx, struct ucl_region *r)
 		err = copy_back(ctx, src, dst, n, n, regions);
 		uhmm_migrate_device_pages(src, dst, n);
 		uhmm_migrate_device_finalize(src, dst, n);
-		returning_leave(ctx, regions, n, count_moved(src, dst, n), false);
+		returning_leave(ctx, regions, n, count_moved(src, dst, n));
 		ret = ret ? ret : err;
 	}
 	return ret;
 }
 
 /*
- * The CPU touched a device page: bring back its 2 MiB block (as NVIDIA UVM
- * manages memory), clipped to the page's region; the faulting page first
- * in importance: if its copy fails, uhmm poisons it.
+ * How many pages to bring back for a CPU fault at @addr in @r: the 2 MiB
+ * block (NVIDIA UVM's unit) at first and after a jump; doubled, up to
+ * 64 MiB, while the faults follow each other (a scan): a sequential pass
+ * over an array takes a handful of faults instead of one per block.
+ */
+static uint64_t fault_window(struct uhmm_cl *ctx, struct ucl_region *r, uint64_t start)
+{
+	uint64_t n;
+
+	pthread_mutex_lock(&ctx->lock);
+	n = start == r->fa_next && r->fa_pages ? r->fa_pages * 2 : UCL_BLOCK_PAGES;
+	n = n > UCL_FAULT_MAX_PAGES ? UCL_FAULT_MAX_PAGES : n;
+	r->fa_pages = n;
+	r->fa_next = start + n * UCL_PAGE;
+	pthread_mutex_unlock(&ctx->lock);
+	return n;
+}
+
+/*
+ * The CPU touched a device page: bring back its block, or more while the
+ * CPU scans (fault_window()), clipped to the page's region; if the touched
+ * page's copy fails, uhmm poisons it.
  */
 int ucl_migrate_to_ram(struct uhmm_vm_fault *vmf)
 {
@@ -378,16 +395,14 @@ int ucl_migrate_to_ram(struct uhmm_vm_fault *vmf)
 
 	pthread_mutex_lock(&ctx->lock);
 	busy = r && (r->busy || r->in_launch) && !(vmf->flags & UHMM_FAULT_EVICT);
+	ctx->stats.faults += !busy && !(vmf->flags & UHMM_FAULT_EVICT);
 	pthread_mutex_unlock(&ctx->lock);
 	if (busy)
 		return -EAGAIN;	/* a kernel is using it: uhmm retries the access a moment later */
-
 	if (r && vmf->address >= r->ia && vmf->address < r->ib && !(vmf->flags & UHMM_FAULT_EVICT)) {
-		uint64_t block = UCL_BLOCK_PAGES * UCL_PAGE;
-
-		start = vmf->address & ~(block - 1);
-		end = start + block;
+		start = vmf->address & ~(UCL_BLOCK_PAGES * UCL_PAGE - 1);
 		start = start < r->ia ? r->ia : start;
+		end = start + fault_window(ctx, r, start) * UCL_PAGE;
 		end = end > r->ib ? r->ib : end;
 	}
 	return ucl_to_host(ctx, start, end, vmf->page, vmf->flags & UHMM_FAULT_EVICT);

@@ -238,3 +238,30 @@ TEST(cl_eviction_buffer_larger_than_chunk)
 	}
 	cl_close(&f);
 }
+
+/*
+ * The fault-back window: a 2 MiB block for a touch out of sequence, doubling
+ * while the CPU scans: 32 MiB read in order come back in 5 faults (2, 4, 8,
+ * 16 and the last 2 MiB), not 16.
+ */
+TEST(cl_fault_back_window_grows_on_scans)
+{
+	unsigned int n = 8 * 1024 * 1024;	/* 32 MiB of ints */
+	int *p = map_anon_aligned(n * sizeof(int), TWO_MB);
+	struct uhmm_cl_stats s;
+	struct cl_fixture f;
+
+	cl_open(&f, NULL);
+	fill_ints(p, n * sizeof(int), 1);
+	ASSERT_OK(cl_incr(&f, p, n, 1));
+	CHECK_PLUS(p, 20 * 262144, 1, 1);	/* one touch at 20 MiB: its block only */
+	s = cl_stats(&f);
+	ASSERT_EQ(s.faults, 1);
+	ASSERT_EQ(s.pages_to_host, 512);
+	ASSERT_OK(cl_incr(&f, p, n, 1));	/* all on the device again */
+	CHECK_PLUS(p, 0, n, 2);			/* a scan */
+	s = cl_stats(&f);
+	ASSERT_EQ(s.pages_to_host, 512 + 8192);
+	ASSERT_LE(s.faults, 1 + 5);
+	cl_close(&f);
+}
