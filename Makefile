@@ -66,7 +66,7 @@ CL_ALL := $(if $(HAVE_OPENCL),$(CL_STATIC) $(CL_SHARED) $(CL_EXAMPLES) $(BUILD)/
 
 all: $(STATIC) $(SHARED) $(BUILD)/uhmm $(EXAMPLES) $(CL_ALL)
 
-$(BUILD)/%.o: %.c $(wildcard src/*.h src/include/*.h src/include/uhmm/*.h src/uapi/*.h src/lib/*.h sim/*.h test/*.h tools/*.h bench/*.h opencl/*.h opencl/include/uhmm/*.h)
+$(BUILD)/%.o: %.c $(wildcard src/*.h src/include/*.h src/include/uhmm/*.h src/uapi/*.h src/lib/*.h sim/*.h test/*.h tools/*.h bench/*.h opencl/*.h opencl/include/uhmm/*.h examples/opencl/*.h)
 	@mkdir -p $(dir $@)
 	$(Q)$(CC) $(ALL_CFLAGS) -c -o $@ $<
 
@@ -112,7 +112,7 @@ $(BUILD)/uhmm-cl-tests: $(CL_TEST_OBJS) $(CL_STATIC) $(STATIC)
 $(BUILD)/uhmm-cl-bench: $(BUILD)/bench/opencl/bench_cl.o $(CL_STATIC) $(STATIC)
 	$(CC) $(ALL_CFLAGS) -o $@ $^ $(CL_LDLIBS)
 
-$(BUILD)/examples/opencl/%: examples/opencl/%.c $(CL_STATIC) $(STATIC)
+$(BUILD)/examples/opencl/%: examples/opencl/%.c examples/opencl/kernels.h $(CL_STATIC) $(STATIC)
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -o $@ $< $(CL_STATIC) $(STATIC) $(CL_LDLIBS)
 

@@ -504,30 +504,35 @@ static int busy_owner;
 
 static void busy_free(struct uhmm_page *page) { (void)page; }
 
-static int busy_to_ram(struct uhmm_vm_fault *vmf)
+/* Bring vmf's page back from @mem (page i of the pool at mem[i]): a toy driver's migrate_to_ram(). */
+static int copy_back_from(struct uhmm_vm_fault *vmf, void *owner, char (*mem)[PAGE])
 {
 	uint64_t src, dst;
 	struct uhmm_migrate_vma m = { .mm = vmf->mm, .src = &src, .dst = &dst, .start = vmf->address,
-				      .end = vmf->address + PAGE, .pgmap_owner = &busy_owner,
+				      .end = vmf->address + PAGE, .pgmap_owner = owner,
 				      .flags = UHMM_MIGRATE_VMA_SELECT_DEVICE_PRIVATE, .fault_page = vmf->page };
-	int ret;
+	int ret = uhmm_migrate_vma_setup(&m);
 
-	if (uhmm_page_index(vmf->page) == 0 && atomic_load(&busy_device)) {
-		atomic_fetch_add(&busy_retries, 1);
-		return -EAGAIN;
-	}
-	ret = uhmm_migrate_vma_setup(&m);
 	if (ret)
 		return ret;
 	if (src & UHMM_MIGRATE_PFN_MIGRATE) {
 		void *sys = uhmm_migrate_alloc_system_page(&dst);
 
 		if (sys)
-			memcpy(sys, busy_mem[uhmm_page_index(uhmm_migrate_pfn_to_page(src))], PAGE);
+			memcpy(sys, mem[uhmm_page_index(uhmm_migrate_pfn_to_page(src))], PAGE);
 	}
 	uhmm_migrate_vma_pages(&m);
 	uhmm_migrate_vma_finalize(&m);
 	return 0;
+}
+
+static int busy_to_ram(struct uhmm_vm_fault *vmf)
+{
+	if (uhmm_page_index(vmf->page) == 0 && atomic_load(&busy_device)) {
+		atomic_fetch_add(&busy_retries, 1);
+		return -EAGAIN;
+	}
+	return copy_back_from(vmf, &busy_owner, busy_mem);
 }
 static const struct uhmm_pagemap_ops busy_ops = { .page_free = busy_free, .migrate_to_ram = busy_to_ram };
 
@@ -599,23 +604,7 @@ static int cow_owner;
 
 static int cow_to_ram(struct uhmm_vm_fault *vmf)
 {
-	uint64_t src, dst;
-	struct uhmm_migrate_vma m = { .mm = vmf->mm, .src = &src, .dst = &dst, .start = vmf->address,
-				      .end = vmf->address + PAGE, .pgmap_owner = &cow_owner,
-				      .flags = UHMM_MIGRATE_VMA_SELECT_DEVICE_PRIVATE, .fault_page = vmf->page };
-	int ret = uhmm_migrate_vma_setup(&m);
-
-	if (ret)
-		return ret;
-	if (src & UHMM_MIGRATE_PFN_MIGRATE) {
-		void *sys = uhmm_migrate_alloc_system_page(&dst);
-
-		if (sys)
-			memcpy(sys, cow_mem[uhmm_page_index(uhmm_migrate_pfn_to_page(src))], PAGE);
-	}
-	uhmm_migrate_vma_pages(&m);
-	uhmm_migrate_vma_finalize(&m);
-	return 0;
+	return copy_back_from(vmf, &cow_owner, cow_mem);
 }
 static const struct uhmm_pagemap_ops cow_ops = { .page_free = busy_free, .migrate_to_ram = cow_to_ram };
 

@@ -26,19 +26,12 @@
 #include <time.h>
 #include <uhmm/opencl.h>
 
+#include "../../examples/opencl/kernels.h"
+
 #define REPS 7
 #define RESIDENT_KERNELS 10
 
-static const char *kernel_src =
-	"__kernel void saxpy(float a, __global const float *x, __global float *y, uint n)\n"
-	"{ size_t i = get_global_id(0); if (i < n) y[i] = a * x[i] + y[i]; }\n"
-	"__kernel void stencil(__global const float *in, __global float *out, uint w, uint h)\n"
-	"{\n"
-	"	size_t x = get_global_id(0), y = get_global_id(1), i = y * w + x;\n"
-	"	if (x >= w || y >= h) return;\n"
-	"	if (x == 0 || y == 0 || x == w - 1 || y == h - 1) { out[i] = in[i]; return; }\n"
-	"	out[i] = 0.2f * (in[i] + in[i - 1] + in[i + 1] + in[i - w] + in[i + w]);\n"
-	"}\n";
+static const char *kernel_src = SAXPY_KERNEL_SRC STENCIL_KERNEL_SRC;
 
 struct env {
 	struct uhmm_cl *cl;

@@ -12,13 +12,9 @@
 #include <uhmm.h>
 #include <uhmm/opencl.h>
 
-static const char *src =
-	"__kernel void saxpy(float a, __global const float *x, __global float *y, uint n)\n"
-	"{\n"
-	"	size_t i = get_global_id(0);\n"
-	"	if (i < n)\n"
-	"		y[i] = a * x[i] + y[i];\n"
-	"}\n";
+#include "kernels.h"
+
+static const char *src = SAXPY_KERNEL_SRC;
 
 int main(int argc, char **argv)
 {

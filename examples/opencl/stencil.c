@@ -12,14 +12,9 @@
 #include <string.h>
 #include <uhmm/opencl.h>
 
-static const char *src =
-	"__kernel void stencil(__global const float *in, __global float *out, uint w, uint h)\n"
-	"{\n"
-	"	size_t x = get_global_id(0), y = get_global_id(1), i = y * w + x;\n"
-	"	if (x >= w || y >= h) return;\n"
-	"	if (x == 0 || y == 0 || x == w - 1 || y == h - 1) { out[i] = in[i]; return; }\n"
-	"	out[i] = 0.2f * (in[i] + in[i - 1] + in[i + 1] + in[i - w] + in[i + w]);\n"
-	"}\n";
+#include "kernels.h"
+
+static const char *src = STENCIL_KERNEL_SRC;
 
 static void sweep_cpu(const float *in, float *out, unsigned int w, unsigned int h)
 {

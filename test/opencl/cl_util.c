@@ -2,19 +2,12 @@
 #include <stdlib.h>
 
 #include "cl_util.h"
+#include "../../examples/opencl/kernels.h"
 
 static const char *kernels =
 	"__kernel void incr(__global int *p, uint n, int by)\n"
 	"{ size_t i = get_global_id(0); if (i < n) p[i] += by; }\n"
-	"__kernel void saxpy(float a, __global const float *x, __global float *y, uint n)\n"
-	"{ size_t i = get_global_id(0); if (i < n) y[i] = a * x[i] + y[i]; }\n"
-	"__kernel void stencil(__global const float *in, __global float *out, uint w, uint h)\n"
-	"{\n"
-	"	size_t x = get_global_id(0), y = get_global_id(1), i = y * w + x;\n"
-	"	if (x >= w || y >= h) return;\n"
-	"	if (x == 0 || y == 0 || x == w - 1 || y == h - 1) { out[i] = in[i]; return; }\n"
-	"	out[i] = 0.2f * (in[i] + in[i - 1] + in[i + 1] + in[i - w] + in[i + w]);\n"
-	"}\n";
+	SAXPY_KERNEL_SRC STENCIL_KERNEL_SRC;
 
 void cl_open(struct cl_fixture *f, const struct uhmm_cl_config *config)
 {
