@@ -125,7 +125,9 @@ UHMM_CL_EXPORT int uhmm_cl_context_create(struct uhmm_cl **out, const struct uhm
 		ret = uhmm_mm_get(&ctx->mm);
 	if (!ret)
 		ret = uhmm_pagemap_add(ctx->mm, ctx->nslots, ctx, &ucl_pagemap_ops, ctx, &ctx->pgmap);
+	ucl_track_open(ctx);	/* optional: without it read-only arguments migrate too */
 	if (ret) {
+		ucl_track_close(ctx);
 		uhmm_mm_put(ctx->mm);
 		close_runtime(ctx);
 		uhmm_kfree(ctx);
@@ -152,6 +154,7 @@ UHMM_CL_EXPORT void uhmm_cl_context_destroy(struct uhmm_cl *ctx)
 	ucl_region_reap(ctx, true);
 	ucl_chunks_release(ctx);
 	pthread_mutex_unlock(&ctx->launch_lock);
+	ucl_track_close(ctx);
 	close_runtime(ctx);
 	uhmm_mm_put(ctx->mm);
 	pthread_mutex_destroy(&ctx->launch_lock);
@@ -175,13 +178,16 @@ UHMM_CL_EXPORT int uhmm_cl_program_build(struct uhmm_cl *ctx, const char *src, c
 {
 	cl_program prog;
 	cl_int err;
+	char opts[1024];
 
-	if (!ctx || !src || !out)
+	if (!ctx || !src || !out || (options && strlen(options) > sizeof(opts) - 32))
 		return -EINVAL;
 	prog = clCreateProgramWithSource(ctx->context, 1, &src, NULL, &err);
 	if (!prog)
 		return ucl_errno(err);
-	err = clBuildProgram(prog, 1, &ctx->device, options, NULL, NULL);
+	/* with the arguments' qualifiers: a `const` pointer is copied, not migrated (track.c) */
+	snprintf(opts, sizeof(opts), "-cl-kernel-arg-info %s", options ? options : "");
+	err = clBuildProgram(prog, 1, &ctx->device, opts, NULL, NULL);
 	if (err) {
 		char log[4096] = "";
 

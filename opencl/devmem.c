@@ -212,6 +212,8 @@ static bool private_anon(uint64_t start, uint64_t end)
 
 static void region_destroy(struct uhmm_cl *ctx, struct ucl_region *r)
 {
+	if (r->tracked)
+		ucl_track_stop(ctx, r);
 	if (r->ib > r->ia)
 		uhmm_interval_notifier_remove(&r->notifier);
 	if (r->arg)

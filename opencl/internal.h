@@ -58,6 +58,10 @@ struct ucl_region {
 	bool in_launch;			/* an argument of the launch in progress: CPU
 					   faults get -EAGAIN (retried) meanwhile, so
 					   that a CPU reading along cannot starve it */
+	/* launch_lock: a read-only argument copied, not migrated (track.c) */
+	bool copy_mode;			/* this launch copies it */
+	bool tracked;			/* its pages are watched for writes */
+	bool copy_valid;		/* the device copy matches every page not written since */
 	bool verified;			/* every interior page was in its slot ... */
 	unsigned long verified_seq;	/* ... at this notifier sequence */
 	uint64_t fa_next, fa_pages;	/* fault-back window: where a scan goes on, its size */
@@ -76,6 +80,8 @@ struct uhmm_cl {
 	uint64_t chunk_slots;
 	struct uhmm_mm *mm;
 	struct uhmm_pagemap *pgmap;
+	int track_fd;			/* asynchronous write-protect userfaultfd, or -1 (track.c) */
+	int pagemap_fd;
 
 	/*
 	 * launch_lock: one launch, prefetch or destroy at a time; outermost;
@@ -110,6 +116,15 @@ int ucl_to_host(struct uhmm_cl *ctx, uint64_t start, uint64_t end, struct uhmm_p
 int ucl_evict_region(struct uhmm_cl *ctx, struct ucl_region *r);
 int ucl_migrate_to_ram(struct uhmm_vm_fault *vmf);
 void ucl_page_free(struct uhmm_page *page);
+
+/* track.c: write tracking of read-only arguments */
+void ucl_track_open(struct uhmm_cl *ctx);
+void ucl_track_close(struct uhmm_cl *ctx);
+bool ucl_track_start(struct uhmm_cl *ctx, struct ucl_region *r);
+void ucl_track_stop(struct uhmm_cl *ctx, struct ucl_region *r);
+int ucl_track_written(struct uhmm_cl *ctx, struct ucl_region *r,
+		      int (*fn)(struct uhmm_cl *ctx, struct ucl_region *r, uint64_t start, uint64_t end, void *arg),
+		      void *arg);
 
 /* launch.c */
 int ucl_make_resident(struct uhmm_cl *ctx, struct ucl_region **regions, unsigned int n,

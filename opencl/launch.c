@@ -38,6 +38,12 @@ static bool has_interior(const struct ucl_region *r)
 	return r->ib > r->ia;
 }
 
+/* Pages of @r migrate in this launch (not a copied read-only argument, not inside one page). */
+static bool migrates(const struct ucl_region *r)
+{
+	return has_interior(r) && !r->copy_mode;
+}
+
 /* ---- residency ---- */
 
 /*
@@ -107,7 +113,7 @@ int ucl_make_resident(struct uhmm_cl *ctx, struct ucl_region **regions, unsigned
 	for (unsigned int k = 0; k < n; k++) {
 		struct ucl_region *r = regions[k];
 
-		skip[k] = !has_interior(r);
+		skip[k] = !migrates(r);
 		if (skip[k])
 			continue;
 		seqs[k] = uhmm_interval_read_begin(&r->notifier);
@@ -138,7 +144,7 @@ int ucl_make_resident(struct uhmm_cl *ctx, struct ucl_region **regions, unsigned
 static void mark_verified(struct ucl_region **regions, unsigned int n, const unsigned long *seqs)
 {
 	for (unsigned int k = 0; k < n; k++) {
-		regions[k]->verified = has_interior(regions[k]);
+		regions[k]->verified = migrates(regions[k]);
 		regions[k]->verified_seq = seqs[k];
 	}
 }
@@ -166,25 +172,90 @@ static unsigned int region_edges(const struct ucl_region *r, struct edge e[2])
 	return n;
 }
 
-/* Edge copies, in (before the kernel) or out (after it, @after its event). */
+static cl_int write_bytes(struct uhmm_cl *ctx, struct ucl_region *r, uint64_t lo, uint64_t hi, uint64_t *bytes)
+{
+	*bytes += hi - lo;
+	return clEnqueueWriteBuffer(ctx->queue, r->sub, CL_FALSE, ucl_region_dev_offset(r, lo), hi - lo,
+				    (const void *)(uintptr_t)lo, 0, NULL, NULL);
+}
+
+struct copy_arg {
+	uint64_t *bytes;
+	cl_int err;
+};
+
+/* The argument's bytes on pages [start, end), written since the last copy: to the device. */
+static int copy_written(struct uhmm_cl *ctx, struct ucl_region *r, uint64_t start, uint64_t end, void *arg)
+{
+	struct copy_arg *c = arg;
+	uint64_t lo = start > r->ptr ? start : r->ptr, hi = end < r->ptr + r->size ? end : r->ptr + r->size;
+
+	if (lo < hi)
+		c->err = write_bytes(ctx, r, lo, hi, c->bytes);
+	return c->err ? -EIO : 0;
+}
+
+/*
+ * A read-only argument: copy what the CPU wrote since the last launch (all
+ * of it the first time, or if the scan fails). The scan protects the pages
+ * again as it reports them, so a write after it is seen next time.
+ */
+static cl_int copy_readonly(struct uhmm_cl *ctx, struct ucl_region *r, uint64_t *bytes)
+{
+	struct copy_arg c = { .bytes = bytes };
+
+	if (r->copy_valid && ucl_track_written(ctx, r, copy_written, &c) == 0)
+		return CL_SUCCESS;
+	if (c.err)
+		return c.err;
+	if (r->copy_valid) {
+		/*
+		 * The scan refused: the range is no longer registered (freed and
+		 * mapped again since: a copied argument raises no event). Watch
+		 * the new mapping, and copy it all.
+		 */
+		ucl_track_stop(ctx, r);
+		ucl_track_start(ctx, r);
+	}
+	r->copy_valid = false;
+	c.err = write_bytes(ctx, r, r->ptr, r->ptr + r->size, bytes);
+	r->copy_valid = !c.err;
+	return c.err;
+}
+
+/*
+ * Copies around the kernel: in (before it, @after NULL) the edges of each
+ * migrating argument and what a read-only one needs; out (after it, @after
+ * its event) the edges of each migrating argument.
+ */
 static cl_int enqueue_edges(struct uhmm_cl *ctx, struct ucl_region **regions, unsigned int n, bool out,
-			    cl_event *after, uint64_t *bytes)
+			    cl_event *after, uint64_t *bytes, uint64_t *ro_bytes)
 {
 	for (unsigned int k = 0; k < n; k++) {
+		struct ucl_region *r = regions[k];
 		struct edge e[2];
-		unsigned int ne = region_edges(regions[k], e);
+		unsigned int ne;
+		cl_int err;
 
-		for (unsigned int x = 0; x < ne; x++) {
-			uint64_t off = ucl_region_dev_offset(regions[k], e[x].lo), len = e[x].hi - e[x].lo;
-			void *host = (void *)(uintptr_t)e[x].lo;
-			cl_int err = out ? clEnqueueReadBuffer(ctx->queue, regions[k]->sub, CL_FALSE, off, len, host,
-							       1, after, NULL)
-					 : clEnqueueWriteBuffer(ctx->queue, regions[k]->sub, CL_FALSE, off, len, host,
-								0, NULL, NULL);
-
+		if (r->copy_mode) {
+			err = out ? CL_SUCCESS : copy_readonly(ctx, r, ro_bytes);
 			if (err)
 				return err;
-			*bytes += len;
+			continue;
+		}
+		ne = region_edges(r, e);
+		for (unsigned int x = 0; x < ne; x++) {
+			void *host = (void *)(uintptr_t)e[x].lo;
+
+			if (out) {
+				*bytes += e[x].hi - e[x].lo;
+				err = clEnqueueReadBuffer(ctx->queue, r->sub, CL_FALSE, ucl_region_dev_offset(r, e[x].lo),
+							  e[x].hi - e[x].lo, host, 1, after, NULL);
+			} else {
+				err = write_bytes(ctx, r, e[x].lo, e[x].hi, bytes);
+			}
+			if (err)
+				return err;
 		}
 	}
 	return CL_SUCCESS;
@@ -215,7 +286,7 @@ static bool regions_changed(struct uhmm_cl *ctx, struct ucl_region **regions, un
 		while (regions[k]->returning)
 			pthread_cond_wait(&ctx->cond, &ctx->lock);
 	for (unsigned int k = 0; k < n; k++)
-		if (has_interior(regions[k]) && uhmm_interval_read_retry(&regions[k]->notifier, seqs[k]))
+		if (migrates(regions[k]) && uhmm_interval_read_retry(&regions[k]->notifier, seqs[k]))
 			return true;
 	return false;
 }
@@ -236,6 +307,7 @@ struct launch {
 	unsigned int nargs;
 	struct ucl_region *argreg[UCL_MAX_ARGS];	/* each pointer argument's region */
 	struct ucl_region *regions[UCL_MAX_ARGS];	/* distinct */
+	bool readonly[UCL_MAX_ARGS];			/* each only read by the kernel */
 	unsigned long seqs[UCL_MAX_ARGS];
 	unsigned int nregions;
 };
@@ -244,13 +316,13 @@ struct launch {
 static int run_kernel(struct uhmm_cl *ctx, struct launch *l)
 {
 	cl_event kev = NULL;
-	uint64_t edge_bytes = 0;
+	uint64_t edge_bytes = 0, ro_bytes = 0;
 	cl_int err, st = CL_COMPLETE;
 	int ret = set_args(l->kernel, l->args, l->nargs, l->argreg);
 
 	if (ret)
 		return ret;
-	err = enqueue_edges(ctx, l->regions, l->nregions, false, NULL, &edge_bytes);
+	err = enqueue_edges(ctx, l->regions, l->nregions, false, NULL, &edge_bytes, &ro_bytes);
 	if (err) {
 		clFinish(ctx->queue);
 		return ucl_errno(err);
@@ -269,7 +341,7 @@ static int run_kernel(struct uhmm_cl *ctx, struct launch *l)
 
 	err = clEnqueueNDRangeKernel(ctx->queue, l->kernel, l->dims, NULL, l->global, l->local, 0, NULL, &kev);
 	if (!err)
-		err = enqueue_edges(ctx, l->regions, l->nregions, true, &kev, &edge_bytes);
+		err = enqueue_edges(ctx, l->regions, l->nregions, true, &kev, &edge_bytes, &ro_bytes);
 	if (clFinish(ctx->queue) && !err)
 		err = CL_OUT_OF_RESOURCES;
 	if (kev) {
@@ -281,6 +353,7 @@ static int run_kernel(struct uhmm_cl *ctx, struct launch *l)
 	set_busy(ctx, l->regions, l->nregions, -1);
 	ctx->stats.launches += !err && st == CL_COMPLETE;
 	ctx->stats.edge_bytes += edge_bytes;
+	ctx->stats.readonly_bytes += ro_bytes;
 	pthread_mutex_unlock(&ctx->lock);
 	if (err)
 		return ucl_errno(err);
@@ -315,12 +388,45 @@ static int check_args(const struct uhmm_cl_arg *args, unsigned int nargs)
 	return 0;
 }
 
-static void add_region(struct launch *l, struct ucl_region *r)
+/* Is pointer argument @i of @kernel `const` (only read)? false when the program has no argument info. */
+static bool arg_readonly(cl_kernel kernel, unsigned int i)
 {
-	for (unsigned int k = 0; k < l->nregions; k++)
-		if (l->regions[k] == r)
+	cl_kernel_arg_type_qualifier q = 0;
+
+	return kernel && clGetKernelArgInfo(kernel, i, CL_KERNEL_ARG_TYPE_QUALIFIER, sizeof(q), &q, NULL) == CL_SUCCESS &&
+	       (q & CL_KERNEL_ARG_TYPE_CONST);
+}
+
+static void add_region(struct launch *l, struct ucl_region *r, bool readonly)
+{
+	for (unsigned int k = 0; k < l->nregions; k++) {
+		if (l->regions[k] == r) {
+			l->readonly[k] = l->readonly[k] && readonly;
 			return;
+		}
+	}
+	l->readonly[l->nregions] = readonly;
 	l->regions[l->nregions++] = r;
+}
+
+/*
+ * Copy or migrate: a region only read by this kernel, with no page on the
+ * device, is copied if its pages can be watched for writes (track.c);
+ * anything else migrates (and stops being watched).
+ */
+static void choose_modes(struct uhmm_cl *ctx, struct launch *l)
+{
+	for (unsigned int k = 0; k < l->nregions; k++) {
+		struct ucl_region *r = l->regions[k];
+		bool on_device;
+
+		pthread_mutex_lock(&ctx->lock);
+		on_device = r->resident != 0;
+		pthread_mutex_unlock(&ctx->lock);
+		r->copy_mode = l->readonly[k] && !on_device && ucl_track_start(ctx, r);
+		if (!r->copy_mode && r->tracked)
+			ucl_track_stop(ctx, r);
+	}
 }
 
 static int collect_regions(struct uhmm_cl *ctx, struct launch *l)
@@ -333,8 +439,9 @@ static int collect_regions(struct uhmm_cl *ctx, struct launch *l)
 		ret = ucl_region_get(ctx, (uintptr_t)l->args[i].ptr, l->args[i].size, &l->argreg[i]);
 		if (ret)
 			return ret;
-		add_region(l, l->argreg[i]);
+		add_region(l, l->argreg[i], arg_readonly(l->kernel, i));
 	}
+	choose_modes(ctx, l);
 	return 0;
 }
 

@@ -265,3 +265,95 @@ TEST(cl_fault_back_window_grows_on_scans)
 	ASSERT_LE(s.faults, 1 + 5);
 	cl_close(&f);
 }
+
+/*
+ * A `const` pointer argument is copied, not migrated, and the copy is kept
+ * while the CPU does not write it: SAXPY's x stays in system memory, a
+ * second launch copies nothing, a CPU write to two of its pages makes the
+ * next launch copy those two pages only. Used as an output later, it
+ * migrates like any other.
+ */
+TEST(cl_readonly_argument_copied_while_unchanged)
+{
+	unsigned int n = 256 * 1024;	/* 1 MiB */
+	float *x = malloc(n * sizeof(float)), *y = malloc(n * sizeof(float)), *want = malloc(n * sizeof(float));
+	struct uhmm_cl_stats s0, s1, s2;
+	struct cl_fixture f;
+
+	ASSERT_TRUE(x && y && want);
+	cl_open(&f, NULL);
+	for (unsigned int i = 0; i < n; i++) {
+		x[i] = (float)(i % 100);
+		y[i] = want[i] = 1.0f;
+	}
+	ASSERT_OK(saxpy_dev(&f, 2.0f, x, y, n));
+	saxpy_cpu(2.0f, x, want, n);
+	s0 = cl_stats(&f);
+	if (s0.readonly_bytes == 0)
+		SKIP("no asynchronous write-protect userfaultfd here: read-only arguments migrate");
+	ASSERT_EQ(s0.readonly_bytes, n * sizeof(float));
+	ASSERT_LE(s0.pages_to_device, 256);		/* y's pages only */
+	ASSERT_OK(saxpy_dev(&f, 2.0f, x, y, n));	/* x unchanged: nothing copied */
+	saxpy_cpu(2.0f, x, want, n);
+	s1 = cl_stats(&f);
+	ASSERT_EQ(s1.readonly_bytes, s0.readonly_bytes);
+	ASSERT_EQ(s1.faults, 0);			/* x never left: reading it is free */
+	x[10] = 5.0f;					/* two pages written */
+	x[100000] = 7.0f;
+	ASSERT_OK(saxpy_dev(&f, 2.0f, x, y, n));
+	saxpy_cpu(2.0f, x, want, n);
+	s2 = cl_stats(&f);
+	ASSERT_GT(s2.readonly_bytes, s1.readonly_bytes);
+	ASSERT_LE(s2.readonly_bytes - s1.readonly_bytes, 2 * PAGE);
+	for (unsigned int i = 0; i < n; i++)
+		if (y[i] != want[i])
+			test_fail(__FILE__, __LINE__, "y[%u] = %g, want %g", i, y[i], want[i]);
+	ASSERT_OK(saxpy_dev(&f, 1.0f, y, x, n));	/* x is the output now (x += y): it migrates */
+	ASSERT_GT(cl_stats(&f).pages_to_device, s2.pages_to_device);
+	for (unsigned int i = 0; i < n; i++) {
+		float xi = i == 10 ? 5.0f : i == 100000 ? 7.0f : (float)(i % 100);
+
+		if (x[i] != want[i] + xi)
+			test_fail(__FILE__, __LINE__, "x[%u] = %g, want %g", i, x[i], want[i] + xi);
+	}
+	free(x);
+	free(y);
+	free(want);
+	cl_close(&f);
+}
+
+/*
+ * A read-only argument freed and allocated again at the same address (by
+ * glibc, without telling anyone: no munmap for a heap block; an munmap
+ * uhmm does not see for a big one) with new contents: the launch never
+ * uses the old copy.
+ */
+TEST(cl_readonly_argument_reused_memory)
+{
+	static const unsigned int sizes[] = { 3000, 300000 };	/* a heap block, an mmap'ed one */
+	struct cl_fixture f;
+
+	cl_open(&f, NULL);
+	for (unsigned int s = 0; s < 2; s++) {
+		unsigned int n = sizes[s];
+		float *y = malloc(n * sizeof(float));
+
+		ASSERT_TRUE(y);
+		for (int round = 0; round < 4; round++) {
+			float *x = malloc(n * sizeof(float));
+
+			ASSERT_TRUE(x);
+			for (unsigned int i = 0; i < n; i++) {
+				x[i] = (float)(round * 10 + (int)(i % 7));
+				y[i] = 0.0f;
+			}
+			ASSERT_OK(saxpy_dev(&f, 1.0f, x, y, n));
+			for (unsigned int i = 0; i < n; i++)
+				if (y[i] != (float)(round * 10 + (int)(i % 7)))
+					test_fail(__FILE__, __LINE__, "n %u round %d: y[%u] = %g", n, round, i, y[i]);
+			free(x);
+		}
+		free(y);
+	}
+	cl_close(&f);
+}

@@ -133,6 +133,7 @@ struct uhmm_cl_stats {
 	uint64_t resident_pages;	/* device pages holding data now */
 	uint64_t buffers;		/* device buffers allocated now */
 	uint64_t buffer_bytes;		/* and their total size */
+	uint64_t readonly_bytes;	/* bytes of read-only (const) arguments copied to the device */
 };
 
 /** uhmm_cl_stats() - 0, or -EINVAL for NULL. */
