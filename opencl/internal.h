@@ -62,6 +62,8 @@ struct ucl_region {
 	bool copy_mode;			/* this launch copies it */
 	bool tracked;			/* its pages are watched for writes */
 	bool copy_valid;		/* the device copy matches every page not written since */
+	bool watch_paused;		/* rewritten before every launch: copied whole, unwatched */
+	unsigned int rewrites, paused_launches;
 	bool verified;			/* every interior page was in its slot ... */
 	unsigned long verified_seq;	/* ... at this notifier sequence */
 	uint64_t fa_next, fa_pages;	/* fault-back window: where a scan goes on, its size */

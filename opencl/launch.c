@@ -181,6 +181,7 @@ static cl_int write_bytes(struct uhmm_cl *ctx, struct ucl_region *r, uint64_t lo
 
 struct copy_arg {
 	uint64_t *bytes;
+	uint64_t written;	/* pages the scan reported */
 	cl_int err;
 };
 
@@ -190,25 +191,42 @@ static int copy_written(struct uhmm_cl *ctx, struct ucl_region *r, uint64_t star
 	struct copy_arg *c = arg;
 	uint64_t lo = start > r->ptr ? start : r->ptr, hi = end < r->ptr + r->size ? end : r->ptr + r->size;
 
+	c->written += (end - start) / UCL_PAGE;
 	if (lo < hi)
 		c->err = write_bytes(ctx, r, lo, hi, c->bytes);
 	return c->err ? -EIO : 0;
 }
 
+#define REWRITES_TO_PAUSE 2	/* launches in a row that found most pages written */
+#define PAUSED_LAUNCHES 8	/* then copy everything this many times without watching */
+
 /*
  * A read-only argument: copy what the CPU wrote since the last launch (all
  * of it the first time, or if the scan fails). The scan protects the pages
- * again as it reports them, so a write after it is seen next time.
+ * again as it reports them, so a write after it is seen next time. An
+ * input the CPU rewrites before every launch gains nothing from watching
+ * and pays a fault per page for it: after REWRITES_TO_PAUSE such launches
+ * it is copied whole without watching for PAUSED_LAUNCHES launches.
  */
 static cl_int copy_readonly(struct uhmm_cl *ctx, struct ucl_region *r, uint64_t *bytes)
 {
 	struct copy_arg c = { .bytes = bytes };
+	uint64_t npages = (r->b - r->a) / UCL_PAGE;
 
-	if (r->copy_valid && ucl_track_written(ctx, r, copy_written, &c) == 0)
-		return CL_SUCCESS;
-	if (c.err)
+	if (r->tracked && r->copy_valid && ucl_track_written(ctx, r, copy_written, &c) == 0) {
+		r->rewrites = c.written * 2 >= npages ? r->rewrites + 1 : 0;
+		if (r->rewrites >= REWRITES_TO_PAUSE) {
+			ucl_track_stop(ctx, r);
+			r->watch_paused = true;
+			r->rewrites = r->paused_launches = 0;
+		}
 		return c.err;
-	if (r->copy_valid) {
+	}
+	if (c.err) {
+		r->copy_valid = false;	/* pages reported and protected again were not copied */
+		return c.err;
+	}
+	if (r->tracked && r->copy_valid) {
 		/*
 		 * The scan refused: the range is no longer registered (freed and
 		 * mapped again since: a copied argument raises no event). Watch
@@ -216,10 +234,12 @@ static cl_int copy_readonly(struct uhmm_cl *ctx, struct ucl_region *r, uint64_t 
 		 */
 		ucl_track_stop(ctx, r);
 		ucl_track_start(ctx, r);
+	} else if (r->watch_paused && ++r->paused_launches >= PAUSED_LAUNCHES) {
+		r->watch_paused = !ucl_track_start(ctx, r);	/* watch again, from before this copy */
 	}
 	r->copy_valid = false;
 	c.err = write_bytes(ctx, r, r->ptr, r->ptr + r->size, bytes);
-	r->copy_valid = !c.err;
+	r->copy_valid = r->tracked && !c.err;
 	return c.err;
 }
 
@@ -411,8 +431,9 @@ static void add_region(struct launch *l, struct ucl_region *r, bool readonly)
 
 /*
  * Copy or migrate: a region only read by this kernel, with no page on the
- * device, is copied if its pages can be watched for writes (track.c);
- * anything else migrates (and stops being watched).
+ * device, is copied if its pages can be watched for writes (track.c), or
+ * while watching it is paused (copy_readonly()); anything else migrates
+ * (and stops being watched).
  */
 static void choose_modes(struct uhmm_cl *ctx, struct launch *l)
 {
@@ -423,9 +444,11 @@ static void choose_modes(struct uhmm_cl *ctx, struct launch *l)
 		pthread_mutex_lock(&ctx->lock);
 		on_device = r->resident != 0;
 		pthread_mutex_unlock(&ctx->lock);
-		r->copy_mode = l->readonly[k] && !on_device && ucl_track_start(ctx, r);
+		r->copy_mode = l->readonly[k] && !on_device && (r->watch_paused || ucl_track_start(ctx, r));
 		if (!r->copy_mode && r->tracked)
 			ucl_track_stop(ctx, r);
+		if (!r->copy_mode)
+			r->watch_paused = false;
 	}
 }
 

@@ -46,7 +46,7 @@ void ucl_page_free(struct uhmm_page *page)
 
 /* ---- system -> device ---- */
 
-/* Take slot pages for the collected entries of [i, j); returns how many were taken. */
+/* Take the slot page of each collected entry of the batch; returns how many were taken. */
 static uint64_t take_pages(struct uhmm_cl *ctx, struct ucl_region *r, const struct uhmm_migrate_vma *m,
 			   uint64_t *dst)
 {

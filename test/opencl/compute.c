@@ -357,3 +357,37 @@ TEST(cl_readonly_argument_reused_memory)
 	}
 	cl_close(&f);
 }
+
+/*
+ * An input the CPU rewrites before every launch stops being watched (it
+ * would cost a fault per page for nothing) and is copied whole; watching
+ * resumes later. Whatever the mode, every launch sees the CPU's latest data.
+ */
+TEST(cl_readonly_argument_rewritten_every_launch)
+{
+	unsigned int n = 256 * 1024;
+	float *x = malloc(n * sizeof(float)), *y = malloc(n * sizeof(float));
+	struct cl_fixture f;
+
+	ASSERT_TRUE(x && y);
+	cl_open(&f, NULL);
+	for (int launch = 0; launch < 24; launch++) {
+		bool whole = launch < 12;	/* then only one element changes */
+
+		for (unsigned int i = 0; i < n; i++) {
+			if (whole || i == (unsigned int)launch * 1000)
+				x[i] = (float)(launch + (int)(i % 5));
+			y[i] = 0.0f;
+		}
+		ASSERT_OK(saxpy_dev(&f, 1.0f, x, y, n));
+		for (unsigned int i = 0; i < n; i++) {
+			float want = whole || i == (unsigned int)launch * 1000 ? (float)(launch + (int)(i % 5)) : x[i];
+
+			if (y[i] != want)
+				test_fail(__FILE__, __LINE__, "launch %d: y[%u] = %g, want %g", launch, i, y[i], want);
+		}
+	}
+	free(x);
+	free(y);
+	cl_close(&f);
+}
