@@ -171,6 +171,7 @@ struct uhmm_mm {
 	bool stopping;				/* (under lock) */
 	bool paused, worker_busy;		/* fork() quiesces the worker (under lock) */
 	bool fork_pending;			/* the migration gate is closed (under lock) */
+	atomic_bool forked;			/* fork() has run: pages may be copy-on-write (migrate.c) */
 	uint64_t *deferred;			/* faults left waiting on a busy page (worker only) */
 	size_t n_deferred, cap_deferred;
 	unsigned long migrating;		/* migrations to a device in flight (under lock) */

@@ -22,6 +22,7 @@
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include "internal.h"
@@ -658,6 +659,43 @@ UHMM_EXPORT int uhmm_migrate_vma_setup(struct uhmm_migrate_vma *m)
 }
 
 /*
+ * After a fork() every anonymous page of the parent is copy-on-write, not
+ * marked exclusive, until it is written (even once the child has exited),
+ * and UFFDIO_MOVE refuses such a page with EBUSY, as it refuses a pinned
+ * one: the zap would leave it where it is, and a driver that copies with
+ * plain loads (unlike uhmm_access_vm()) could never migrate it. A
+ * read-only pin (process_vm_readv() pins) makes the kernel unshare it:
+ * reused in place when nobody else maps it (nothing copied), copied when a
+ * child still does; no userfaultfd event either way. So once the process
+ * has forked, setup reads one byte of each present page before it claims
+ * anything: a page dropped meanwhile faults and is served as usual, which
+ * it could not be once claimed. Best effort: a failure leaves the page to
+ * the zap's EBUSY.
+ */
+static void unshare_present(uint64_t start, const uint8_t *pte, uint64_t npages)
+{
+	enum { BATCH = 1024 };	/* UIO_MAXIOV */
+	struct iovec *remote = uhmm_kmalloc(BATCH * sizeof(*remote));
+	char *scratch = uhmm_kmalloc(BATCH);
+	uint64_t done = 0;
+
+	for (uint64_t i = 0; remote && scratch && i < npages;) {
+		struct iovec local = { scratch, 0 };
+		int n = 0;
+
+		for (; i < npages && n < BATCH; i++)
+			if ((pte[i] & UHMM_PTE_PRESENT) && !(pte[i] & (UHMM_PTE_ZERO | UHMM_PTE_FILE)))
+				remote[n++] = (struct iovec){ (void *)(uintptr_t)(start + (i << UHMM_PAGE_SHIFT)), 1 };
+		local.iov_len = (size_t)n;
+		if (n && process_vm_readv(getpid(), &local, 1, remote, (unsigned long)n, 0) > 0)
+			done += (uint64_t)n;
+	}
+	uhmm_stat_add(UHMM_STAT(zaps_unshared), done);
+	uhmm_kfree(remote);
+	uhmm_kfree(scratch);
+}
+
+/*
  * Setup whose invalidation says @event and @owner: a migration is
  * (MIGRATE, pgmap_owner); device-exclusive access (exclusive.c) is
  * (EXCLUSIVE, the device taking it) and its revocation (EXCLUSIVE, NULL),
@@ -709,6 +747,8 @@ int uhmm_migrate_setup_as(struct uhmm_migrate_vma *m, enum uhmm_notifier_event e
 			ret = -ENOMEM;
 		if (!ret)
 			ret = uhmm_pagemap_read(m->start, m->end, c.pte, false);
+		if (!ret && atomic_load_explicit(&m->mm->forked, memory_order_relaxed))
+			unshare_present(m->start, c.pte, m->npages);
 	}
 	if (ret)
 		goto err;

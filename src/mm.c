@@ -121,6 +121,7 @@ static void mm_fork_parent(void)
 		return;
 	}
 	uhmm_service_resume(mm);
+	atomic_store(&mm->forked, true);	/* every anonymous page is copy-on-write now */
 	for (size_t i = 0; mm->fork_inval && i < mm->fork_inval->n; i++)
 		uhmm_invalidate_end(mm);
 	uhmm_kfree(mm->fork_inval);

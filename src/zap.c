@@ -27,7 +27,6 @@
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
-#include <sys/uio.h>
 #include <unistd.h>
 
 #include "internal.h"
@@ -76,29 +75,10 @@ err_close:
 }
 
 /*
- * UFFDIO_MOVE refuses (EBUSY) a page that is pinned and one that is not
- * marked exclusive to this process: every anonymous page after a fork(),
- * until it is written, even once the child has gone. A read-only pin
- * (process_vm_readv() pins) of a page that is not exclusive makes the
- * kernel unshare it (reuse it, marked exclusive, when nobody else maps
- * it; nothing is copied), and leaves a pinned page as it is: so after one
- * such read a second refusal means a pin. The read is of one byte, raises
- * no userfaultfd event (an unshare is not a write), and fails harmlessly.
- */
-static void unshare_page(uint64_t addr)
-{
-	char byte;
-	struct iovec local = { &byte, 1 }, remote = { (void *)(uintptr_t)addr, 1 };
-
-	(void)process_vm_readv(getpid(), &local, 1, &remote, 1, 0);
-}
-
-/*
  * Move [start, end) (within one PMD) into the scratch area at the same
  * offset, then discard it. Returns the bytes taken out from @start on;
- * *@pinned says the move stopped at a pinned page (EBUSY twice, the second
- * time after unshare_page()): something (a process_vm_writev() of a device
- * copy, O_DIRECT I/O) is about to write it.
+ * *@pinned says the move stopped at a pinned page (EBUSY): something (a
+ * process_vm_writev() of a device copy, O_DIRECT I/O) is about to write it.
  */
 static uint64_t zap_piece(struct uhmm_mm *mm, uint64_t start, uint64_t end, bool *pinned)
 {
@@ -107,7 +87,7 @@ static uint64_t zap_piece(struct uhmm_mm *mm, uint64_t start, uint64_t end, bool
 		.dst = dst, .src = start, .len = end - start,
 		.mode = UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES | UFFDIO_MOVE_MODE_DONTWAKE,
 	};
-	uint64_t done = 0, unshared = 0;
+	uint64_t done = 0;
 
 	/* A partial move fails with EAGAIN and says how far it got; a page it
 	 * cannot take fails the next call with another errno. */
@@ -118,12 +98,6 @@ static uint64_t zap_piece(struct uhmm_mm *mm, uint64_t start, uint64_t end, bool
 		if (!err && ioctl(mm->zap_uffd, UFFDIO_MOVE, &mv) == 0) {
 			mv.move = (int64_t)mv.len;
 		} else if (mv.move <= 0) {
-			if (!err && errno == EBUSY && unshared != mv.src + 1) {
-				unshare_page(mv.src);	/* copy-on-write since a fork? */
-				unshared = mv.src + 1;
-				uhmm_stat_add(UHMM_STAT(zaps_unshared), 1);
-				continue;
-			}
 			if (!err && errno == EBUSY)
 				*pinned = true;
 			if ((err ? err : -errno) != -EAGAIN)

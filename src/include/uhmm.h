@@ -690,7 +690,7 @@ struct uhmm_stats {
 	uint64_t faults_injected;	/* failures and delays injected (uhmm_fault_inject()) */
 	uint64_t exclusive_pages;	/* pages made device-exclusive (uhmm_make_device_exclusive()) */
 	uint64_t units_migrated;	/* 2 MiB units (THP, device units) that migrated whole, each way */
-	uint64_t zaps_unshared;		/* pages a migration made exclusive again (copy-on-write since a fork) */
+	uint64_t zaps_unshared;		/* pages a migration made exclusive again first (copy-on-write since a fork) */
 };
 
 /**
