@@ -60,6 +60,7 @@ struct ucl_region {
 					   that a CPU reading along cannot starve it */
 	/* launch_lock: a read-only argument copied, not migrated (track.c) */
 	bool copy_mode;			/* this launch copies it */
+	bool discard;			/* this launch overwrites it whole (UHMM_CL_PTR_WO) */
 	bool tracked;			/* its pages are watched for writes */
 	bool copy_valid;		/* the device copy matches every page not written since */
 	bool watch_paused;		/* rewritten before every launch: copied whole, unwatched */

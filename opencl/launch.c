@@ -263,7 +263,7 @@ static cl_int enqueue_edges(struct uhmm_cl *ctx, struct ucl_region **regions, un
 				return err;
 			continue;
 		}
-		ne = region_edges(r, e);
+		ne = out || !r->discard ? region_edges(r, e) : 0;	/* an output overwritten whole: nothing in */
 		for (unsigned int x = 0; x < ne; x++) {
 			void *host = (void *)(uintptr_t)e[x].lo;
 
@@ -287,7 +287,7 @@ static int set_args(cl_kernel kernel, const struct uhmm_cl_arg *args, unsigned i
 	for (unsigned int i = 0; i < nargs; i++) {
 		cl_int err;
 
-		if (args[i].kind == UHMM_CL_ARG_PTR)
+		if (args[i].kind == UHMM_CL_ARG_PTR || args[i].kind == UHMM_CL_ARG_PTR_WO)
 			err = clSetKernelArg(kernel, i, sizeof(cl_mem), &argreg[i]->arg);
 		else
 			err = clSetKernelArg(kernel, i, args[i].size,
@@ -389,6 +389,7 @@ static int check_args(const struct uhmm_cl_arg *args, unsigned int nargs)
 	for (unsigned int i = 0; i < nargs; i++) {
 		switch (args[i].kind) {
 		case UHMM_CL_ARG_PTR:
+		case UHMM_CL_ARG_PTR_WO:
 			if (!args[i].ptr || !args[i].size ||
 			    (uintptr_t)args[i].ptr + args[i].size < (uintptr_t)args[i].ptr)
 				return -EINVAL;
@@ -417,15 +418,17 @@ static bool arg_readonly(cl_kernel kernel, unsigned int i)
 	       (q & CL_KERNEL_ARG_TYPE_CONST);
 }
 
-static void add_region(struct launch *l, struct ucl_region *r, bool readonly)
+static void add_region(struct launch *l, struct ucl_region *r, bool readonly, bool discard)
 {
 	for (unsigned int k = 0; k < l->nregions; k++) {
 		if (l->regions[k] == r) {
 			l->readonly[k] = l->readonly[k] && readonly;
+			r->discard = r->discard && discard;
 			return;
 		}
 	}
 	l->readonly[l->nregions] = readonly;
+	r->discard = discard;
 	l->regions[l->nregions++] = r;
 }
 
@@ -457,12 +460,12 @@ static int collect_regions(struct uhmm_cl *ctx, struct launch *l)
 	for (unsigned int i = 0; i < l->nargs; i++) {
 		int ret;
 
-		if (l->args[i].kind != UHMM_CL_ARG_PTR)
+		if (l->args[i].kind != UHMM_CL_ARG_PTR && l->args[i].kind != UHMM_CL_ARG_PTR_WO)
 			continue;
 		ret = ucl_region_get(ctx, (uintptr_t)l->args[i].ptr, l->args[i].size, &l->argreg[i]);
 		if (ret)
 			return ret;
-		add_region(l, l->argreg[i], arg_readonly(l->kernel, i));
+		add_region(l, l->argreg[i], arg_readonly(l->kernel, i), l->args[i].kind == UHMM_CL_ARG_PTR_WO);
 	}
 	choose_modes(ctx, l);
 	return 0;
@@ -471,8 +474,10 @@ static int collect_regions(struct uhmm_cl *ctx, struct launch *l)
 static void release_regions(struct uhmm_cl *ctx, struct launch *l)
 {
 	pthread_mutex_lock(&ctx->lock);
-	for (unsigned int k = 0; k < l->nregions; k++)
+	for (unsigned int k = 0; k < l->nregions; k++) {
 		l->regions[k]->in_launch = false;
+		l->regions[k]->discard = false;
+	}
 	pthread_mutex_unlock(&ctx->lock);
 	ucl_region_reap(ctx, false);
 }

@@ -123,7 +123,7 @@ static int to_device_batch(struct uhmm_cl *ctx, struct ucl_region *r, uint64_t s
 	if (ret)
 		return ret;
 	if (take_pages(ctx, r, &m, dst)) {
-		err = enqueue_to_device(ctx, r, &m);
+		err = r->discard ? CL_SUCCESS : enqueue_to_device(ctx, r, &m);	/* overwritten whole: no copy */
 		if (clFinish(ctx->queue) && !err)
 			err = CL_OUT_OF_RESOURCES;
 		if (err)

@@ -10,6 +10,11 @@
  *   svm      clSVMAlloc'ed arrays (fine-grained if the device offers it,
  *            else coarse-grained with map/unmap), where the device has SVM
  *
+ * Each version says what it knows: the hand-written one uploads only the
+ * stencil's input grid, uhmm-opencl marks the output UHMM_CL_PTR_WO (a sweep
+ * writes every cell) and SAXPY's x is `const` in the kernel (copied, not
+ * migrated).
+ *
  * Two workloads each: "one-shot" (the CPU writes fresh inputs, one kernel,
  * the CPU reads every result: every byte crosses both ways) and
  * "resident" (inputs written once, K kernels in a row, the CPU reads the
@@ -169,7 +174,7 @@ static void stencil_launch(struct env *e, enum way way, float *in, float *out, c
 	cl_uint w = e->w, h = e->h;
 
 	if (way == UHMM) {
-		struct uhmm_cl_arg args[] = { UHMM_CL_PTR(in, bytes), UHMM_CL_PTR(out, bytes), UHMM_CL_VALUE(w),
+		struct uhmm_cl_arg args[] = { UHMM_CL_PTR(in, bytes), UHMM_CL_PTR_WO(out, bytes), UHMM_CL_VALUE(w),
 					      UHMM_CL_VALUE(h) };
 
 		if (uhmm_cl_launch(e->cl, e->stencil, 2, global, NULL, args, 4)) {

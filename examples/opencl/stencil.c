@@ -53,7 +53,7 @@ int main(void)
 	k = clCreateKernel(prog, "stencil", NULL);
 	for (unsigned int s = 0; s < sweeps; s++) {
 		float *in = s % 2 ? b : a, *out = s % 2 ? a : b;
-		struct uhmm_cl_arg args[] = { UHMM_CL_PTR(in, bytes), UHMM_CL_PTR(out, bytes), UHMM_CL_VALUE(w),
+		struct uhmm_cl_arg args[] = { UHMM_CL_PTR(in, bytes), UHMM_CL_PTR_WO(out, bytes), UHMM_CL_VALUE(w),
 					      UHMM_CL_VALUE(h) };
 
 		if ((ret = uhmm_cl_launch(cl, k, 2, global, NULL, args, 4)) != 0) {

@@ -391,3 +391,54 @@ TEST(cl_readonly_argument_rewritten_every_launch)
 	free(y);
 	cl_close(&f);
 }
+
+/*
+ * UHMM_CL_PTR_WO: an output the kernel overwrites whole is not copied to
+ * the device. A stencil sweep writes every cell of its output: the results
+ * are right. A kernel that breaks the promise (it reads the output) sees
+ * what the device memory held, not the CPU's data: proof nothing was copied.
+ */
+TEST(cl_write_only_output)
+{
+	unsigned int w = 512, h = 300, n = 256 * 1024;
+	size_t cells = (size_t)w * h, global[2] = { w, h };
+	float *in = malloc(cells * sizeof(float)), *out = malloc(cells * sizeof(float)), *want = malloc(cells * sizeof(float));
+	int *p = map_anon(n * sizeof(int), PROT_READ | PROT_WRITE, MAP_PRIVATE);
+	size_t g = n;
+	int by = 1;
+	unsigned int differ = 0;
+	struct uhmm_cl_arg bad[] = { UHMM_CL_PTR_WO(p, n * sizeof(int)), UHMM_CL_VALUE(n), UHMM_CL_VALUE(by) };
+	struct cl_fixture f;
+
+	ASSERT_TRUE(in && out && want);
+	for (size_t i = 0; i < cells; i++) {
+		in[i] = (float)(i % 97);
+		out[i] = -1.0f;
+	}
+	cl_open(&f, NULL);
+	{
+		struct uhmm_cl_arg args[] = { UHMM_CL_PTR(in, cells * sizeof(float)), UHMM_CL_PTR_WO(out, cells * sizeof(float)),
+					      UHMM_CL_VALUE(w), UHMM_CL_VALUE(h) };
+
+		ASSERT_OK(uhmm_cl_launch(f.cl, f.stencil, 2, global, NULL, args, 4));
+	}
+	for (unsigned int y = 0; y < h; y++)
+		for (unsigned int x = 0; x < w; x++) {
+			size_t i = (size_t)y * w + x;
+
+			want[i] = (x == 0 || y == 0 || x == w - 1 || y == h - 1) ? in[i] :
+				  0.2f * (in[i] + in[i - 1] + in[i + 1] + in[i - w] + in[i + w]);
+			if (fabsf(out[i] - want[i]) > 1e-3f * (1.0f + fabsf(want[i])))
+				test_fail(__FILE__, __LINE__, "cell %zu: %g, want %g", i, out[i], want[i]);
+		}
+	for (unsigned int i = 0; i < n; i++)
+		p[i] = 0x5a5a5a5a;
+	ASSERT_OK(uhmm_cl_launch(f.cl, f.incr, 1, &g, NULL, bad, 3));
+	for (unsigned int i = 0; i < n; i++)
+		differ += p[i] != 0x5a5a5a5a + 1;
+	ASSERT_GT(differ, 0);	/* the device never had the CPU's data */
+	free(in);
+	free(out);
+	free(want);
+	cl_close(&f);
+}

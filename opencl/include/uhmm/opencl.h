@@ -69,6 +69,9 @@ enum uhmm_cl_arg_kind {
 	UHMM_CL_ARG_PTR = 1,	/* a host pointer and the bytes the kernel may touch */
 	UHMM_CL_ARG_VALUE,	/* a value of @size bytes at @ptr (clSetKernelArg) */
 	UHMM_CL_ARG_LOCAL,	/* @size bytes of __local memory */
+	UHMM_CL_ARG_PTR_WO,	/* as PTR, and the kernel writes every byte before it reads any
+				   (CL_MEM_WRITE_ONLY's promise): the old contents of pages that
+				   migrate for it are not copied to the device */
 };
 
 struct uhmm_cl_arg {
@@ -80,6 +83,7 @@ struct uhmm_cl_arg {
 #define UHMM_CL_PTR(p, bytes) ((struct uhmm_cl_arg){ UHMM_CL_ARG_PTR, (p), (bytes) })
 #define UHMM_CL_VALUE(v) ((struct uhmm_cl_arg){ UHMM_CL_ARG_VALUE, &(v), sizeof(v) })
 #define UHMM_CL_LOCAL(bytes) ((struct uhmm_cl_arg){ UHMM_CL_ARG_LOCAL, NULL, (bytes) })
+#define UHMM_CL_PTR_WO(p, bytes) ((struct uhmm_cl_arg){ UHMM_CL_ARG_PTR_WO, (p), (bytes) })
 
 /**
  * uhmm_cl_launch() - run a kernel whose pointer arguments are host memory
@@ -94,7 +98,10 @@ struct uhmm_cl_arg {
  * pointer. Returns when the kernel has finished; its results stay on the
  * device until the CPU touches them, another launch needs the space, or
  * uhmm_cl_prefetch() brings them back. Two pointer arguments may be the
- * same (pointer, size); otherwise their bytes must not overlap.
+ * same (pointer, size); otherwise their bytes must not overlap. A
+ * UHMM_CL_PTR_WO argument is an output the kernel overwrites whole: what
+ * it held is not copied to the device (bytes the kernel then leaves
+ * unwritten are undefined, as with CL_MEM_WRITE_ONLY).
  *
  * Return: 0; -EINVAL (NULL ctx/kernel/global, bad dims or nargs, an argument
  * without a pointer or size, overlapping pointer arguments, a runtime
