@@ -652,6 +652,136 @@ static int cmd_bench_thp(bool json)
 	return 0;
 }
 
+/* ---- scaling: buffer sizes and faulting threads ---- */
+
+struct scan_slice {
+	char *p;
+	size_t bytes;
+	pthread_barrier_t *start;
+};
+
+static void *scan_slice(void *arg)
+{
+	struct scan_slice *s = arg;
+	volatile char sink = 0;
+
+	pthread_barrier_wait(s->start);
+	for (size_t off = 0; off < s->bytes; off += PAGE)
+		sink = (char)(sink + s->p[off]);	/* each first touch faults back */
+	return NULL;
+}
+
+/* @threads threads each scan a slice of a device-resident @size buffer: aggregate GB/s. */
+static double threads_scan(struct uhmm_dmirror *d, char *buf, char *mirror, size_t size, int threads)
+{
+	struct scan_slice s[4];
+	pthread_t t[4];
+	pthread_barrier_t start;
+	double t0;
+
+	dm(d, UHMM_DMIRROR_MIGRATE_TO_DEV, buf, mirror, size / PAGE);
+	pthread_barrier_init(&start, NULL, (unsigned int)threads + 1);
+	for (int i = 0; i < threads; i++) {
+		s[i] = (struct scan_slice){ buf + size / (size_t)threads * (size_t)i, size / (size_t)threads, &start };
+		pthread_create(&t[i], NULL, scan_slice, &s[i]);
+	}
+	pthread_barrier_wait(&start);
+	t0 = now_s();
+	for (int i = 0; i < threads; i++)
+		pthread_join(t[i], NULL);
+	t0 = now_s() - t0;
+	pthread_barrier_destroy(&start);
+	return (double)size / t0 / 1e9;
+}
+
+/*
+ * #5's scaling figures: migration both ways, the CPU's fault-back scan and
+ * the range_fault snapshot for buffers of 1 MiB to 4 GiB (ns per page: flat
+ * if the cost is linear in the size), and the fault-back scan with 1, 2
+ * and 4 threads on 2 CPUs.
+ */
+static int cmd_bench_scaling(bool json)
+{
+	static const size_t mib[] = { 1, 16, 256, 1024, 4096 };
+	enum { N = sizeof(mib) / sizeof(mib[0]) };
+	double dev[N], sys[N], scan[N], snap[N], raw[N], mc[N], thr[3];
+	struct uhmm_dmirror *d;
+	struct uhmm_mm *mm;
+	int ret = uhmm_dmirror_open(0, &d);
+
+	if (ret || uhmm_mm_get(&mm)) {
+		fprintf(stderr, "uhmm bench: cannot open the reference device: %s\n", strerror(-ret));
+		return 1;
+	}
+	for (int i = 0; i < N; i++) {
+		size_t size = mib[i] << 20;
+		int reps = mib[i] >= 4096 ? 1 : 3;
+		double warm_dev, warm_sys;
+		struct result r[3], sn[2];
+		char *buf = map_buf(size), *mirror = map_buf(size);
+		double vd[3], vs[3], vc[3];
+
+		/* untimed: the first round trip maps the device memory and uhmm's staging memory fresh */
+		round_trip(d, buf, mirror, size, &warm_dev, &warm_sys);
+		for (int k = 0; k < reps; k++) {
+			double t;
+
+			round_trip(d, buf, mirror, size, &vd[k], &vs[k]);
+			dm(d, UHMM_DMIRROR_MIGRATE_TO_DEV, buf, mirror, size / PAGE);
+			t = now_s();
+			for (size_t off = 0; off < size; off += PAGE)
+				(void)((volatile char *)buf)[off];
+			vc[k] = (double)size / (now_s() - t) / 1e9;
+		}
+		r[0] = summarize("", "", vd, reps);
+		r[1] = summarize("", "", vs, reps);
+		r[2] = summarize("", "", vc, reps);
+		dev[i] = r[0].med;
+		sys[i] = r[1].med;
+		scan[i] = r[2].med;
+		munmap(mirror, size);
+		munmap(buf, size);
+		bench_snapshot(mm, size, sn);
+		snap[i] = sn[0].med;
+		raw[i] = sn[1].med;
+		mc[i] = mib[i] >= 1024 ? bench_memcpy(256 << 20).med : bench_memcpy(size).med;
+	}
+	{
+		size_t size = 256UL << 20;
+		char *buf = map_buf(size), *mirror = map_buf(size);
+
+		for (int i = 0; i < 3; i++)
+			thr[i] = threads_scan(d, buf, mirror, size, 1 << i);
+		munmap(buf, size);
+		munmap(mirror, size);
+	}
+	uhmm_mm_put(mm);
+	uhmm_dmirror_close(d);
+	if (json) {
+		printf("{\n  \"sizes\": [\n");
+		for (int i = 0; i < N; i++)
+			printf("    {\"mib\": %zu, \"memcpy\": %.4f, \"to_device\": %.4f, \"to_system\": %.4f, "
+			       "\"fault_back_scan\": %.4f, \"snapshot_ms\": %.4f, \"pagemap_scan_ms\": %.4f}%s\n", mib[i],
+			       mc[i], dev[i], sys[i], scan[i], snap[i], raw[i], i + 1 < N ? "," : "");
+		printf("  ],\n  \"threads\": {\"1\": %.4f, \"2\": %.4f, \"4\": %.4f}\n}\n", thr[0], thr[1], thr[2]);
+		return 0;
+	}
+	printf("uhmm bench --scaling: the reference device, 4 KiB pages; GB/s (median of 3, 1 at 4 GiB, after an\n"
+	       "untimed round trip), and ns per page (flat = linear in the size)\n\n");
+	printf("%7s %8s | %8s %7s | %8s %7s | %8s %7s | %9s %7s | %9s %7s\n", "size", "memcpy", "to dev", "ns/pg",
+	       "to sys", "ns/pg", "scan", "ns/pg", "snapshot", "ns/pg", "PM_SCAN", "ns/pg");
+	for (int i = 0; i < N; i++) {
+		double pages = (double)(mib[i] << 20) / PAGE;
+
+		printf("%5zuMi %8.2f | %8.2f %7.0f | %8.2f %7.0f | %8.2f %7.0f | %7.2fms %7.1f | %7.2fms %7.1f\n", mib[i],
+		       mc[i], dev[i], PAGE / dev[i], sys[i], PAGE / sys[i], scan[i], PAGE / scan[i], snap[i],
+		       snap[i] * 1e6 / pages, raw[i], raw[i] * 1e6 / pages);
+	}
+	printf("\nCPU fault-back scan of 256 MiB split among threads (2 CPUs), aggregate GB/s:\n"
+	       "  1 thread %.2f   2 threads %.2f   4 threads %.2f\n", thr[0], thr[1], thr[2]);
+	return 0;
+}
+
 /* ---- output ---- */
 
 static void print_table(const struct result *r, int n)
@@ -676,7 +806,7 @@ static void print_json(const struct result *r, int n, const double *ratio, const
 int cmd_bench(int argc, char **argv)
 {
 	size_t mib = 64;
-	bool json = false, thp = false;
+	bool json = false, thp = false, scaling = false;
 	struct uhmm_dmirror *d;
 	struct result r[18];
 	struct uhmm_mm *mm;
@@ -687,15 +817,19 @@ int cmd_bench(int argc, char **argv)
 			json = true;
 		else if (strcmp(argv[i], "--thp") == 0)
 			thp = true;
+		else if (strcmp(argv[i], "--scaling") == 0)
+			scaling = true;
 		else if (strcmp(argv[i], "--size-mib") == 0 && i + 1 < argc)
 			mib = strtoul(argv[++i], NULL, 10);
 		else {
-			fprintf(stderr, "usage: uhmm bench [--json] [--size-mib N | --thp]\n");
+			fprintf(stderr, "usage: uhmm bench [--json] [--size-mib N | --thp | --scaling]\n");
 			return 2;
 		}
 	}
 	if (thp)
 		return cmd_bench_thp(json);
+	if (scaling)
+		return cmd_bench_scaling(json);
 	ret = uhmm_dmirror_open(0, &d);
 	if (ret) {
 		fprintf(stderr, "uhmm bench: cannot open the reference device: %s\n", strerror(-ret));
