@@ -116,23 +116,28 @@ static void round_trip(struct uhmm_dmirror *d, char *buf, char *mirror, size_t s
 	*to_sys = (double)size / (now_s() - t) / 1e9;
 }
 
+/* round_trip(), then @buf to the device again and the CPU reads it page by page: returns that scan's GB/s. */
+static double round_trip_and_scan(struct uhmm_dmirror *d, char *buf, char *mirror, size_t size, double *to_dev,
+				  double *to_sys)
+{
+	double t;
+
+	round_trip(d, buf, mirror, size, to_dev, to_sys);
+	dm(d, UHMM_DMIRROR_MIGRATE_TO_DEV, buf, mirror, size / PAGE);
+	t = now_s();
+	for (size_t off = 0; off < size; off += PAGE)
+		(void)((volatile char *)buf)[off];	/* each first touch faults back */
+	return (double)size / (now_s() - t) / 1e9;
+}
+
 /* Migration both ways and the CPU's sequential fault-back, on one buffer. */
 static void bench_migrate(struct uhmm_dmirror *d, size_t size, struct result *out)
 {
 	char *buf = map_buf(size), *mirror = map_buf(size);
 	double to_dev[REPS], to_sys[REPS], scan[REPS];
-	volatile char sink = 0;
 
-	for (int i = 0; i < REPS; i++) {
-		double t;
-
-		round_trip(d, buf, mirror, size, &to_dev[i], &to_sys[i]);
-		dm(d, UHMM_DMIRROR_MIGRATE_TO_DEV, buf, mirror, size / PAGE);
-		t = now_s();
-		for (size_t off = 0; off < size; off += PAGE)
-			sink = (char)(sink + buf[off]);	/* each first touch faults back */
-		scan[i] = (double)size / (now_s() - t) / 1e9;
-	}
+	for (int i = 0; i < REPS; i++)
+		scan[i] = round_trip_and_scan(d, buf, mirror, size, &to_dev[i], &to_sys[i]);
 	out[0] = summarize("migrate to device (incl. device read-back)", "GB/s", to_dev, REPS);
 	out[1] = summarize("migrate to system (MIGRATE_TO_SYS)", "GB/s", to_sys, REPS);
 	out[2] = summarize("CPU sequential fault-back scan", "GB/s", scan, REPS);
@@ -723,16 +728,8 @@ static int cmd_bench_scaling(bool json)
 
 		/* untimed: the first round trip maps the device memory and uhmm's staging memory fresh */
 		round_trip(d, buf, mirror, size, &warm_dev, &warm_sys);
-		for (int k = 0; k < reps; k++) {
-			double t;
-
-			round_trip(d, buf, mirror, size, &vd[k], &vs[k]);
-			dm(d, UHMM_DMIRROR_MIGRATE_TO_DEV, buf, mirror, size / PAGE);
-			t = now_s();
-			for (size_t off = 0; off < size; off += PAGE)
-				(void)((volatile char *)buf)[off];
-			vc[k] = (double)size / (now_s() - t) / 1e9;
-		}
+		for (int k = 0; k < reps; k++)
+			vc[k] = round_trip_and_scan(d, buf, mirror, size, &vd[k], &vs[k]);
 		r[0] = summarize("", "", vd, reps);
 		r[1] = summarize("", "", vs, reps);
 		r[2] = summarize("", "", vc, reps);
