@@ -241,12 +241,44 @@ static struct uhmm_page *devmem_alloc_unit(struct uhmm_dmirror *dm)
 	return head;
 }
 
-/* A system page to migrate into (or NULL: out of memory, or FAIL_ALLOC). */
-static void *sysmem_alloc(struct uhmm_dmirror *dm, uint64_t *dst)
+/*
+ * A device page's way back. In a run of pages whose device memory is
+ * contiguous (DM_DIRECT_RUN or more), uhmm copies them from our memory
+ * straight into the new system pages, one UFFDIO_COPY for the run (no
+ * staging copy: our memory is host memory, page aligned, out of every
+ * migration's reach). Scattered pages go through uhmm's staging pages,
+ * which are contiguous whatever the device pages are: one UFFDIO_COPY per
+ * window instead of one per page. 0 when FAIL_ALLOC (or uhmm) says no
+ * system memory.
+ */
+#define DM_DIRECT_RUN 16
+
+static uint64_t sysmem_from(struct uhmm_dmirror *dm, const void *dev, bool direct)
 {
+	uint64_t dst = 0;
+	void *sys;
+
 	if (fail_alloc(dm))
-		return NULL;
-	return uhmm_migrate_alloc_system_page(dst);
+		return 0;
+	if (direct)
+		return uhmm_migrate_pfn_data(dev);
+	sys = uhmm_migrate_alloc_system_page(&dst);
+	if (sys)
+		memcpy(sys, dev, DM_PAGE_SIZE);
+	return sys ? dst : 0;
+}
+
+/* How many entries from @i on have device memory following each other? */
+static uint64_t device_run(const struct uhmm_migrate_vma *m, uint64_t i)
+{
+	uint64_t n = 1;
+
+	while (i + n < m->npages && (m->src[i + n] & UHMM_MIGRATE_PFN_MIGRATE) &&
+	       !(m->src[i + n] & UHMM_MIGRATE_PFN_COMPOUND) && uhmm_migrate_pfn_to_page(m->src[i + n]) &&
+	       page_mem(uhmm_migrate_pfn_to_page(m->src[i + n])) ==
+		       page_mem(uhmm_migrate_pfn_to_page(m->src[i + n - 1])) + DM_PAGE_SIZE)
+		n++;
+	return n;
 }
 
 int dmirror_devmem_attach(struct uhmm_dmirror *dm)
@@ -581,16 +613,17 @@ static void unit_copy_to_sys(struct uhmm_dmirror *dm, struct uhmm_migrate_vma *m
 		return;
 	}
 	for (uint64_t j = 0; j < DM_UNIT_PAGES; j++)
-		if ((sys = sysmem_alloc(dm, &m->dst[i + j])))
-			memcpy(sys, dev + (j << DM_PAGE_SHIFT), DM_PAGE_SIZE);
+		m->dst[i + j] = sysmem_from(dm, dev + (j << DM_PAGE_SHIFT), true);	/* contiguous */
 }
 
 static void migrate_copy_to_sys(struct uhmm_dmirror *dm, struct uhmm_migrate_vma *m)
 {
+	uint64_t run_end = 0;	/* the run of contiguous device memory entry i is in ends here */
+	bool direct = false;	/* ... and is long enough to be copied straight from us */
+
 	pthread_mutex_lock(&dm->lock);
 	for (uint64_t i = 0; i < m->npages; i++) {
 		struct uhmm_page *spage = uhmm_migrate_pfn_to_page(m->src[i]);
-		void *sys;
 
 		if (!spage || !(m->src[i] & UHMM_MIGRATE_PFN_MIGRATE) || uhmm_inject(UHMM_INJECT_COPY_TO_SYSTEM))
 			continue;	/* not ours to move, or the copy failed: it stays */
@@ -599,10 +632,13 @@ static void migrate_copy_to_sys(struct uhmm_dmirror *dm, struct uhmm_migrate_vma
 			i += DM_UNIT_PAGES - 1;
 			continue;
 		}
-		sys = sysmem_alloc(dm, &m->dst[i]);
-		if (!sys)
-			continue;
-		memcpy(sys, page_mem(spage), DM_PAGE_SIZE);
+		if (i >= run_end) {
+			uint64_t n = device_run(m, i);
+
+			run_end = i + n;
+			direct = n >= DM_DIRECT_RUN;
+		}
+		m->dst[i] = sysmem_from(dm, page_mem(spage), direct);
 	}
 	/* The data is leaving the device: its mappings go (our own MIGRATE events keep them). */
 	for (uint64_t i = 0; i < m->npages; i++) {
@@ -744,7 +780,6 @@ static int evict_chunk(struct uhmm_dmirror *dm, struct dmirror_chunk *chunk)
 	/* As in migrate_copy_to_sys(): copy and unmap from our table in one step. */
 	pthread_mutex_lock(&dm->lock);
 	for (uint64_t i = 0; !ret && i < n; i++) {
-		void *sys;
 		uint64_t addr, e;
 
 		if (!(src[i] & UHMM_MIGRATE_PFN_MIGRATE))
@@ -755,9 +790,7 @@ static int evict_chunk(struct uhmm_dmirror *dm, struct dmirror_chunk *chunk)
 			uhmm_radix_set(&dm->pt, addr >> DM_PAGE_SHIFT, 0);	/* still this page at that address */
 		if (uhmm_inject(UHMM_INJECT_COPY_TO_SYSTEM))
 			continue;	/* the copy failed: the page stays (a CPU touch brings it back) */
-		sys = uhmm_migrate_alloc_system_page(&dst[i]);
-		if (sys)
-			memcpy(sys, chunk->mem + (i << DM_PAGE_SHIFT), DM_PAGE_SIZE);
+		dst[i] = uhmm_migrate_pfn_data(chunk->mem + (i << DM_PAGE_SHIFT));
 	}
 	pthread_mutex_unlock(&dm->lock);
 	if (!ret) {

@@ -435,6 +435,13 @@ UHMM_EXPORT void *uhmm_migrate_alloc_system_huge_page(uint64_t *dst)
 	return (char *)slab + UHMM_PMD_SIZE;
 }
 
+UHMM_EXPORT uint64_t uhmm_migrate_pfn_data(const void *data)
+{
+	if (!data || ((uintptr_t)data & (UHMM_PAGE_SIZE - 1)) || uhmm_inject(UHMM_INJECT_STAGING_ALLOC))
+		return 0;
+	return uhmm_migrate_pfn((uintptr_t)data >> UHMM_PAGE_SHIFT) | UHMM_MIGRATE_PFN_DATA;
+}
+
 static void staging_free(void *page)
 {
 	slab_put(uhmm_kmem_block(page));	/* a slab's header is its block's first page */
@@ -1013,8 +1020,8 @@ static void finalize_entry(struct uhmm_mm *mm, uint64_t addr, uint64_t src, uint
 
 	if (dpage)
 		uhmm_page_put(dpage);	/* the driver's; the table took its own */
-	else if (dst & UHMM_MIGRATE_PFN_VALID)
-		staging_free(system_page_addr(dst));
+	else if ((dst & UHMM_MIGRATE_PFN_VALID) && !(dst & UHMM_MIGRATE_PFN_DATA))
+		staging_free(system_page_addr(dst));	/* (driver data is the driver's) */
 	if (spage && (st & MS_COMMITTED))
 		uhmm_page_put(spage);	/* the table's, passed on in pages() */
 	if ((st & MS_WP) && !(st & MS_COMMITTED))

@@ -657,3 +657,80 @@ TEST(migrate_after_fork_copy_on_write)
 	ASSERT_OK(uhmm_pagemap_remove(pgmap));
 	uhmm_mm_put(mm);
 }
+
+/* ---- device -> system straight from the driver's memory (uhmm_migrate_pfn_data()) ---- */
+
+static char *data_mem;	/* the toy device's memory: uhmm_kmalloc(), 8 pages */
+static int data_owner;
+
+static int data_to_ram(struct uhmm_vm_fault *vmf)
+{
+	uint64_t src, dst;
+	struct uhmm_migrate_vma m = { .mm = vmf->mm, .src = &src, .dst = &dst, .start = vmf->address,
+				      .end = vmf->address + PAGE, .pgmap_owner = &data_owner,
+				      .flags = UHMM_MIGRATE_VMA_SELECT_DEVICE_PRIVATE, .fault_page = vmf->page };
+	int ret = uhmm_migrate_vma_setup(&m);
+
+	if (ret)
+		return ret;
+	if (src & UHMM_MIGRATE_PFN_MIGRATE)
+		dst = uhmm_migrate_pfn_data(data_mem + uhmm_page_index(uhmm_migrate_pfn_to_page(src)) * PAGE);
+	uhmm_migrate_vma_pages(&m);
+	uhmm_migrate_vma_finalize(&m);
+	return 0;
+}
+static const struct uhmm_pagemap_ops data_ops = { .page_free = busy_free, .migrate_to_ram = data_to_ram };
+
+/*
+ * A driver whose memory is host memory hands uhmm its pages as the source:
+ * no staging page, no copy of its own. Both ways: a migration back of 8
+ * pages (one run) and a CPU fault; the driver's memory is left as it was.
+ */
+TEST(migrate_to_system_from_driver_data)
+{
+	struct uhmm_mm *mm = mm_or_skip();
+	int *p = map_anon(8 * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE);
+	uint64_t src[8], dst[8];
+	struct uhmm_pagemap *pgmap;
+	struct uhmm_migrate_vma m = { .mm = mm, .src = src, .dst = dst, .start = (uintptr_t)p,
+				      .end = (uintptr_t)p + 8 * PAGE, .pgmap_owner = &data_owner };
+
+	ASSERT_EQ(uhmm_migrate_pfn_data(NULL), 0);
+	ASSERT_EQ(uhmm_migrate_pfn_data((char *)p + 16), 0);	/* not page-aligned */
+	data_mem = uhmm_kmalloc(8 * PAGE);
+	ASSERT_TRUE(data_mem);
+	ASSERT_OK(uhmm_pagemap_add(mm, 8, &data_owner, &data_ops, NULL, &pgmap));
+	for (int round = 0; round < 2; round++) {
+		fill_ints(p, 8 * PAGE, 1);
+		m.flags = UHMM_MIGRATE_VMA_SELECT_SYSTEM;
+		ASSERT_OK(uhmm_migrate_vma_setup(&m));
+		for (unsigned int i = 0; i < 8; i++) {
+			ASSERT_OK(uhmm_page_init(uhmm_pagemap_page(pgmap, i)));
+			memcpy(data_mem + i * PAGE, (char *)p + i * PAGE, PAGE);
+			((int *)(data_mem + i * PAGE))[1] = -7;	/* the device's work */
+			dst[i] = uhmm_migrate_pfn(uhmm_page_to_pfn(uhmm_pagemap_page(pgmap, i)));
+		}
+		uhmm_migrate_vma_pages(&m);
+		uhmm_migrate_vma_finalize(&m);
+		if (round == 0) {	/* all of it back, driver-initiated */
+			m.flags = UHMM_MIGRATE_VMA_SELECT_DEVICE_PRIVATE;
+			ASSERT_OK(uhmm_migrate_vma_setup(&m));
+			ASSERT_EQ(m.cpages, 8);
+			for (unsigned int i = 0; i < 8; i++)
+				dst[i] = uhmm_migrate_pfn_data(data_mem + i * PAGE);
+			uhmm_migrate_vma_pages(&m);
+			for (unsigned int i = 0; i < 8; i++)
+				ASSERT_TRUE(src[i] & UHMM_MIGRATE_PFN_MIGRATE);
+			uhmm_migrate_vma_finalize(&m);
+		}
+		for (unsigned int i = 0; i < 8; i++) {	/* round 1: each page faults back through data_to_ram() */
+			ASSERT_EQ(p[i * PAGE / sizeof(int) + 1], -7);
+			ASSERT_EQ(p[i * PAGE / sizeof(int)], (int)(i * PAGE / sizeof(int)));
+		}
+		ASSERT_EQ(((int *)data_mem)[1], -7);	/* the driver's memory is its own */
+	}
+	ASSERT_OK(uhmm_mm_sync(mm));
+	ASSERT_OK(uhmm_pagemap_remove(pgmap));
+	uhmm_kfree(data_mem);
+	uhmm_mm_put(mm);
+}

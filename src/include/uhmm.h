@@ -485,6 +485,7 @@ void uhmm_page_set_zone_device_data(struct uhmm_page *page, void *data);
 
 #define UHMM_MIGRATE_PFN_VALID		(1ULL << 0)
 #define UHMM_MIGRATE_PFN_MIGRATE	(1ULL << 1)
+#define UHMM_MIGRATE_PFN_DATA		(1ULL << 2)	/* dst: install a copy of driver memory (uhmm_migrate_pfn_data()) */
 #define UHMM_MIGRATE_PFN_WRITE		(1ULL << 3)
 #define UHMM_MIGRATE_PFN_COMPOUND	(1ULL << 4)
 #define UHMM_MIGRATE_PFN_SHIFT		6
@@ -583,6 +584,23 @@ void uhmm_migrate_vma_finalize(struct uhmm_migrate_vma *migrate);
  * out of memory.
  */
 void *uhmm_migrate_alloc_system_page(uint64_t *dst);
+
+/**
+ * uhmm_migrate_pfn_data() - a dst entry that installs a copy of the driver's data
+ * @data: page-aligned, the page's data in memory the CPU can read and no
+ *        migration can take (a host-memory device's own pages, from
+ *        uhmm_kmalloc(); a mapped device buffer)
+ *
+ * For a device -> system entry, instead of uhmm_migrate_alloc_system_page()
+ * and a copy into it: uhmm copies @data into the new page itself in
+ * uhmm_migrate_*_pages() (one UFFDIO_COPY per run of consecutive @data),
+ * which saves the copy into the staging page. @data must stay valid and
+ * unchanged until pages() returns; uhmm never frees it.
+ * Return: the entry to store in dst[i], or 0 (the page stays on the device)
+ * if @data is NULL or not page-aligned (or the staging_alloc fault is
+ * injected: a system page could not be had).
+ */
+uint64_t uhmm_migrate_pfn_data(const void *data);
 
 /**
  * uhmm_migrate_alloc_system_huge_page() - 2 MiB to bring a unit back whole
