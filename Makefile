@@ -126,11 +126,14 @@ bench: $(BUILD)/uhmm
 # Every test, in three modes: fast paths, forced fallbacks, unprivileged.
 # TSan refuses to start threads in the child of a multi-threaded fork unless
 # told not to; the fork tests do exactly that, on purpose.
-# Then uhmm-opencl's tests, on the OpenCL device (PoCL in CI).
+# Then uhmm-opencl's tests, on the OpenCL device (PoCL in CI): with SVM
+# device memory where the device has it, and again with cl_mem buffers.
 check: $(BUILD)/uhmm-tests $(if $(HAVE_OPENCL),$(BUILD)/uhmm-cl-tests)
 	TSAN_OPTIONS="die_after_fork=0 $(TSAN_OPTIONS)" $(BUILD)/uhmm-tests $(TESTFLAGS)
 ifeq ($(HAVE_OPENCL),1)
 	TSAN_OPTIONS="die_after_fork=0 $(TSAN_OPTIONS)" $(BUILD)/uhmm-cl-tests $(TESTFLAGS)
+	@echo "uhmm-opencl again, with cl_mem buffers instead of SVM (UHMM_CL_SVM=0):"
+	UHMM_CL_SVM=0 TSAN_OPTIONS="die_after_fork=0 $(TSAN_OPTIONS)" $(BUILD)/uhmm-cl-tests $(TESTFLAGS)
 else
 	@echo "note: uhmm-opencl not built (no OpenCL headers/loader: apt-get install ocl-icd-opencl-dev pocl-opencl-icd)"
 endif

@@ -53,6 +53,22 @@ static int pick_device(struct uhmm_cl *ctx, unsigned int platform, unsigned int 
 	return 0;
 }
 
+/*
+ * Fine-grained SVM buffers where the device (OpenCL 2.0+) offers them,
+ * unless the config or UHMM_CL_SVM=0 says buffers (devio.c).
+ */
+static bool use_svm(struct uhmm_cl *ctx, const struct uhmm_cl_config *cfg)
+{
+	cl_device_svm_capabilities caps = 0;
+	const char *env = getenv("UHMM_CL_SVM");
+
+	if ((cfg && cfg->memory == UHMM_CL_MEMORY_BUFFERS) || (env && strcmp(env, "0") == 0))
+		return false;
+	if (clGetDeviceInfo(ctx->device, CL_DEVICE_SVM_CAPABILITIES, sizeof(caps), &caps, NULL) != CL_SUCCESS)
+		return false;	/* an OpenCL 1.2 device */
+	return caps & CL_DEVICE_SVM_FINE_GRAIN_BUFFER;
+}
+
 /* Device memory sizes and the sub-buffer alignment, from the device and @cfg. */
 static int size_device(struct uhmm_cl *ctx, const struct uhmm_cl_config *cfg)
 {
@@ -64,6 +80,9 @@ static int size_device(struct uhmm_cl *ctx, const struct uhmm_cl_config *cfg)
 	clGetDeviceInfo(ctx->device, CL_DEVICE_MAX_MEM_ALLOC_SIZE, sizeof(max_alloc), &max_alloc, NULL);
 	clGetDeviceInfo(ctx->device, CL_DEVICE_MEM_BASE_ADDR_ALIGN, sizeof(align_bits), &align_bits, NULL);
 	ctx->align = align_bits / 8 ? align_bits / 8 : 1;
+	ctx->svm = use_svm(ctx, cfg);
+	if (ctx->svm)
+		ctx->align = 1;	/* a kernel argument is a plain pointer: no shift */
 	if (ctx->align > UCL_PAGE || (ctx->align & (ctx->align - 1)))
 		return -ENODEV;	/* a region's shift must fit in one slot */
 	if (!bytes)

@@ -83,7 +83,7 @@ static int chunk_new(struct uhmm_cl *ctx, uint64_t n, struct ucl_chunk **out)
 {
 	uint64_t want = n > ctx->chunk_slots ? n : ctx->chunk_slots, slot0;
 	struct ucl_chunk *c, **pp;
-	cl_int err;
+	int err;
 
 	if (!space_gap(ctx, want, &slot0)) {
 		want = n;	/* a smaller buffer still fits */
@@ -95,11 +95,11 @@ static int chunk_new(struct uhmm_cl *ctx, uint64_t n, struct ucl_chunk **out)
 		uhmm_kfree(c);
 		return -ENOMEM;
 	}
-	c->mem = clCreateBuffer(ctx->context, CL_MEM_READ_WRITE, want * UCL_PAGE, NULL, &err);
-	if (!c->mem) {
+	err = ucl_chunk_alloc(ctx, c, want * UCL_PAGE);
+	if (err) {
 		uhmm_kfree(c->used);
 		uhmm_kfree(c);
-		return err == CL_INVALID_BUFFER_SIZE ? -ENOSPC : ucl_errno(err);
+		return err;
 	}
 	c->slot0 = slot0;
 	c->nslots = want;
@@ -128,7 +128,7 @@ static bool chunks_trim(struct uhmm_cl *ctx)
 			continue;
 		}
 		*pp = c->next;
-		clReleaseMemObject(c->mem);
+		ucl_chunk_free(ctx, c);
 		pthread_mutex_lock(&ctx->lock);
 		ctx->stats.buffers--;
 		ctx->stats.buffer_bytes -= c->nslots * UCL_PAGE;
@@ -216,10 +216,7 @@ static void region_destroy(struct uhmm_cl *ctx, struct ucl_region *r)
 		ucl_track_stop(ctx, r);
 	if (r->ib > r->ia)
 		uhmm_interval_notifier_remove(&r->notifier);
-	if (r->arg)
-		clReleaseMemObject(r->arg);
-	if (r->sub)
-		clReleaseMemObject(r->sub);
+	ucl_region_views_free(r);
 	slots_free(r->chunk, r->slot, r->nslots);
 	uhmm_kfree(r);
 }
@@ -291,19 +288,6 @@ static int region_place(struct uhmm_cl *ctx, uint64_t n, struct ucl_chunk **chun
 	return -ENOMEM;	/* victims that would not leave (pages held throughout) */
 }
 
-static int region_buffers(struct uhmm_cl *ctx, struct ucl_region *r)
-{
-	uint64_t base = (r->slot - r->chunk->slot0) * UCL_PAGE;
-	cl_buffer_region whole = { base, r->nslots * UCL_PAGE };
-	cl_buffer_region arg = { base + ucl_region_dev_offset(r, r->ptr), r->size };
-	cl_int err;
-
-	r->sub = clCreateSubBuffer(r->chunk->mem, CL_MEM_READ_WRITE, CL_BUFFER_CREATE_TYPE_REGION, &whole, &err);
-	if (r->sub)
-		r->arg = clCreateSubBuffer(r->chunk->mem, CL_MEM_READ_WRITE, CL_BUFFER_CREATE_TYPE_REGION, &arg, &err);
-	return r->arg ? 0 : ucl_errno(err);
-}
-
 /* Retire live regions whose bytes overlap [ptr, ptr + size) (-EINVAL if one is an argument of this launch). */
 static int retire_overlaps(struct uhmm_cl *ctx, uint64_t ptr, uint64_t size)
 {
@@ -361,7 +345,7 @@ static int region_new(struct uhmm_cl *ctx, uint64_t ptr, uint64_t size, struct u
 		uhmm_kfree(r);
 		return ret;
 	}
-	ret = region_buffers(ctx, r);
+	ret = ucl_region_views(ctx, r);
 	if (!ret && r->ib > r->ia)
 		ret = uhmm_interval_notifier_insert(&r->notifier, ctx->mm, r->ia, r->ib - r->ia, &ucl_notifier_ops);
 	if (ret) {

@@ -23,6 +23,9 @@
 #include <stdbool.h>
 #include <uhmm.h>
 
+#define CL_TARGET_OPENCL_VERSION 200	/* the SVM calls; used only where the device has them */
+#define CL_USE_DEPRECATED_OPENCL_1_2_APIS	/* clCreateCommandQueue: 1.2 devices have no other */
+
 #include "uhmm/opencl.h"
 
 #define UCL_PAGE 4096UL
@@ -32,7 +35,9 @@
 #define UHMM_CL_EXPORT __attribute__((visibility("default")))
 
 struct ucl_chunk {
-	cl_mem mem;
+	cl_mem mem;			/* buffers, or ... */
+	void *svm;			/* ... fine-grained SVM (devio.c), page-aligned in */
+	void *svm_raw;			/* the allocation clSVMFree() takes */
 	uint64_t slot0, nslots;		/* its slots in the device address space */
 	uint8_t *used;			/* per slot: reserved by a region */
 	uint64_t nused;
@@ -50,6 +55,7 @@ struct ucl_region {
 	uint64_t slot, nslots;		/* slots reserved (global index) */
 	cl_mem sub;			/* the slots: migrations and edge copies */
 	cl_mem arg;			/* [ptr, ptr + size): the kernel argument */
+	char *svm;			/* SVM: the slots' memory (devio.c) */
 	/* under ctx->lock */
 	uint64_t resident;		/* device pages holding data */
 	unsigned int busy;		/* a launch's kernel may use it */
@@ -78,7 +84,8 @@ struct uhmm_cl {
 	cl_context context;
 	cl_command_queue queue;		/* launches and migrations to the device */
 	cl_command_queue fault_queue;	/* migrations back (the worker, evictions) */
-	uint64_t align;			/* sub-buffer origin alignment, bytes */
+	uint64_t align;			/* sub-buffer origin alignment, bytes (1 with SVM) */
+	bool svm;			/* device memory is fine-grained SVM (devio.c) */
 	uint64_t nslots;		/* device_bytes / page */
 	uint64_t chunk_slots;
 	struct uhmm_mm *mm;
@@ -104,6 +111,19 @@ struct uhmm_cl {
 
 /* context.c */
 int ucl_errno(cl_int err);
+
+/* devio.c: the runtime seam (buffers or SVM) */
+int ucl_chunk_alloc(struct uhmm_cl *ctx, struct ucl_chunk *c, uint64_t bytes);
+void ucl_chunk_free(struct uhmm_cl *ctx, struct ucl_chunk *c);
+int ucl_region_views(struct uhmm_cl *ctx, struct ucl_region *r);
+void ucl_region_views_free(struct ucl_region *r);
+cl_int ucl_dev_write(struct uhmm_cl *ctx, cl_command_queue q, struct ucl_region *r, uint64_t off, uint64_t len,
+		     const void *host);
+cl_int ucl_dev_zero(struct uhmm_cl *ctx, cl_command_queue q, struct ucl_region *r, uint64_t off, uint64_t len);
+cl_int ucl_dev_read(struct uhmm_cl *ctx, cl_command_queue q, struct ucl_region *r, uint64_t off, uint64_t len,
+		    void *host, cl_uint nwait, const cl_event *wait, cl_event *ev);
+cl_int ucl_dev_set_arg(struct uhmm_cl *ctx, cl_kernel kernel, unsigned int i, struct ucl_region *r);
+const void *ucl_dev_host_view(struct uhmm_cl *ctx, struct ucl_region *r, uint64_t off);
 
 /* devmem.c: slots, chunks, regions */
 int ucl_region_get(struct uhmm_cl *ctx, uint64_t ptr, uint64_t size, struct ucl_region **out);

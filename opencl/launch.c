@@ -175,8 +175,7 @@ static unsigned int region_edges(const struct ucl_region *r, struct edge e[2])
 static cl_int write_bytes(struct uhmm_cl *ctx, struct ucl_region *r, uint64_t lo, uint64_t hi, uint64_t *bytes)
 {
 	*bytes += hi - lo;
-	return clEnqueueWriteBuffer(ctx->queue, r->sub, CL_FALSE, ucl_region_dev_offset(r, lo), hi - lo,
-				    (const void *)(uintptr_t)lo, 0, NULL, NULL);
+	return ucl_dev_write(ctx, ctx->queue, r, ucl_region_dev_offset(r, lo), hi - lo, (const void *)(uintptr_t)lo);
 }
 
 struct copy_arg {
@@ -269,8 +268,8 @@ static cl_int enqueue_edges(struct uhmm_cl *ctx, struct ucl_region **regions, un
 
 			if (out) {
 				*bytes += e[x].hi - e[x].lo;
-				err = clEnqueueReadBuffer(ctx->queue, r->sub, CL_FALSE, ucl_region_dev_offset(r, e[x].lo),
-							  e[x].hi - e[x].lo, host, 1, after, NULL);
+				err = ucl_dev_read(ctx, ctx->queue, r, ucl_region_dev_offset(r, e[x].lo), e[x].hi - e[x].lo,
+						   host, 1, after, NULL);
 			} else {
 				err = write_bytes(ctx, r, e[x].lo, e[x].hi, bytes);
 			}
@@ -281,14 +280,14 @@ static cl_int enqueue_edges(struct uhmm_cl *ctx, struct ucl_region **regions, un
 	return CL_SUCCESS;
 }
 
-static int set_args(cl_kernel kernel, const struct uhmm_cl_arg *args, unsigned int nargs,
+static int set_args(struct uhmm_cl *ctx, cl_kernel kernel, const struct uhmm_cl_arg *args, unsigned int nargs,
 		    struct ucl_region **argreg)
 {
 	for (unsigned int i = 0; i < nargs; i++) {
 		cl_int err;
 
 		if (args[i].kind == UHMM_CL_ARG_PTR || args[i].kind == UHMM_CL_ARG_PTR_WO)
-			err = clSetKernelArg(kernel, i, sizeof(cl_mem), &argreg[i]->arg);
+			err = ucl_dev_set_arg(ctx, kernel, i, argreg[i]);
 		else
 			err = clSetKernelArg(kernel, i, args[i].size,
 					     args[i].kind == UHMM_CL_ARG_LOCAL ? NULL : args[i].ptr);
@@ -338,7 +337,7 @@ static int run_kernel(struct uhmm_cl *ctx, struct launch *l)
 	cl_event kev = NULL;
 	uint64_t edge_bytes = 0, ro_bytes = 0;
 	cl_int err, st = CL_COMPLETE;
-	int ret = set_args(l->kernel, l->args, l->nargs, l->argreg);
+	int ret = set_args(ctx, l->kernel, l->args, l->nargs, l->argreg);
 
 	if (ret)
 		return ret;

@@ -11,7 +11,9 @@
  *    eviction or a prefetch): each run of device pages whose staging pages
  *    are contiguous is one clEnqueueReadBuffer on the fault queue; a run
  *    whose read failed is not committed (it stays on the device, or, for
- *    the page the CPU touched, uhmm poisons it: SIGBUS, never zeros).
+ *    the page the CPU touched, uhmm poisons it: SIGBUS, never zeros). With
+ *    SVM device memory uhmm copies the pages straight from it instead
+ *    (uhmm_migrate_pfn_data(): one copy, no staging; devio.c).
  *
  * A migration back waits while a launch's kernel may use the region
  * (r->busy) and counts itself in r->returning, which a launch waits for
@@ -74,8 +76,6 @@ static uint64_t take_pages(struct uhmm_cl *ctx, struct ucl_region *r, const stru
 /* Enqueue the copies of one batch: a write per run of data pages, a fill per run of holes. */
 static cl_int enqueue_to_device(struct uhmm_cl *ctx, struct ucl_region *r, const struct uhmm_migrate_vma *m)
 {
-	static const cl_uchar zero;
-
 	for (uint64_t i = 0, j; i < m->npages; i = j) {
 		bool data = m->src[i] & UHMM_MIGRATE_PFN_VALID;
 		uint64_t addr = m->start + i * UCL_PAGE, off = ucl_region_dev_offset(r, addr);
@@ -88,10 +88,9 @@ static cl_int enqueue_to_device(struct uhmm_cl *ctx, struct ucl_region *r, const
 		for (j = i + 1; j < m->npages && m->dst[j] && !(m->src[j] & UHMM_MIGRATE_PFN_VALID) == !data; j++)
 			;
 		if (data)
-			err = clEnqueueWriteBuffer(ctx->queue, r->sub, CL_FALSE, off, (j - i) * UCL_PAGE,
-						   (const void *)(uintptr_t)addr, 0, NULL, NULL);
+			err = ucl_dev_write(ctx, ctx->queue, r, off, (j - i) * UCL_PAGE, (const void *)(uintptr_t)addr);
 		else
-			err = clEnqueueFillBuffer(ctx->queue, r->sub, &zero, 1, off, (j - i) * UCL_PAGE, 0, NULL, NULL);
+			err = ucl_dev_zero(ctx, ctx->queue, r, off, (j - i) * UCL_PAGE);
 		if (err)
 			return err;
 	}
@@ -240,6 +239,15 @@ static int copy_back(struct uhmm_cl *ctx, uint64_t *src, uint64_t *dst, uint64_t
 			continue;
 		r = regions[i] = page_region(page);
 		doff = page_dev_offset(r, page);
+		if (ucl_dev_host_view(ctx, r, doff)) {
+			/* SVM: uhmm copies it from the device's memory itself (no kernel runs on it now) */
+			dst[i] = uhmm_migrate_pfn_data(ucl_dev_host_view(ctx, r, doff));
+			if (!dst[i]) {
+				src[i] &= ~UHMM_MIGRATE_PFN_MIGRATE;
+				ret = i == must ? -ENOMEM : ret;
+			}
+			continue;
+		}
 		if (!uhmm_migrate_alloc_system_page(&dst[i])) {
 			src[i] &= ~UHMM_MIGRATE_PFN_MIGRATE;
 			ret = i == must ? -ENOMEM : ret;
@@ -257,8 +265,8 @@ static int copy_back(struct uhmm_cl *ctx, uint64_t *src, uint64_t *dst, uint64_t
 	for (uint64_t k = 0; k < nruns; k++) {
 		void *to = (void *)(uintptr_t)(uhmm_migrate_pfn_to_pfn(dst[runs[k].i]) * UCL_PAGE);
 
-		if (clEnqueueReadBuffer(ctx->fault_queue, regions[runs[k].i]->sub, CL_FALSE, runs[k].doff,
-					runs[k].n * UCL_PAGE, to, 0, NULL, &runs[k].ev) != CL_SUCCESS)
+		if (ucl_dev_read(ctx, ctx->fault_queue, regions[runs[k].i], runs[k].doff, runs[k].n * UCL_PAGE, to, 0,
+				 NULL, &runs[k].ev) != CL_SUCCESS)
 			runs[k].ev = NULL;
 	}
 	clFlush(ctx->fault_queue);

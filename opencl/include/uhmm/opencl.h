@@ -33,7 +33,12 @@ struct uhmm_cl_config {
 				   CL_DEVICE_GLOBAL_MEM_SIZE, at most 1 GiB) */
 	size_t chunk_bytes;	/* size of each device buffer allocated (0: 64 MiB);
 				   a range bigger than this gets a buffer of its own */
+	int memory;		/* UHMM_CL_MEMORY_*: what device memory is made of */
 };
+
+/* struct uhmm_cl_config.memory */
+#define UHMM_CL_MEMORY_AUTO	0	/* fine-grained SVM buffers if the device has them, else buffers */
+#define UHMM_CL_MEMORY_BUFFERS	1	/* cl_mem buffers (OpenCL 1.2); also UHMM_CL_SVM=0 in the environment */
 
 /**
  * uhmm_cl_context_create() - open an OpenCL device for uhmm
