@@ -16,6 +16,7 @@
  * A CUDA backend would be these functions again (architecture §13).
  */
 #include <errno.h>
+#include <string.h>
 
 #include "internal.h"
 
@@ -27,6 +28,14 @@ int ucl_chunk_alloc(struct uhmm_cl *ctx, struct ucl_chunk *c, uint64_t bytes)
 		/* runtimes need not honour a page alignment (PoCL: 128 bytes at most): allocate a page more */
 		c->svm_raw = clSVMAlloc(ctx->context, CL_MEM_READ_WRITE | CL_MEM_SVM_FINE_GRAIN_BUFFER, bytes + UCL_PAGE, 0);
 		c->svm = c->svm_raw ? (void *)(((uintptr_t)c->svm_raw + UCL_PAGE - 1) & ~(UCL_PAGE - 1)) : NULL;
+		/*
+		 * Populate it now: uhmm reads these pages under its dp_lock when
+		 * they come back (uhmm_migrate_pfn_data()), where no read may fault
+		 * into a userfaultfd; the runtime may have carved the allocation
+		 * out of heap memory a migration once registered and emptied.
+		 */
+		if (c->svm)
+			memset(c->svm, 0, bytes);
 		return c->svm ? 0 : -ENOSPC;
 	}
 	c->mem = clCreateBuffer(ctx->context, CL_MEM_READ_WRITE, bytes, NULL, &err);
