@@ -25,6 +25,7 @@
 #include <unistd.h>
 
 #include "bench.h"
+#include "../tools/smaps.h"
 #include "../src/include/uhmm.h"
 #include "../src/include/uhmm/dmirror.h"
 #include "../src/uapi/uhmm_uapi.h"
@@ -547,28 +548,6 @@ static char *map_thp_buf(size_t size, bool thp)
 	return p;
 }
 
-/* KiB of @p's mapping backed by THP (smaps' AnonHugePages), -1 if unknown. */
-static long thp_kib(const char *p)
-{
-	FILE *f = fopen("/proc/self/smaps", "re");
-	char line[256];
-	bool in = false;
-	long kib = -1;
-
-	if (!f)
-		return -1;
-	while (fgets(line, sizeof(line), f)) {
-		unsigned long s, e, v;
-
-		if (sscanf(line, "%lx-%lx ", &s, &e) == 2)
-			in = (uintptr_t)p >= s && (uintptr_t)p < e;
-		else if (in && sscanf(line, "AnonHugePages: %lu kB", &v) == 1)
-			kib = (long)v;
-	}
-	fclose(f);
-	return kib;
-}
-
 struct thp_row {
 	size_t size;
 	long thp_pct;		/* of the THP-allowed buffer, before the first migration */
@@ -589,7 +568,7 @@ static void bench_thp_size(struct uhmm_dmirror *d, size_t size, struct thp_row *
 			double t;
 
 			if (mode == 0 && i == 0) {
-				long kib = thp_kib(buf);
+				long kib = smaps_thp_kib(buf);
 
 				row->thp_pct = kib < 0 ? -1 : kib * 1024 * 100 / (long)size;
 			}

@@ -232,6 +232,7 @@ static int copy_back(struct uhmm_cl *ctx, uint64_t *src, uint64_t *dst, uint64_t
 	for (uint64_t i = 0; i < n; i++) {
 		struct uhmm_page *page = uhmm_migrate_pfn_to_page(src[i]);
 		struct ucl_region *r;
+		const void *view;
 		uint64_t doff;
 
 		regions[i] = NULL;
@@ -239,9 +240,10 @@ static int copy_back(struct uhmm_cl *ctx, uint64_t *src, uint64_t *dst, uint64_t
 			continue;
 		r = regions[i] = page_region(page);
 		doff = page_dev_offset(r, page);
-		if (ucl_dev_host_view(ctx, r, doff)) {
+		view = ucl_dev_host_view(ctx, r, doff);
+		if (view) {
 			/* SVM: uhmm copies it from the device's memory itself (no kernel runs on it now) */
-			dst[i] = uhmm_migrate_pfn_data(ucl_dev_host_view(ctx, r, doff));
+			dst[i] = uhmm_migrate_pfn_data(view);
 			if (!dst[i]) {
 				src[i] &= ~UHMM_MIGRATE_PFN_MIGRATE;
 				ret = i == must ? -ENOMEM : ret;
@@ -371,47 +373,46 @@ int ucl_evict_region(struct uhmm_cl *ctx, struct ucl_region *r)
 }
 
 /*
- * How many pages to bring back for a CPU fault at @addr in @r: the 2 MiB
- * block (NVIDIA UVM's unit) at first and after a jump; doubled, up to
- * 64 MiB, while the faults follow each other (a scan): a sequential pass
- * over an array takes a handful of faults instead of one per block.
+ * The window to bring back for a CPU fault at @addr in @r (under
+ * ctx->lock): its 2 MiB block (NVIDIA UVM's unit) at first and after a
+ * jump; doubled, up to 64 MiB, while the faults follow each other (a
+ * scan): a sequential pass over an array takes a handful of faults instead
+ * of one per block. Clipped to the region's interior.
  */
-static uint64_t fault_window(struct uhmm_cl *ctx, struct ucl_region *r, uint64_t start)
+static void fault_window(struct ucl_region *r, uint64_t addr, uint64_t *start, uint64_t *end)
 {
-	uint64_t n;
+	uint64_t n, s = addr & ~(UCL_BLOCK_PAGES * UCL_PAGE - 1);
 
-	pthread_mutex_lock(&ctx->lock);
-	n = start == r->fa_next && r->fa_pages ? r->fa_pages * 2 : UCL_BLOCK_PAGES;
+	s = s < r->ia ? r->ia : s;
+	n = s == r->fa_next && r->fa_pages ? r->fa_pages * 2 : UCL_BLOCK_PAGES;
 	n = n > UCL_FAULT_MAX_PAGES ? UCL_FAULT_MAX_PAGES : n;
 	r->fa_pages = n;
-	r->fa_next = start + n * UCL_PAGE;
-	pthread_mutex_unlock(&ctx->lock);
-	return n;
+	r->fa_next = s + n * UCL_PAGE;
+	*start = s;
+	*end = r->fa_next > r->ib ? r->ib : r->fa_next;
 }
 
 /*
- * The CPU touched a device page: bring back its block, or more while the
- * CPU scans (fault_window()), clipped to the page's region; if the touched
- * page's copy fails, uhmm poisons it.
+ * The CPU touched a device page: bring back its window (fault_window()),
+ * or the page alone for an eviction; if the touched page's copy fails,
+ * uhmm poisons it. While a launch uses the region: -EAGAIN (uhmm retries
+ * the access a moment later) for a CPU access; an eviction waits for the
+ * kernel in returning_enter().
  */
 int ucl_migrate_to_ram(struct uhmm_vm_fault *vmf)
 {
 	struct uhmm_cl *ctx = uhmm_pagemap_driver_data(uhmm_page_pgmap(vmf->page));
 	struct ucl_region *r = page_region(vmf->page);
+	bool evict = vmf->flags & UHMM_FAULT_EVICT, busy = false;
 	uint64_t start = vmf->address, end = vmf->address + UCL_PAGE;
-	bool busy;
 
-	pthread_mutex_lock(&ctx->lock);
-	busy = r && (r->busy || r->in_launch) && !(vmf->flags & UHMM_FAULT_EVICT);
-	ctx->stats.faults += !busy && !(vmf->flags & UHMM_FAULT_EVICT);
-	pthread_mutex_unlock(&ctx->lock);
-	if (busy)
-		return -EAGAIN;	/* a kernel is using it: uhmm retries the access a moment later */
-	if (r && vmf->address >= r->ia && vmf->address < r->ib && !(vmf->flags & UHMM_FAULT_EVICT)) {
-		start = vmf->address & ~(UCL_BLOCK_PAGES * UCL_PAGE - 1);
-		start = start < r->ia ? r->ia : start;
-		end = start + fault_window(ctx, r, start) * UCL_PAGE;
-		end = end > r->ib ? r->ib : end;
+	if (!evict) {
+		pthread_mutex_lock(&ctx->lock);
+		busy = r->busy || r->in_launch;
+		ctx->stats.faults += !busy;
+		if (!busy && vmf->address >= r->ia && vmf->address < r->ib)
+			fault_window(r, vmf->address, &start, &end);
+		pthread_mutex_unlock(&ctx->lock);
 	}
-	return ucl_to_host(ctx, start, end, vmf->page, vmf->flags & UHMM_FAULT_EVICT);
+	return busy ? -EAGAIN : ucl_to_host(ctx, start, end, vmf->page, evict);
 }

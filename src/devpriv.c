@@ -382,6 +382,25 @@ static uint64_t dp_entry_since(struct uhmm_mm *mm, uint64_t addr, uint64_t insta
 	return v;
 }
 
+#define EVICT_WAIT_MS 10000	/* an eviction waits out a busy device this long, then poisons */
+
+/*
+ * The driver's migrate_to_ram(). Its -EAGAIN (the device is using the page)
+ * puts off a CPU access, which faults again; an eviction cannot be put off
+ * (fork() would copy a hole, pagemap removal would lose the page), so it
+ * calls again every millisecond, up to EVICT_WAIT_MS.
+ */
+static int call_migrate_to_ram(struct uhmm_page *page, struct uhmm_vm_fault *vmf)
+{
+	for (int waited = 0;; waited++) {
+		int ret = page->pgmap->ops->migrate_to_ram(vmf);
+
+		if (ret != -EAGAIN || !(vmf->flags & UHMM_FAULT_EVICT) || waited >= EVICT_WAIT_MS)
+			return ret;
+		usleep(1000);
+	}
+}
+
 /*
  * Bring @addr's device page back. Returns 0 when the driver moved it (or it
  * was never device-private; another device may have taken it since, so
@@ -416,9 +435,9 @@ int uhmm_dp_fault(struct uhmm_mm *mm, uint64_t addr, unsigned int flags, pid_t t
 			return -EBUSY;
 		vmf = (struct uhmm_vm_fault){ .mm = mm, .address = addr, .page = page, .flags = flags };
 		uhmm_stat_add(UHMM_STAT(faults_device), 1);
-		ret = page->pgmap->ops->migrate_to_ram(&vmf);
+		ret = call_migrate_to_ram(page, &vmf);
 		uhmm_page_put(page);
-		if (ret == -EAGAIN)
+		if (ret == -EAGAIN && !(flags & UHMM_FAULT_EVICT))
 			return -EBUSY;	/* the device is using it: fault again later (VM_FAULT_RETRY) */
 		if (ret)
 			break;

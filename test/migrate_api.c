@@ -734,3 +734,37 @@ TEST(migrate_to_system_from_driver_data)
 	uhmm_kfree(data_mem);
 	uhmm_mm_put(mm);
 }
+
+static void *busy_release_later(void *arg)
+{
+	(void)arg;
+	usleep(30000);
+	atomic_store(&busy_device, false);
+	return NULL;
+}
+
+/*
+ * An eviction cannot be put off: uhmm_pagemap_remove() of a pagemap whose
+ * device still uses a page waits (calling again) until the device lets go,
+ * and the page's data comes back, not a poisoned page.
+ */
+TEST(migrate_to_ram_eagain_eviction_waits)
+{
+	struct uhmm_mm *mm = mm_or_skip();
+	int *a = map_anon(PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE);
+	struct uhmm_pagemap *pgmap;
+	pthread_t t;
+	int retries;
+
+	ASSERT_OK(uhmm_pagemap_add(mm, 2, &busy_owner, &busy_ops, NULL, &pgmap));
+	busy_place(mm, pgmap, a, 0, 0x4c4c);
+	atomic_store(&busy_retries, 0);
+	atomic_store(&busy_device, true);
+	ASSERT_OK(pthread_create(&t, NULL, busy_release_later, NULL));
+	ASSERT_OK(uhmm_pagemap_remove(pgmap));	/* evicts page 0: waits for the device */
+	pthread_join(t, NULL);
+	retries = atomic_load(&busy_retries);
+	ASSERT_GT(retries, 3);
+	ASSERT_EQ(a[0], 0x4c4c);
+	uhmm_mm_put(mm);
+}

@@ -408,8 +408,10 @@ struct uhmm_pagemap_ops {
 	 * except -EAGAIN: the device is using the page and cannot give it back
 	 * yet (a kernel running on it): nothing is poisoned, the access waits
 	 * and faults again a moment later (the kernel's VM_FAULT_RETRY), and
-	 * uhmm's worker serves other faults meanwhile. Never wait here for
-	 * something a thread blocked on a fault may have to do.
+	 * uhmm's worker serves other faults meanwhile. An eviction
+	 * (UHMM_FAULT_EVICT) cannot be put off: uhmm calls again every
+	 * millisecond, for up to 10 s, then poisons the page. Never wait here
+	 * for something a thread blocked on a fault may have to do.
 	 */
 	int (*migrate_to_ram)(struct uhmm_vm_fault *vmf);
 };

@@ -13,6 +13,7 @@
 #include <sys/mman.h>
 
 #include "../harness.h"
+#include "../../tools/smaps.h"
 
 #define UNIT_INTS (TWO_MB / sizeof(int))
 #ifndef MADV_COLLAPSE
@@ -41,21 +42,9 @@ static int *thp_region(void)
 /* KiB of @p's mapping that smaps shows as THP. */
 static long thp_kib(const void *p)
 {
-	FILE *f = fopen("/proc/self/smaps", "re");
-	char line[256];
-	bool in = false;
-	long kib = 0;
+	long kib = smaps_thp_kib(p);
 
-	ASSERT_TRUE(f);
-	while (fgets(line, sizeof(line), f)) {
-		unsigned long s, e, v;
-
-		if (sscanf(line, "%lx-%lx ", &s, &e) == 2)
-			in = (uintptr_t)p >= s && (uintptr_t)p < e;
-		else if (in && sscanf(line, "AnonHugePages: %lu kB", &v) == 1)
-			kib = (long)v;
-	}
-	fclose(f);
+	ASSERT_GE(kib, 0);	/* smaps readable */
 	return kib;
 }
 
