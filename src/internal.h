@@ -150,6 +150,7 @@ bool uhmm_spanset_next_gap(const struct uhmm_spanset *s, uint64_t start, uint64_
 			   uint64_t *gs, uint64_t *ge);
 
 /* ---- mm.c / service.c / notifier.c: the address space ---- */
+#define UHMM_SERVICE_MAX 8		/* service threads at most (one per CPU up to this) */
 struct uhmm_fork_inval;
 
 struct uhmm_mm {
@@ -158,21 +159,29 @@ struct uhmm_mm {
 	int uffd;
 	uint64_t uffd_features;		/* features enabled on @uffd */
 	uint64_t uffd_ioctls;		/* ioctls usable on registered anon ranges */
-	int stop_efd;			/* eventfd: tells the service reader to stop */
+	int stop_efd;			/* eventfd: tells the service threads to stop */
 
-	/* service.c: reader + worker threads and the message queue between them */
-	pthread_t reader, worker;
-	bool reader_started, worker_started;
-	void *stacks[2];			/* uhmm_kmalloc()ed, like the queue */
+	/*
+	 * service.c: service threads that take turns (one per CPU, pinned, when
+	 * the CPUs are few): any of them reads the userfaultfd; one at a time
+	 * holds the worker role and dispatches the queue in order.
+	 */
+	pthread_t svc[UHMM_SERVICE_MAX];
+	void *stacks[UHMM_SERVICE_MAX];		/* uhmm_kmalloc()ed, like the queue */
+	unsigned int n_svc;			/* threads started */
+	bool svc_pinned;			/* one per CPU, each on its own */
+	int kick_efd;				/* eventfd: work for the worker role (resume) */
 	struct uffd_msg *q;			/* ring of q_cap messages (under lock) */
 	size_t q_cap, q_head, q_len;
 	uint64_t ev_queued, ev_done;		/* messages queued / handled (under lock) */
-	bool reading;				/* the reader is in read() (under lock) */
+	atomic_bool read_claim;			/* a thread reads: the others go back to poll() */
+	bool reading;				/* ... and is in read() (under lock) */
 	bool stopping;				/* (under lock) */
-	bool paused, worker_busy;		/* fork() quiesces the worker (under lock) */
+	bool worker_active;			/* a thread holds the worker role (under lock) */
+	bool paused, worker_busy;		/* fork() quiesces the worker role (under lock) */
 	bool fork_pending;			/* the migration gate is closed (under lock) */
 	atomic_bool forked;			/* fork() has run: pages may be copy-on-write (migrate.c) */
-	uint64_t *deferred;			/* faults left waiting on a busy page (worker only) */
+	uint64_t *deferred;			/* faults left waiting on a busy page (under lock) */
 	size_t n_deferred, cap_deferred;
 	unsigned long migrating;		/* migrations to a device in flight (under lock) */
 
@@ -255,6 +264,7 @@ bool uhmm_in_service_thread(void);
  * millisecond until then, so that no wake-up can be missed.
  */
 void uhmm_service_defer(struct uhmm_mm *mm, uint64_t addr);
+void uhmm_staging_service_slab(bool put);	/* migrate.c: the worker role's staging slab */
 /* Wait until every userfaultfd event read so far has been handled. */
 void uhmm_service_sync(struct uhmm_mm *mm);
 

@@ -316,6 +316,13 @@ struct staging_slab {
 
 static __thread struct staging_slab *cur_slab;
 static pthread_key_t slab_key;		/* its destructor drops an exiting thread's slab */
+/*
+ * The worker role's slab. Service threads take the role in turn, one at a
+ * time (service.c), and only the role runs driver callbacks, so they share
+ * one slab, as the one worker thread had one: per-thread slabs would keep
+ * a slab per service thread. Handed over with the role under mm->lock.
+ */
+static struct staging_slab *service_slab;
 static pthread_once_t slab_key_once = PTHREAD_ONCE_INIT;
 
 /*
@@ -393,23 +400,40 @@ UHMM_EXPORT void *uhmm_migrate_alloc_system_page(uint64_t *dst)
 {
 	void *page;
 
+	bool role = uhmm_in_service_thread();
+	struct staging_slab **cur = role ? &service_slab : &cur_slab;
+
 	if (!dst || uhmm_inject(UHMM_INJECT_STAGING_ALLOC))
 		return NULL;
-	if (!cur_slab || cur_slab->used == SLAB_PAGES) {
+	if (!*cur || (*cur)->used == SLAB_PAGES) {
 		struct staging_slab *fresh = slab_new();
 
 		if (!fresh)
 			return NULL;
-		if (cur_slab)
-			slab_put(cur_slab);	/* the owner's reference */
-		cur_slab = fresh;
-		pthread_once(&slab_key_once, slab_key_init);
-		pthread_setspecific(slab_key, fresh);
+		if (*cur)
+			slab_put(*cur);	/* the owner's reference */
+		*cur = fresh;
+		if (!role) {
+			pthread_once(&slab_key_once, slab_key_init);
+			pthread_setspecific(slab_key, fresh);
+		}
 	}
-	page = (char *)cur_slab + cur_slab->used++ * UHMM_PAGE_SIZE;
-	atomic_fetch_add(&cur_slab->refs, 1);
+	page = (char *)*cur + (*cur)->used++ * UHMM_PAGE_SIZE;
+	atomic_fetch_add(&(*cur)->refs, 1);
 	*dst = uhmm_migrate_pfn((uintptr_t)page >> UHMM_PAGE_SHIFT);
 	return page;
+}
+
+/*
+ * The worker role's slab across the service threads' life: a new set
+ * starts without one (a forked child's copy of the parent's is the
+ * parent's state, abandoned), a stopped set drops its reference.
+ */
+void uhmm_staging_service_slab(bool put)
+{
+	if (put && service_slab)
+		slab_put(service_slab);
+	service_slab = NULL;
 }
 
 /*
@@ -660,6 +684,38 @@ static int migrate_validate(struct uhmm_migrate_vma *m)
 	return 0;
 }
 
+static int note_key(void *arg, uint64_t key, uint64_t *val)
+{
+	(void)val;
+	*(uint64_t *)arg = key;
+	return 0;
+}
+
+/*
+ * Where the VMA lookup of a setup may stop. A device-private selection
+ * collects only what the device-private table holds, so the VMAs past its
+ * last entry in the range need no PROCMAP_QUERY (one per VMA: a driver's
+ * fault-around window around a lone page crosses several mappings; seven
+ * queries were most of a one-page fault-back). The VMA at start is looked
+ * up in any case (the kernel requires one). An entry added after this walk
+ * belongs to a migration to a device that claimed it after us.
+ */
+static uint64_t vma_lookup_end(const struct uhmm_migrate_vma *m)
+{
+	uint64_t last = 0;
+	bool any;
+
+	if (m->flags & UHMM_MIGRATE_VMA_SELECT_SYSTEM)
+		return m->end;
+	pthread_mutex_lock(&m->mm->dp_lock);
+	last = UINT64_MAX;
+	(void)uhmm_radix_walk(&m->mm->devpriv, m->start >> UHMM_PAGE_SHIFT, (m->end >> UHMM_PAGE_SHIFT) - 1,
+			      note_key, &last);
+	pthread_mutex_unlock(&m->mm->dp_lock);
+	any = last != UINT64_MAX;
+	return any ? (last + 1) << UHMM_PAGE_SHIFT : m->start + UHMM_PAGE_SIZE;
+}
+
 UHMM_EXPORT int uhmm_migrate_vma_setup(struct uhmm_migrate_vma *m)
 {
 	return uhmm_migrate_setup_as(m, UHMM_NOTIFY_MIGRATE, m ? m->pgmap_owner : NULL);
@@ -742,7 +798,7 @@ int uhmm_migrate_setup_as(struct uhmm_migrate_vma *m, enum uhmm_notifier_event e
 	 * be waiting at the closed gate. */
 	if (!gate_closer)
 		uhmm_service_sync(m->mm);
-	n = uhmm_vma_list(m->start, m->end, v, UHMM_ARRAY_SIZE(v));
+	n = uhmm_vma_list(m->start, vma_lookup_end(m), v, UHMM_ARRAY_SIZE(v));
 	ret = n < 0 ? n : 0;
 	n = n > (int)UHMM_ARRAY_SIZE(v) ? (int)UHMM_ARRAY_SIZE(v) : n;
 	if (!ret && (n == 0 || v[0].start > m->start || (v[0].flags & UHMM_VMA_SPECIAL)))

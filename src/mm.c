@@ -139,6 +139,7 @@ static void mm_fork_child(void)
 	if (mm) {
 		close(mm->uffd);
 		close(mm->stop_efd);
+		close(mm->kick_efd);
 		if (mm->zap_state > 0)
 			close(mm->zap_uffd);	/* its scratch area is MADV_DONTFORK */
 	}
