@@ -182,6 +182,7 @@ struct raw_dev {
 	struct uhmm_pagemap *pgmap;
 	char *mem;
 	int owner;
+	bool move;	/* zero copy: pages move into mem and out (uhmm_pagemap_set_host_memory()) */
 };
 
 static void raw_free(struct uhmm_page *page) { (void)page; }
@@ -207,15 +208,20 @@ static void raw_chunk(struct raw_dev *rd, struct uhmm_mm *mm, char *buf, size_t 
 
 			if (!(src[i] & UHMM_MIGRATE_PFN_MIGRATE) || uhmm_page_init(pg))
 				continue;
-			dst[i] = uhmm_migrate_pfn(uhmm_page_to_pfn(pg));
+			dst[i] = uhmm_migrate_pfn(uhmm_page_to_pfn(pg)) | (rd->move ? UHMM_MIGRATE_PFN_MOVE : 0);
 			iov[n++] = (struct iovec){ rd->mem + off + i * PAGE, PAGE };
 		}
-		uhmm_access_vm_iov(m.start, iov, n, 0);
+		if (!rd->move)
+			uhmm_access_vm_iov(m.start, iov, n, 0);
 	} else {
 		for (uint64_t i = 0; i < m.npages; i++) {
 			struct uhmm_page *pg = uhmm_migrate_pfn_to_page(src[i]);
 			void *sys;
 
+			if (pg && rd->move) {
+				dst[i] = uhmm_migrate_pfn_data(rd->mem + uhmm_page_index(pg) * PAGE) | UHMM_MIGRATE_PFN_MOVE;
+				continue;
+			}
 			if (!pg || !(sys = uhmm_migrate_alloc_system_page(&dst[i])))
 				continue;
 			memcpy(sys, rd->mem + uhmm_page_index(pg) * PAGE, PAGE);
@@ -225,17 +231,32 @@ static void raw_chunk(struct raw_dev *rd, struct uhmm_mm *mm, char *buf, size_t 
 	uhmm_migrate_vma_finalize(&m);
 }
 
-static void bench_raw_migrate(size_t size, struct result *out)
+/*
+ * @move: the device memory is given to uhmm as host memory and pages move
+ * in and out with UFFDIO_MOVE (the memory starts empty: a move needs an
+ * empty destination); else the driver copies.
+ */
+static void bench_raw_migrate(size_t size, struct result *out, bool move)
 {
-	struct raw_dev rd = { 0 };
+	struct raw_dev rd = { .move = move };
 	struct uhmm_mm *mm;
 	char *buf = map_buf(size);
 	double to_dev[REPS], to_sys[REPS];
 
-	rd.mem = map_buf(size);
+	rd.mem = move ? mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0) : map_buf(size);
+	if (move && rd.mem != MAP_FAILED)
+		madvise(rd.mem, size, MADV_NOHUGEPAGE);
 	out[0] = out[1] = (struct result){ "uhmm_migrate_vma (no pagemap)", "GB/s", 0, 0, 0 };
-	if (uhmm_mm_get(&mm) || uhmm_pagemap_add(mm, size / PAGE, &rd.owner, &raw_ops, NULL, &rd.pgmap)) {
+	if (rd.mem == MAP_FAILED || uhmm_mm_get(&mm) ||
+	    uhmm_pagemap_add(mm, size / PAGE, &rd.owner, &raw_ops, NULL, &rd.pgmap)) {
 		fprintf(stderr, "bench: no pagemap\n");
+		return;
+	}
+	if (move && uhmm_pagemap_set_host_memory(rd.pgmap, rd.mem)) {
+		fprintf(stderr, "bench: no zero-copy migration here (UFFDIO_MOVE)\n");
+		out[0].name = out[1].name = "uhmm_migrate_vma zero copy (no UFFDIO_MOVE)";
+		uhmm_pagemap_remove(rd.pgmap);
+		uhmm_mm_put(mm);
 		return;
 	}
 	for (int r = 0; r < REPS; r++) {
@@ -249,8 +270,10 @@ static void bench_raw_migrate(size_t size, struct result *out)
 			raw_chunk(&rd, mm, buf, off, false);
 		to_sys[r] = (double)size / (now_s() - t) / 1e9;
 	}
-	out[0] = summarize("uhmm_migrate_vma to device (minimal driver)", "GB/s", to_dev, REPS);
-	out[1] = summarize("uhmm_migrate_vma to system (minimal driver)", "GB/s", to_sys, REPS);
+	out[0] = summarize(move ? "uhmm_migrate_vma to device, zero copy (minimal)" :
+				  "uhmm_migrate_vma to device (minimal driver)", "GB/s", to_dev, REPS);
+	out[1] = summarize(move ? "uhmm_migrate_vma to system, zero copy (minimal)" :
+				  "uhmm_migrate_vma to system (minimal driver)", "GB/s", to_sys, REPS);
 	uhmm_pagemap_remove(rd.pgmap);
 	uhmm_mm_put(mm);
 	munmap(buf, size);
@@ -784,7 +807,7 @@ int cmd_bench(int argc, char **argv)
 	size_t mib = 64;
 	bool json = false, thp = false, scaling = false;
 	struct uhmm_dmirror *d;
-	struct result r[18];
+	struct result r[20];
 	struct uhmm_mm *mm;
 	int ret;
 
@@ -824,7 +847,8 @@ int cmd_bench(int argc, char **argv)
 		uhmm_mm_put(mm);
 	}
 	uhmm_dmirror_close(d);
-	bench_raw_migrate(mib << 20, &r[8]);
+	bench_raw_migrate(mib << 20, &r[8], false);
+	bench_raw_migrate(mib << 20, &r[18], true);
 	bench_trace(&r[10]);
 
 	const char *rname[] = {
@@ -834,6 +858,7 @@ int cmd_bench(int argc, char **argv)
 		"uhmm_migrate_vma_to_device_vs_memcpy", "uhmm_migrate_vma_to_system_vs_memcpy",
 		"trace_off_cost_per_range_fault", "trace_on_vs_off_range_fault",
 		"device_read_first_vs_memcpy", "device_read_hits_vs_memcpy", "range_fault_snapshot_vs_pagemap_scan",
+		"uhmm_migrate_vma_zero_copy_to_device_vs_memcpy", "uhmm_migrate_vma_zero_copy_to_system_vs_memcpy",
 	};
 	double ratio[] = {
 		r[1].med / r[0].med, r[2].med / r[0].med, r[3].med / r[0].med,
@@ -842,15 +867,16 @@ int cmd_bench(int argc, char **argv)
 		/* range_fault passes 1 trace point: its off cost as a share of the call */
 		r[10].med / 1e3 / r[11].med, r[12].med / r[11].med,
 		r[14].med / r[0].med, r[15].med / r[0].med, r[16].med / r[17].med,
+		r[18].med / r[0].med, r[19].med / r[0].med,
 	};
 	if (json) {
-		print_json(r, 18, ratio, rname, 13);
+		print_json(r, 20, ratio, rname, 15);
 		return 0;
 	}
 	printf("uhmm bench: %zu MiB buffers, 4 KiB pages, median of %d (latencies: of %d)\n", mib, REPS, LAT_REPS);
-	print_table(r, 18);
+	print_table(r, 20);
 	printf("\nratios (uhmm / raw mechanism, same run):\n");
-	for (int i = 0; i < 13; i++)
-		printf("  %-38s %.4f\n", rname[i], ratio[i]);
+	for (int i = 0; i < 15; i++)
+		printf("  %-48s %.4f\n", rname[i], ratio[i]);
 	return 0;
 }

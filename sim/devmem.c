@@ -36,6 +36,12 @@ struct dmirror_chunk {
 
 struct dmirror_devmem {
 	pthread_mutex_t mem_lock;
+	/*
+	 * Every chunk is host memory uhmm can move pages into and out of
+	 * (uhmm_pagemap_set_host_memory()): migrations move pages, not copy
+	 * them. Cleared for good if a chunk cannot be (no UFFDIO_MOVE).
+	 */
+	bool movable;
 	struct dmirror_chunk chunks[DM_MAX_CHUNKS];
 	unsigned int nchunks;
 	struct uhmm_page **free;	/* free-list stack */
@@ -53,6 +59,13 @@ void *dmirror_device_owner(unsigned int device)
 static unsigned int devmem_nchunks(struct dmirror_devmem *mem)
 {
 	return __atomic_load_n(&mem->nchunks, __ATOMIC_ACQUIRE);
+}
+
+/* Do migrations move pages into and out of our memory (zero copy)? */
+static bool devmem_movable(struct uhmm_dmirror *dm)
+{
+	return __atomic_load_n(&dm->devmem->movable, __ATOMIC_RELAXED) &&
+	       !(__atomic_load_n(&dm->flags, __ATOMIC_RELAXED) & UHMM_DMIRROR_FLAG_COPY);
 }
 
 static struct uhmm_dmirror *page_dmirror(const struct uhmm_page *page)
@@ -144,6 +157,8 @@ static int devmem_add_chunk(struct uhmm_dmirror *dm)
 		uhmm_kfree(c->mem);
 		return ret;
 	}
+	if (uhmm_pagemap_set_host_memory(c->pgmap, c->mem))
+		__atomic_store_n(&mem->movable, false, __ATOMIC_RELAXED);
 	memset(c->is_free, 1, DM_CHUNK_DEV_PAGES);
 	for (uint64_t i = DM_CHUNK_DEV_PAGES; i-- > 0;)
 		mem->free[mem->nfree++] = uhmm_pagemap_page(c->pgmap, i);
@@ -260,8 +275,8 @@ static uint64_t sysmem_from(struct uhmm_dmirror *dm, const void *dev, bool direc
 
 	if (fail_alloc(dm))
 		return 0;
-	if (direct)
-		return uhmm_migrate_pfn_data(dev);
+	if (direct)	/* a long run: the pages themselves go back (zero copy), or straight from us */
+		return uhmm_migrate_pfn_data(dev) | (devmem_movable(dm) ? UHMM_MIGRATE_PFN_MOVE : 0);
 	sys = uhmm_migrate_alloc_system_page(&dst);
 	if (sys)
 		memcpy(sys, dev, DM_PAGE_SIZE);
@@ -287,6 +302,7 @@ int dmirror_devmem_attach(struct uhmm_dmirror *dm)
 	if (!dm->devmem)
 		return -ENOMEM;
 	pthread_mutex_init(&dm->devmem->mem_lock, NULL);
+	dm->devmem->movable = true;
 	return 0;
 }
 
@@ -341,22 +357,20 @@ static void drop_dst(const struct uhmm_migrate_vma *m, uint64_t k)
 	((struct uhmm_migrate_vma *)m)->dst[k] = 0;
 }
 
-/*
- * Read the source pages [i, j) of @m into their device pages with one
- * scatter-gather access; entries whose copy fails lose their device page.
- * An injected copy failure at page k is a transfer failing midway: k and
- * the pages after it in the run are not copied.
- */
-static void migrate_copy_run(const struct uhmm_migrate_vma *m, uint64_t i, uint64_t j, struct iovec *iov)
+/* How many entries from @i (before @j) have device pages whose memory follows each other? */
+static uint64_t dst_run(const struct uhmm_migrate_vma *m, uint64_t i, uint64_t j)
 {
-	uint64_t stop = i;
+	uint64_t n = 1;
 
-	while (stop < j && !uhmm_inject(UHMM_INJECT_COPY_TO_DEVICE))
-		stop++;
-	while (j > stop)
-		drop_dst(m, --j);
-	if (i == j)
-		return;
+	while (i + n < j && page_mem(uhmm_migrate_pfn_to_page(m->dst[i + n])) ==
+				    page_mem(uhmm_migrate_pfn_to_page(m->dst[i + n - 1])) + DM_PAGE_SIZE)
+		n++;
+	return n;
+}
+
+/* Copy the source pages [i, j) into their device pages with one scatter-gather access. */
+static void copy_entries(struct uhmm_migrate_vma *m, uint64_t i, uint64_t j, struct iovec *iov)
+{
 	for (uint64_t k = i; k < j; k++)
 		iov[k - i] = (struct iovec){ page_mem(uhmm_migrate_pfn_to_page(m->dst[k])), DM_PAGE_SIZE };
 	if (uhmm_access_vm_iov(m->start + (i << DM_PAGE_SHIFT), iov, (int)(j - i), 0) >= 0)
@@ -365,6 +379,38 @@ static void migrate_copy_run(const struct uhmm_migrate_vma *m, uint64_t i, uint6
 		if (uhmm_access_vm(m->start + (k << DM_PAGE_SHIFT), iov[k - i].iov_base, DM_PAGE_SIZE, 0) < 0)
 			drop_dst(m, k);
 	}
+}
+
+/*
+ * Bring the source pages [i, j) of @m into their device pages: where our
+ * memory for DM_DIRECT_RUN pages or more follows each other, uhmm moves
+ * them in (zero copy, one UFFDIO_MOVE per run); the rest is read with one
+ * scatter-gather access per run (moving pages one by one costs more than
+ * copying them). Entries whose copy fails lose their device page. An
+ * injected copy failure at page k is a transfer failing midway: k and the
+ * pages after it in the run are not copied.
+ */
+static void migrate_copy_run(struct uhmm_dmirror *dm, struct uhmm_migrate_vma *m, uint64_t i, uint64_t j,
+			     struct iovec *iov)
+{
+	uint64_t stop = i, copy_from = i;
+
+	while (stop < j && !uhmm_inject(UHMM_INJECT_COPY_TO_DEVICE))
+		stop++;
+	while (j > stop)
+		drop_dst(m, --j);
+	for (uint64_t k = i, n; k < j; k += n) {
+		n = devmem_movable(dm) ? dst_run(m, k, j) : j - k;
+		if (n < DM_DIRECT_RUN || !devmem_movable(dm))
+			continue;
+		if (copy_from < k)
+			copy_entries(m, copy_from, k, iov);
+		for (uint64_t q = k; q < k + n; q++)
+			m->dst[q] |= UHMM_MIGRATE_PFN_MOVE;
+		copy_from = k + n;
+	}
+	if (copy_from < j)
+		copy_entries(m, copy_from, j, iov);
 }
 
 static bool base_with_data(const struct uhmm_migrate_vma *m, uint64_t i)
@@ -393,7 +439,9 @@ static void unit_alloc_and_copy(struct uhmm_dmirror *dm, struct uhmm_migrate_vma
 		char *mem = page_mem(head);	/* a unit's pages are contiguous in its chunk */
 		bool ok = !uhmm_inject(UHMM_INJECT_COPY_TO_DEVICE);
 
-		if (ok && (s & UHMM_MIGRATE_PFN_VALID))
+		if (ok && (s & UHMM_MIGRATE_PFN_VALID) && devmem_movable(dm))
+			flags |= UHMM_MIGRATE_PFN_MOVE;	/* moved whole (a THP: one PMD) by uhmm */
+		else if (ok && (s & UHMM_MIGRATE_PFN_VALID))
 			ok = uhmm_access_vm(at, mem, DM_UNIT_SIZE, 0) >= 0;
 		else if (ok)
 			memset(mem, 0, DM_UNIT_SIZE);
@@ -421,6 +469,35 @@ static void unit_alloc_and_copy(struct uhmm_dmirror *dm, struct uhmm_migrate_vma
 				drop_dst(m, i + j);
 }
 
+/*
+ * Pages taken from the free list one by one come in the reverse of the
+ * order they were freed: a window that came back from us in address order
+ * goes out again in descending memory. Runs of base entries whose device
+ * memory descends are turned round, so that their memory ascends with the
+ * addresses: one move (or copy) per run instead of one per page.
+ */
+static void ascending_dst(struct uhmm_migrate_vma *m)
+{
+	for (uint64_t i = 0, j; i < m->npages; i = j) {
+		if (m->src[i] & UHMM_MIGRATE_PFN_COMPOUND) {	/* a unit: allocated and filled already */
+			j = i + DM_UNIT_PAGES;
+			continue;
+		}
+		for (j = i + 1; j < m->npages && (m->dst[j - 1] & UHMM_MIGRATE_PFN_VALID) &&
+				(m->dst[j] & UHMM_MIGRATE_PFN_VALID) && !(m->src[j] & UHMM_MIGRATE_PFN_COMPOUND) &&
+				page_mem(uhmm_migrate_pfn_to_page(m->dst[j])) ==
+					page_mem(uhmm_migrate_pfn_to_page(m->dst[j - 1])) - DM_PAGE_SIZE;
+		     j++)
+			;
+		for (uint64_t a = i, b = j - 1; j - i > 1 && a < b; a++, b--) {
+			uint64_t pa = m->dst[a] & ~UHMM_MIGRATE_PFN_WRITE, pb = m->dst[b] & ~UHMM_MIGRATE_PFN_WRITE;
+
+			m->dst[a] = pb | (m->dst[a] & UHMM_MIGRATE_PFN_WRITE);
+			m->dst[b] = pa | (m->dst[b] & UHMM_MIGRATE_PFN_WRITE);
+		}
+	}
+}
+
 /* Allocate device pages for the collected entries and copy the data in. */
 static void migrate_alloc_and_copy(struct uhmm_dmirror *dm, struct uhmm_migrate_vma *m)
 {
@@ -439,9 +516,14 @@ static void migrate_alloc_and_copy(struct uhmm_dmirror *dm, struct uhmm_migrate_
 		dpage = devmem_alloc(dm);
 		if (!dpage)
 			continue;	/* stays in system memory */
-		if (!(m->src[i] & UHMM_MIGRATE_PFN_VALID))
-			memset(page_mem(dpage), 0, DM_PAGE_SIZE);	/* a hole or the zero page */
 		m->dst[i] = uhmm_migrate_pfn(uhmm_page_to_pfn(dpage)) | (m->src[i] & UHMM_MIGRATE_PFN_WRITE);
+	}
+	ascending_dst(m);
+	for (uint64_t i = 0; i < m->npages; i++) {	/* a hole or the zero page: zeros on the device */
+		if (m->src[i] & UHMM_MIGRATE_PFN_COMPOUND)
+			i += DM_UNIT_PAGES - 1;	/* a unit: filled already */
+		else if ((m->dst[i] & UHMM_MIGRATE_PFN_VALID) && !(m->src[i] & UHMM_MIGRATE_PFN_VALID))
+			memset(page_mem(uhmm_migrate_pfn_to_page(m->dst[i])), 0, DM_PAGE_SIZE);
 	}
 	/* Runs of pages with data to copy: one system call each (units copied themselves). */
 	for (uint64_t i = 0, j; i < m->npages; i = j + 1) {
@@ -450,7 +532,7 @@ static void migrate_alloc_and_copy(struct uhmm_dmirror *dm, struct uhmm_migrate_
 		for (j = i; j < m->npages && base_with_data(m, j); j++)
 			;
 		if (i < j)
-			migrate_copy_run(m, i, j, iov);
+			migrate_copy_run(dm, m, i, j, iov);
 	}
 }
 
@@ -606,8 +688,14 @@ static int migrate_to_dev(struct uhmm_dmirror *dm, struct uhmm_dmirror_cmd *c)
 /* A unit comes back whole (2 MiB of system memory, one copy), or page by page. */
 static void unit_copy_to_sys(struct uhmm_dmirror *dm, struct uhmm_migrate_vma *m, uint64_t i, const char *dev)
 {
-	char *sys = fail_alloc(dm) ? NULL : uhmm_migrate_alloc_system_huge_page(&m->dst[i]);
+	bool fail = fail_alloc(dm);	/* "the system cannot give 2 MiB" */
+	char *sys;
 
+	if (!fail && devmem_movable(dm)) {	/* moved whole: a THP stays one */
+		m->dst[i] = uhmm_migrate_pfn_data(dev) | UHMM_MIGRATE_PFN_COMPOUND | UHMM_MIGRATE_PFN_MOVE;
+		return;
+	}
+	sys = fail ? NULL : uhmm_migrate_alloc_system_huge_page(&m->dst[i]);
 	if (sys) {
 		memcpy(sys, dev, DM_UNIT_SIZE);
 		return;
@@ -790,7 +878,8 @@ static int evict_chunk(struct uhmm_dmirror *dm, struct dmirror_chunk *chunk)
 			uhmm_radix_set(&dm->pt, addr >> DM_PAGE_SHIFT, 0);	/* still this page at that address */
 		if (uhmm_inject(UHMM_INJECT_COPY_TO_SYSTEM))
 			continue;	/* the copy failed: the page stays (a CPU touch brings it back) */
-		dst[i] = uhmm_migrate_pfn_data(chunk->mem + (i << DM_PAGE_SHIFT));
+		dst[i] = uhmm_migrate_pfn_data(chunk->mem + (i << DM_PAGE_SHIFT)) |
+			 (devmem_movable(dm) ? UHMM_MIGRATE_PFN_MOVE : 0);
 	}
 	pthread_mutex_unlock(&dm->lock);
 	if (!ret) {

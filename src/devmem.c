@@ -167,9 +167,35 @@ UHMM_EXPORT int uhmm_pagemap_remove(struct uhmm_pagemap *pgmap)
 		return -EBUSY;
 	struct uhmm_mm *mm = pgmap->mm;
 
+	if (pgmap->host_mem)
+		uhmm_zap_unregister_host(mm, pgmap->host_mem, pgmap->npages << UHMM_PAGE_SHIFT);
 	uhmm_pagemap_free_internal(pgmap);
 	uhmm_mm_put(mm);
 	return 0;
+}
+
+UHMM_EXPORT int uhmm_pagemap_set_host_memory(struct uhmm_pagemap *pgmap, void *base)
+{
+	uint64_t b = (uintptr_t)base;
+	int ret;
+
+	if (!pgmap || !base || (b & (UHMM_PAGE_SIZE - 1)) || pgmap->host_mem)
+		return -EINVAL;
+	if (!uhmm_has(UHMM_FEAT_UFFD_MOVE))
+		return -EOPNOTSUPP;
+	ret = uhmm_zap_register_host(pgmap->mm, b, pgmap->npages << UHMM_PAGE_SHIFT);
+	if (ret)
+		return ret;
+	__atomic_store_n(&pgmap->host_mem, b, __ATOMIC_RELEASE);
+	return 0;
+}
+
+/* Where @page keeps its data, for a move (UHMM_MIGRATE_PFN_MOVE); 0 if its pool has no host memory. */
+uint64_t uhmm_page_host_addr(const struct uhmm_page *page)
+{
+	uint64_t base = __atomic_load_n(&page->pgmap->host_mem, __ATOMIC_ACQUIRE);
+
+	return base ? base + (uhmm_page_index(page) << UHMM_PAGE_SHIFT) : 0;
 }
 
 UHMM_EXPORT void *uhmm_pagemap_driver_data(const struct uhmm_pagemap *pgmap)

@@ -304,6 +304,7 @@ struct uhmm_pagemap {
 	void *driver_data;
 	struct uhmm_page *pages;
 	atomic_ulong allocated, mapped, poisoned;
+	uint64_t host_mem;		/* where page i's memory is (i pages on), for zero-copy moves; 0: none */
 };
 
 /* ---- devpriv.c: the device-private table and the CPU fault path ---- */
@@ -409,6 +410,11 @@ int uhmm_mm_unify_registration(struct uhmm_mm *mm, uint64_t start, uint64_t end)
 /* ---- zap.c ---- */
 /* Take the CPU pages of [start, end) out (empty ptes), raising no event if it can. */
 long uhmm_zap_range(struct uhmm_mm *mm, uint64_t start, uint64_t end);
+uint64_t uhmm_move_pages(int fd, uint64_t dst, uint64_t src, uint64_t len, int *err);
+int uhmm_zap_register_host(struct uhmm_mm *mm, uint64_t base, uint64_t len);
+uint64_t uhmm_page_host_addr(const struct uhmm_page *page);	/* devmem.c */
+void uhmm_zap_unregister_host(struct uhmm_mm *mm, uint64_t base, uint64_t len);
+uint64_t uhmm_move_to_host(struct uhmm_mm *mm, uint64_t dst, uint64_t src, uint64_t len, int *err);
 void uhmm_zap_fini(struct uhmm_mm *mm);
 
 #endif /* UHMM_INTERNAL_H */

@@ -36,6 +36,7 @@
 #define MS_EMPTY (1u << 3)	/* a hole or the zero page: protected, never un-protected */
 #define MS_VMA_WRITE (1u << 4)	/* its VMA is writable (for a page found filled, see recheck) */
 #define MS_UNIT (1u << 5)	/* first entry of a 2 MiB unit the driver took whole (pages()) */
+#define MS_COPY (1u << 6)	/* a MOVE to the device that could not move: copied, then committed (pages()) */
 
 #define UNIT_PAGES UHMM_PMD_PAGES	/* a THP, or a device unit: 512 */
 #define UNIT_ORDER (UHMM_PMD_SHIFT - UHMM_PAGE_SHIFT)
@@ -876,9 +877,33 @@ static bool run_dropped(struct uhmm_migrate_vma *m, struct mig_priv *p, uint64_t
 }
 
 /*
+ * Install the run [addr, addr + len) from @dst on: moved in from the
+ * driver's memory where dst says MOVE (zero copy; what will not move is
+ * copied from the same memory: a page there shared with a fork child, say),
+ * else copied. As install_range(): the bytes installed, stopping at a page
+ * that is not missing, or -errno if none.
+ */
+static long install_run(struct uhmm_mm *mm, uint64_t addr, uint64_t dst, uint64_t len)
+{
+	const char *data = system_page_addr(dst);
+	uint64_t moved;
+	long copied;
+	int err;
+
+	if (!(dst & UHMM_MIGRATE_PFN_MOVE))
+		return install_range(mm, addr, data, len);
+	moved = uhmm_move_pages(mm->uffd, addr, (uintptr_t)data, len, &err);
+	uhmm_stat_add(UHMM_STAT(pages_moved), moved >> UHMM_PAGE_SHIFT);
+	if (moved == len || err == EEXIST)
+		return moved ? (long)moved : -EEXIST;
+	copied = install_range(mm, addr + moved, data + moved, len - moved);
+	return copied > 0 ? (long)moved + copied : moved ? (long)moved : copied;
+}
+
+/*
  * Device -> system for entries [i, j) whose staging pages are contiguous
- * (the slab hands them out in order): one UFFDIO_COPY for the run, page by
- * page only for what it could not install.
+ * (the slab hands them out in order): one UFFDIO_COPY (or UFFDIO_MOVE) for
+ * the run, page by page only for what it could not install.
  */
 static void commit_run_to_system(struct uhmm_migrate_vma *m, struct mig_priv *p, uint64_t i, uint64_t j)
 {
@@ -888,7 +913,7 @@ static void commit_run_to_system(struct uhmm_migrate_vma *m, struct mig_priv *p,
 
 	pthread_mutex_lock(&p->mm->dp_lock);	/* see commit_to_system() */
 	dropped = run_dropped(m, p, i, j);
-	done = dropped ? 0 : install_range(p->mm, addr, system_page_addr(m->dst[i]), (j - i) << UHMM_PAGE_SHIFT);
+	done = dropped ? 0 : install_run(p->mm, addr, m->dst[i], (j - i) << UHMM_PAGE_SHIFT);
 	ok = done > 0 ? (uint64_t)done >> UHMM_PAGE_SHIFT : 0;
 	for (uint64_t k = i; k < i + ok; k++) {
 		(void)uhmm_dp_remove_locked(p->mm, m->start + (k << UHMM_PAGE_SHIFT));
@@ -912,32 +937,125 @@ static void commit_run_to_system(struct uhmm_migrate_vma *m, struct mig_priv *p,
 
 static bool staging_follows(uint64_t prev, uint64_t next)
 {
-	return uhmm_migrate_pfn_to_pfn(next) == uhmm_migrate_pfn_to_pfn(prev) + 1;
+	return uhmm_migrate_pfn_to_pfn(next) == uhmm_migrate_pfn_to_pfn(prev) + 1 &&
+	       !((next ^ prev) & UHMM_MIGRATE_PFN_MOVE);	/* a run is moved or copied */
+}
+
+/* The host memory a MOVE dst entry's page moves into, or 0: the driver copied. */
+static uint64_t move_target(uint64_t dst)
+{
+	struct uhmm_page *page = uhmm_migrate_pfn_to_page(dst);
+
+	return (dst & UHMM_MIGRATE_PFN_MOVE) && page ? uhmm_page_host_addr(page) : 0;
+}
+
+static void commit_run_to_device(struct uhmm_migrate_vma *m, struct mig_priv *p, uint64_t i, uint64_t j);
+
+/*
+ * The MOVE entries of [i, j) that would not move (MS_COPY): copied into
+ * their device pages as a driver copies (process_vm_readv() from this
+ * thread, outside dp_lock: a page the program dropped meanwhile faults to
+ * the service threads, which take dp_lock), then committed like a copied
+ * run. A page that cannot be read stays in system memory.
+ */
+static void copy_unmoved(struct uhmm_migrate_vma *m, struct mig_priv *p, uint64_t i, uint64_t j)
+{
+	for (uint64_t k = i, e; k < j; k = e) {
+		for (; k < j && !(p->st[k] & MS_COPY); k++)
+			;
+		for (e = k; e < j && (p->st[e] & MS_COPY); e++) {
+			struct iovec local = { (void *)(uintptr_t)move_target(m->dst[e]), UHMM_PAGE_SIZE };
+			struct iovec remote = { (void *)(uintptr_t)(m->start + (e << UHMM_PAGE_SHIFT)), UHMM_PAGE_SIZE };
+
+			p->st[e] &= (uint8_t)~MS_COPY;
+			if (process_vm_readv(getpid(), &local, 1, &remote, 1, 0) == UHMM_PAGE_SIZE)
+				m->dst[e] &= ~UHMM_MIGRATE_PFN_MOVE;	/* copied: commit it as such */
+			else
+				m->src[e] &= ~UHMM_MIGRATE_PFN_MIGRATE;
+		}
+		for (uint64_t a = k, b; a < e; a = b) {	/* runs of the copied ones */
+			for (; a < e && !(m->src[a] & UHMM_MIGRATE_PFN_MIGRATE); a++)
+				;
+			for (b = a; b < e && (m->src[b] & UHMM_MIGRATE_PFN_MIGRATE); b++)
+				;
+			if (a < b)
+				commit_run_to_device(m, p, a, b);
+		}
+	}
 }
 
 /*
- * System -> device: zap a run of CPU pages, then map the device pages. The
- * check for entries the program dropped meanwhile, the zap and the mapping
- * are one step under dp_lock (see commit_to_system()): a dropped page is
- * left alone, and its data goes with the program's own zap.
+ * Take the CPU pages of entries [i, j) out of the page table: moved into
+ * their device pages' memory where dst says MOVE (zero copy: the page
+ * itself goes), zapped where the driver copied. A page that will not move
+ * (shared with a fork child, pinned, a protection the device memory's
+ * mapping does not have) is left in place and marked MS_COPY: the caller
+ * copies it outside dp_lock and commits it as a copied page. Returns the
+ * bytes from entry i on that were handled, up to a pinned page the zap
+ * found (it stays, and the rest of the run with it), or -errno with
+ * nothing taken.
+ */
+static long take_run(struct uhmm_migrate_vma *m, struct mig_priv *p, uint64_t i, uint64_t j)
+{
+	uint64_t k = i;
+
+	while (k < j) {
+		uint64_t addr = m->start + (k << UHMM_PAGE_SHIFT), host = move_target(m->dst[k]), e = k + 1;
+
+		if (!host) {
+			while (e < j && !move_target(m->dst[e]))
+				e++;
+			long z = uhmm_zap_range(p->mm, addr, m->start + (e << UHMM_PAGE_SHIFT));
+
+			if (z < 0)
+				return k == i ? z : (long)((k - i) << UHMM_PAGE_SHIFT);
+			k += (uint64_t)z >> UHMM_PAGE_SHIFT;
+			if (k < e)
+				break;	/* pinned */
+			continue;
+		}
+		while (e < j && move_target(m->dst[e]) == host + ((e - k) << UHMM_PAGE_SHIFT))
+			e++;
+		int err;
+		uint64_t moved = uhmm_move_to_host(p->mm, host, addr, (e - k) << UHMM_PAGE_SHIFT, &err);
+
+		uhmm_stat_add(UHMM_STAT(pages_moved), moved >> UHMM_PAGE_SHIFT);
+		k += moved >> UHMM_PAGE_SHIFT;
+		/*
+		 * Not moved: copied and zapped instead. EBUSY too: a page shared
+		 * with a fork child is refused as a pinned one is; the copy's
+		 * read pin unshares it, and a page really pinned stops the zap.
+		 */
+		for (; k < e; k++)
+			p->st[k] |= MS_COPY;
+	}
+	return (long)((k - i) << UHMM_PAGE_SHIFT);
+}
+
+/*
+ * System -> device: take a run of CPU pages out, then map the device pages.
+ * The check for entries the program dropped meanwhile, the taking and the
+ * mapping are one step under dp_lock (see commit_to_system()): a dropped
+ * page is left alone, and its data goes with the program's own zap.
  */
 static void commit_run_to_device(struct uhmm_migrate_vma *m, struct mig_priv *p, uint64_t i, uint64_t j)
 {
-	uint64_t start = m->start + (i << UHMM_PAGE_SHIFT), end = m->start + (j << UHMM_PAGE_SHIFT);
-	long zapped;
+	long taken;
 
 	pthread_mutex_lock(&p->mm->dp_lock);
-	zapped = run_dropped(m, p, i, j) ? -1 : uhmm_zap_range(p->mm, start, end);
-	if (zapped > 0) {
-		/* up to a pinned page, if one stopped the zap: the rest stays where it is */
-		uint64_t taken = i + ((uint64_t)zapped >> UHMM_PAGE_SHIFT);
+	taken = run_dropped(m, p, i, j) ? -1 : take_run(m, p, i, j);
+	if (taken > 0) {
+		/* up to a pinned page, if one stopped it: the rest stays where it is */
+		uint64_t end = i + ((uint64_t)taken >> UHMM_PAGE_SHIFT);
 
-		for (uint64_t k = i; k < taken; k++)
-			if (uhmm_dp_install_locked(p->mm, m->start + (k << UHMM_PAGE_SHIFT),
+		for (uint64_t k = i; k < end; k++)
+			if (!(p->st[k] & MS_COPY) &&
+			    uhmm_dp_install_locked(p->mm, m->start + (k << UHMM_PAGE_SHIFT),
 						   uhmm_migrate_pfn_to_page(m->dst[k])) == 0)
 				p->st[k] |= MS_COMMITTED;
 	}
 	pthread_mutex_unlock(&p->mm->dp_lock);
+	copy_unmoved(m, p, i, j);
 	for (uint64_t k = i; k < j; k++)
 		if (!(p->st[k] & MS_COMMITTED))
 			m->src[k] &= ~UHMM_MIGRATE_PFN_MIGRATE;
@@ -974,6 +1092,8 @@ static int entry_direction(uint64_t src, uint64_t dst)
 
 	if (!(src & UHMM_MIGRATE_PFN_MIGRATE) || !(dst & UHMM_MIGRATE_PFN_VALID) || sdev == ddev)
 		return 0;
+	if (ddev && (dst & UHMM_MIGRATE_PFN_MOVE) && !move_target(dst))
+		return 0;	/* nowhere to move it, and the driver copied nothing: it stays */
 	return ddev ? 1 : -1;
 }
 
@@ -1011,7 +1131,8 @@ static void expand_units(struct uhmm_migrate_vma *m, struct mig_priv *p)
 		if (unit_dst_ok(d)) {
 			for (uint64_t j = 0; j < UNIT_PAGES; j++)
 				m->dst[i + j] = uhmm_migrate_pfn(uhmm_migrate_pfn_to_pfn(d) + j) |
-						(d & UHMM_MIGRATE_PFN_WRITE);
+						(d & (UHMM_MIGRATE_PFN_WRITE | UHMM_MIGRATE_PFN_DATA |
+						      UHMM_MIGRATE_PFN_MOVE));
 			p->st[i] |= MS_UNIT;
 		} else {
 			m->dst[i] = d & ~UHMM_MIGRATE_PFN_COMPOUND;

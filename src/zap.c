@@ -21,6 +21,11 @@
  *
  * @zap_lock serialises users of the one scratch area; it is a leaf lock held
  * only across the two system calls.
+ *
+ * The same quiet userfaultfd makes zero-copy migration possible for devices
+ * whose memory is host memory (uhmm_pagemap_set_host_memory()): that memory
+ * is registered with it, and a page moves from the program into the
+ * device's page, and back, with UFFDIO_MOVE instead of being copied.
  */
 #include <sched.h>
 #include <stdlib.h>
@@ -75,34 +80,33 @@ err_close:
 }
 
 /*
- * Move [start, end) (within one PMD) into the scratch area at the same
- * offset, then discard it. Returns the bytes taken out from @start on;
- * *@pinned says the move stopped at a pinned page (EBUSY): something (a
- * process_vm_writev() of a device copy, O_DIRECT I/O) is about to write it.
+ * UFFDIO_MOVE [src, src + len) to @dst on @fd (whose registration covers
+ * @dst). Returns the bytes moved from @src on; *@err is 0 when all moved,
+ * else the errno that stopped it (EBUSY: a pinned or shared page; EEXIST:
+ * a page already at the destination). A partial move fails with EAGAIN
+ * and says how far it got; an event waiting for a service thread gives
+ * EAGAIN with nothing moved: both are tried again.
  */
-static uint64_t zap_piece(struct uhmm_mm *mm, uint64_t start, uint64_t end, bool *pinned)
+uint64_t uhmm_move_pages(int fd, uint64_t dst, uint64_t src, uint64_t len, int *err)
 {
-	uint64_t dst = mm->zap_area + (start & (UHMM_PMD_SIZE - 1));
 	struct uffdio_move mv = {
-		.dst = dst, .src = start, .len = end - start,
+		.dst = dst, .src = src, .len = len,
 		.mode = UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES | UFFDIO_MOVE_MODE_DONTWAKE,
 	};
 	uint64_t done = 0;
 
-	/* A partial move fails with EAGAIN and says how far it got; a page it
-	 * cannot take fails the next call with another errno. */
-	for (int tries = 0; done < end - start && tries < 64; tries++) {
-		int err = uhmm_inject(UHMM_INJECT_UFFD_MOVE);
+	*err = 0;
+	for (int tries = 0; done < len && tries < 64; tries++) {
+		int e = uhmm_inject(UHMM_INJECT_UFFD_MOVE);
 
 		mv.move = 0;
-		if (!err && ioctl(mm->zap_uffd, UFFDIO_MOVE, &mv) == 0) {
+		if (!e && ioctl(fd, UFFDIO_MOVE, &mv) == 0) {
 			mv.move = (int64_t)mv.len;
 		} else if (mv.move <= 0) {
-			if (!err && errno == EBUSY)
-				*pinned = true;
-			if ((err ? err : -errno) != -EAGAIN)
+			*err = e ? -e : errno;
+			if (*err != EAGAIN)
 				break;
-			sched_yield();	/* an event waits for the reader (UHMM_EAGAIN_TRIES) */
+			sched_yield();	/* an event waits for a service thread (UHMM_EAGAIN_TRIES) */
 		}
 		if (mv.move > 0) {
 			done += (uint64_t)mv.move;
@@ -111,9 +115,84 @@ static uint64_t zap_piece(struct uhmm_mm *mm, uint64_t start, uint64_t end, bool
 			mv.len -= (uint64_t)mv.move;
 		}
 	}
+	if (done == len)
+		*err = 0;
+	else if (!*err)
+		*err = EAGAIN;
+	return done;
+}
+
+/*
+ * Move [start, end) (within one PMD) into the scratch area at the same
+ * offset, then discard it. Returns the bytes taken out from @start on;
+ * *@pinned says the move stopped at a pinned page (EBUSY): something (a
+ * process_vm_writev() of a device copy, O_DIRECT I/O) is about to write it.
+ */
+static uint64_t zap_piece(struct uhmm_mm *mm, uint64_t start, uint64_t end, bool *pinned)
+{
+	uint64_t dst = mm->zap_area + (start & (UHMM_PMD_SIZE - 1));
+	int err;
+	uint64_t done = uhmm_move_pages(mm->zap_uffd, dst, start, end - start, &err);
+
+	if (err == EBUSY)
+		*pinned = true;
 	if (done) {
 		syscall(SYS_madvise, dst, done, MADV_DONTNEED);
 		uhmm_stat_add(UHMM_STAT(zaps_moved), done >> UHMM_PAGE_SHIFT);
+	}
+	return done;
+}
+
+/* The quiet userfaultfd, set up on first use (zap_lock held). */
+static bool zap_ready(struct uhmm_mm *mm)
+{
+	if (mm->zap_state == 0)
+		mm->zap_state = zap_setup(mm) == 0 ? 1 : -1;
+	return mm->zap_state > 0;
+}
+
+/*
+ * Make [base, base + len) host memory pages can be moved into: registered
+ * with the quiet userfaultfd, WP mode only (the protection UFFDIO_MOVE
+ * wants equal to the program's ranges, which are registered WP too; no
+ * MISSING mode: a touch of an empty page there must not trap, nobody reads
+ * the quiet userfaultfd).
+ */
+int uhmm_zap_register_host(struct uhmm_mm *mm, uint64_t base, uint64_t len)
+{
+	int ret;
+
+	pthread_mutex_lock(&mm->zap_lock);
+	ret = zap_ready(mm) ? uhmm_uffd_register(mm->zap_uffd, base, base + len, UFFDIO_REGISTER_MODE_WP, NULL)
+			    : -EOPNOTSUPP;
+	pthread_mutex_unlock(&mm->zap_lock);
+	return ret;
+}
+
+void uhmm_zap_unregister_host(struct uhmm_mm *mm, uint64_t base, uint64_t len)
+{
+	struct uffdio_range r = { .start = base, .len = len };
+
+	pthread_mutex_lock(&mm->zap_lock);
+	if (mm->zap_state > 0)
+		(void)ioctl(mm->zap_uffd, UFFDIO_UNREGISTER, &r);	/* memory unmapped since: nothing to do */
+	pthread_mutex_unlock(&mm->zap_lock);
+}
+
+/*
+ * Move the program's pages [src, src + len) into registered host memory at
+ * @dst (a device's pages, zero copy). A destination page still holding
+ * something (a device page that was filled by copy before it was freed) is
+ * emptied and the move tried once more: the driver gave it as the place the
+ * page goes. Returns the bytes moved; *@err as for uhmm_move_pages().
+ */
+uint64_t uhmm_move_to_host(struct uhmm_mm *mm, uint64_t dst, uint64_t src, uint64_t len, int *err)
+{
+	uint64_t done = uhmm_move_pages(mm->zap_uffd, dst, src, len, err);
+
+	if (*err == EEXIST) {
+		syscall(SYS_madvise, dst + done, len - done, MADV_DONTNEED);	/* quiet: no event */
+		done += uhmm_move_pages(mm->zap_uffd, dst + done, src + done, len - done, err);
 	}
 	return done;
 }
@@ -134,9 +213,7 @@ long uhmm_zap_range(struct uhmm_mm *mm, uint64_t start, uint64_t end)
 	int ret;
 
 	pthread_mutex_lock(&mm->zap_lock);
-	if (mm->zap_state == 0)
-		mm->zap_state = zap_setup(mm) == 0 ? 1 : -1;
-	while (mm->zap_state > 0 && a < end && !pinned) {
+	while (zap_ready(mm) && a < end && !pinned) {
 		uint64_t e = uhmm_align_down(a, UHMM_PMD_SIZE) + UHMM_PMD_SIZE;
 		uint64_t n = zap_piece(mm, a, e < end ? e : end, &pinned);
 

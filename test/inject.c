@@ -24,6 +24,20 @@ static uint64_t injected(void)
 	return stats_now().faults_injected;
 }
 
+/*
+ * A device that copies data and never moves pages: the UFFDIO_COPY
+ * injections below test uhmm's copying install, which the reference
+ * device's zero-copy moves otherwise bypass (uhmm_pagemap_set_host_memory()).
+ */
+static struct uhmm_dmirror *copying_dmirror(void)
+{
+	struct uhmm_dmirror *d = dmirror(0);
+	struct uhmm_dmirror_cmd c;
+
+	ASSERT_OK(dmcmd(d, UHMM_DMIRROR_FLAGS, NULL, NULL, UHMM_DMIRROR_FLAG_COPY, &c));
+	return d;
+}
+
 static int *filled(size_t npages)
 {
 	int *p = map_anon(npages * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE);
@@ -90,7 +104,7 @@ TEST(inject_spec_is_checked)
 		"uffd_copy:-5", "uffd_copy:5000", "uffd_copy:EIO:x", ",", "uffd_copy:EIO,,uffd_move:EIO",
 		"service_delay:99999999",
 	};
-	struct uhmm_dmirror *d = dmirror(0);
+	struct uhmm_dmirror *d = copying_dmirror();
 	struct uhmm_dmirror_cmd c;
 	int *p = filled(4);
 	uint64_t before;
@@ -116,7 +130,7 @@ TEST(inject_spec_is_checked)
 /* UFFDIO_COPY saying EAGAIN (the mm changed under it) is retried: nothing is lost. */
 TEST(inject_uffd_copy_eagain_is_retried)
 {
-	struct uhmm_dmirror *d = dmirror(0);
+	struct uhmm_dmirror *d = copying_dmirror();
 	struct uhmm_dmirror_cmd c;
 	int *p = filled(NPG);
 	uint64_t before, before_poisons = stats_now().poisons;
@@ -146,7 +160,7 @@ TEST(inject_uffd_copy_eagain_is_retried)
  */
 static void copy_failure_keeps_pages(const char *spec)
 {
-	struct uhmm_dmirror *d = dmirror(0);
+	struct uhmm_dmirror *d = copying_dmirror();
 	struct uhmm_dmirror_cmd c;
 	int *p = filled(NPG);
 	uint64_t poisons = stats_now().poisons;
@@ -170,7 +184,7 @@ TEST(inject_uffd_copy_eexist_keeps_pages_on_device) { copy_failure_keeps_pages("
 /* A CPU fault whose install fails a few times is tried again: absorbed. */
 TEST(inject_uffd_copy_enomem_on_fault_is_retried)
 {
-	struct uhmm_dmirror *d = dmirror(0);
+	struct uhmm_dmirror *d = copying_dmirror();
 	int *p = filled(NPG);
 	uint64_t poisons = stats_now().poisons;
 
@@ -190,7 +204,7 @@ TEST(inject_uffd_copy_enomem_on_fault_is_retried)
  */
 TEST(inject_uffd_copy_enomem_for_good_poisons_the_faulting_page)
 {
-	struct uhmm_dmirror *d = dmirror(0);
+	struct uhmm_dmirror *d = copying_dmirror();
 	struct uhmm_pagemap_stats st;
 	int *p = filled(NPG);
 
@@ -265,6 +279,32 @@ static void move_failure_falls_back(const char *spec)
 TEST(inject_uffd_move_eagain_falls_back) { move_failure_falls_back("uffd_move:EAGAIN"); }
 TEST(inject_uffd_move_eexist_falls_back) { move_failure_falls_back("uffd_move:EEXIST"); }
 TEST(inject_uffd_move_enomem_falls_back) { move_failure_falls_back("uffd_move:ENOMEM"); }
+
+/*
+ * UFFDIO_MOVE failing both ways on the zero-copy path (the reference
+ * device's memory is host memory): to the device, the pages are copied in
+ * and zapped instead; back, they are copied out of device memory. Nothing
+ * is lost, every page migrates.
+ */
+TEST(inject_uffd_move_zero_copy_falls_back_to_copies)
+{
+	struct uhmm_dmirror *d = dmirror(0);
+	struct uhmm_dmirror_cmd c;
+	int *p = filled(NPG);
+	struct uhmm_stats s0 = stats_now(), s1;
+
+	ASSERT_OK(uhmm_fault_inject("uffd_move:ENOMEM"));
+	ASSERT_EQ(to_device(d, p, NPG), NPG);
+	device_reads_data(d, p, NPG);
+	ASSERT_OK(dmcmd(d, UHMM_DMIRROR_MIGRATE_TO_SYS, p, NULL, NPG, &c));
+	ASSERT_EQ(c.cpages, NPG);
+	s1 = stats_now();
+	ASSERT_OK(uhmm_fault_inject(NULL));
+	ASSERT_EQ(s1.pages_moved, s0.pages_moved);	/* nothing moved: all copied */
+	ASSERT_EQ(count_snap(d, p, NPG, ON_DEVICE), 0);
+	check_ints(p, NPG * PAGE, 1);
+	uhmm_dmirror_close(d);
+}
 
 /* Device memory running out: the pages it could not take stay in system memory. */
 TEST(inject_device_alloc_failure_leaves_pages_in_system)

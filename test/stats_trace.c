@@ -31,18 +31,30 @@ static bool move_expected(void)
 	return (f.flags & UHMM_FEAT_UFFD_MOVE) != 0;
 }
 
-/* Migrate a filled buffer to device 0 and let the CPU read it back. */
-static void round_trip(int *p)
+/*
+ * Migrate a filled buffer to device 0 and let the CPU read it back. The
+ * device moves pages in and out (zero copy) unless @copy: then it copies
+ * and uhmm zaps what went to it.
+ */
+static void round_trip_as(int *p, bool copy)
 {
 	struct uhmm_dmirror *d = dmirror(0);
 	struct uhmm_dmirror_cmd c;
 	int *mirror = malloc(SIZE);
+
+	if (copy)
+		ASSERT_OK(dmcmd(d, UHMM_DMIRROR_FLAGS, NULL, NULL, UHMM_DMIRROR_FLAG_COPY, &c));
 
 	ASSERT_OK(dmcmd(d, UHMM_DMIRROR_MIGRATE_TO_DEV, p, mirror, NPAGES, &c));
 	ASSERT_EQ(c.cpages, NPAGES);
 	check_ints(p, SIZE, 1);	/* every page faults back */
 	free(mirror);
 	uhmm_dmirror_close(d);
+}
+
+static void round_trip(int *p)
+{
+	round_trip_as(p, true);	/* the tests of the zap: a copying device */
 }
 
 TEST(stats_count_a_round_trip)
@@ -70,6 +82,33 @@ TEST(stats_count_a_round_trip)
 		ASSERT_EQ(b.zaps_moved - a.zaps_moved, NPAGES);	/* no event round trip */
 	else
 		ASSERT_EQ(b.zaps_madvised - a.zaps_madvised, NPAGES);
+	ASSERT_EQ(b.pages_moved, a.pages_moved);	/* the device copied */
+}
+
+/*
+ * The device's memory is host memory (uhmm_pagemap_set_host_memory()):
+ * pages move to it and back with UFFDIO_MOVE, nothing is copied or zapped.
+ * Without UFFDIO_MOVE (fallback mode) the device copies.
+ */
+TEST(stats_count_a_zero_copy_round_trip)
+{
+	int *p = map_anon(SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE);
+	struct uhmm_stats a, b;
+
+	fill_ints(p, SIZE, 1);
+	a = stats_now();
+	round_trip_as(p, false);
+	b = stats_now();
+	ASSERT_EQ(b.pages_to_device - a.pages_to_device, NPAGES);
+	ASSERT_EQ(b.pages_to_system - a.pages_to_system, NPAGES);
+	if (move_expected()) {
+		ASSERT_EQ(b.pages_moved - a.pages_moved, 2 * NPAGES);
+		ASSERT_EQ(b.zaps_moved - a.zaps_moved, 0);
+		ASSERT_EQ(b.zaps_madvised - a.zaps_madvised, 0);
+	} else {
+		ASSERT_EQ(b.pages_moved, a.pages_moved);
+		ASSERT_EQ(b.zaps_madvised - a.zaps_madvised, NPAGES);
+	}
 }
 
 TEST(stats_bad_arguments)
@@ -91,15 +130,13 @@ TEST(stats_bad_arguments)
 }
 
 /*
- * A fork child holds copy-on-write copies while the parent migrates: the
- * device's read of the pages (a GUP pin) unshares the parent's, so the zap
- * may take either path; both copies keep their data.
+ * A fork child holds copy-on-write copies of @p while the parent makes a
+ * device round trip (copying, or zero copy); both copies keep their data.
+ * Returns the parent's counters before and after the round trip.
  */
-TEST(zap_with_a_fork_child_holding_copies)
+static void round_trip_with_a_fork_child(int *p, bool copy, struct uhmm_stats *a, struct uhmm_stats *b)
 {
-	int *p = map_anon(SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE);
 	int go[2], status;
-	struct uhmm_stats a, b;
 	pid_t pid;
 
 	fill_ints(p, SIZE, 1);
@@ -118,13 +155,42 @@ TEST(zap_with_a_fork_child_holding_copies)
 		_exit(ok ? 0 : 1);
 	}
 	close(go[0]);
-	a = stats_now();
-	round_trip(p);
-	b = stats_now();
-	ASSERT_EQ((b.zaps_moved - a.zaps_moved) + (b.zaps_madvised - a.zaps_madvised), NPAGES);
+	*a = stats_now();
+	round_trip_as(p, copy);
+	*b = stats_now();
 	ASSERT_EQ(write(go[1], "x", 1), 1);
 	ASSERT_EQ(waitpid(pid, &status, 0), pid);
 	ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+}
+
+/*
+ * The device's read of the pages (a GUP pin) unshares the parent's, so the
+ * zap may take either path.
+ */
+TEST(zap_with_a_fork_child_holding_copies)
+{
+	struct uhmm_stats a, b;
+
+	round_trip_with_a_fork_child(map_anon(SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE), true, &a, &b);
+	ASSERT_EQ((b.zaps_moved - a.zaps_moved) + (b.zaps_madvised - a.zaps_madvised), NPAGES);
+}
+
+/*
+ * The zero-copy device: UFFDIO_MOVE refuses the shared pages (EBUSY, as for
+ * a pinned page); they are copied (the copy's read pin unshares them) and
+ * zapped instead, and every page still migrates.
+ */
+TEST(zero_copy_with_a_fork_child_holding_copies)
+{
+	struct uhmm_stats a, b;
+
+	round_trip_with_a_fork_child(map_anon(SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE), false, &a, &b);
+	ASSERT_EQ(b.pages_to_device - a.pages_to_device, NPAGES);
+	ASSERT_EQ(b.pages_to_system - a.pages_to_system, NPAGES);
+	/* to the device every page was copied and zapped (shared: uhmm forked no child it knew of) */
+	ASSERT_EQ((b.zaps_moved - a.zaps_moved) + (b.zaps_madvised - a.zaps_madvised), NPAGES);
+	if (move_expected())
+		ASSERT_EQ(b.pages_moved - a.pages_moved, NPAGES);	/* ... and came back moved */
 }
 
 /* UFFDIO_MOVE refuses an mlocked source (the scratch area is not): MADV_DONTNEED. */

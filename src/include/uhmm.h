@@ -455,6 +455,35 @@ int uhmm_pagemap_add(struct uhmm_mm *mm, uint64_t npages, void *owner,
  */
 int uhmm_pagemap_remove(struct uhmm_pagemap *pgmap);
 
+/**
+ * uhmm_pagemap_set_host_memory() - zero-copy migration for a host-memory device
+ * @pgmap: the pool
+ * @base: where page i of the pool keeps its data (base + i * 4 KiB): private
+ *        anonymous read-write memory of this process, page-aligned (2 MiB
+ *        aligned for a 2 MiB unit to move whole), npages pages, not locked
+ *
+ * For a device whose memory the CPU can map (the reference device; any
+ * device whose "device memory" is host memory). uhmm registers @base with a
+ * userfaultfd of its own that raises no events, so that pages can be moved
+ * into it and out of it with UFFDIO_MOVE: then a dst entry may carry
+ * UHMM_MIGRATE_PFN_MOVE, and the page is moved, not copied:
+ *
+ * - system -> device, dst = uhmm_migrate_pfn(device page) | MOVE: the driver
+ *   copies nothing; uhmm_migrate_vma_pages() moves the program's page into
+ *   the device page's memory (what was there is discarded);
+ * - device -> system, dst = uhmm_migrate_pfn_data(device page's memory) |
+ *   MOVE: the page is moved into the program, and the device page's memory
+ *   is left empty (it reads as zeros).
+ *
+ * Where a page cannot be moved (shared with a fork child, pinned, a mapping
+ * whose protection differs), uhmm copies it instead, with the same result.
+ * Return: 0; -EINVAL for NULL or an unaligned @base; -EOPNOTSUPP without
+ * UFFDIO_MOVE (Linux < 6.8, or UHMM_FORCE_FALLBACK): the driver then copies;
+ * -EBUSY if another userfaultfd watches that memory; other -errno from the
+ * registration (memory that is not private anonymous).
+ */
+int uhmm_pagemap_set_host_memory(struct uhmm_pagemap *pgmap, void *base);
+
 void *uhmm_pagemap_driver_data(const struct uhmm_pagemap *pgmap);
 void *uhmm_pagemap_owner(const struct uhmm_pagemap *pgmap);
 /**
@@ -490,6 +519,7 @@ void uhmm_page_set_zone_device_data(struct uhmm_page *page, void *data);
 #define UHMM_MIGRATE_PFN_DATA		(1ULL << 2)	/* dst: install a copy of driver memory (uhmm_migrate_pfn_data()) */
 #define UHMM_MIGRATE_PFN_WRITE		(1ULL << 3)
 #define UHMM_MIGRATE_PFN_COMPOUND	(1ULL << 4)
+#define UHMM_MIGRATE_PFN_MOVE		(1ULL << 5)	/* dst: move the page, do not copy it (uhmm_pagemap_set_host_memory()) */
 #define UHMM_MIGRATE_PFN_SHIFT		6
 
 /*
@@ -711,6 +741,7 @@ struct uhmm_stats {
 	uint64_t exclusive_pages;	/* pages made device-exclusive (uhmm_make_device_exclusive()) */
 	uint64_t units_migrated;	/* 2 MiB units (THP, device units) that migrated whole, each way */
 	uint64_t zaps_unshared;		/* pages a migration made exclusive again first (copy-on-write since a fork) */
+	uint64_t pages_moved;		/* pages that migrated by UFFDIO_MOVE, not copied (host-memory devices), each way */
 };
 
 /**

@@ -65,6 +65,13 @@ struct uhmm_pagemap_stats;
 int uhmm_dmirror_memstats(struct uhmm_dmirror *dmirror, struct uhmm_pagemap_stats *out);
 
 #define UHMM_DMIRROR_FLAG_FAIL_ALLOC		(1ULL << 0)
+/*
+ * Copy data between system and device memory, never move pages (by default
+ * the device's memory is host memory uhmm moves pages into and out of,
+ * uhmm_pagemap_set_host_memory()): for tests of uhmm's copying paths. The
+ * FLAGS command sets the whole flag word.
+ */
+#define UHMM_DMIRROR_FLAG_COPY			(1ULL << 1)
 
 /* SNAPSHOT writes one byte per page to ptr */
 #define UHMM_DMIRROR_PROT_ERROR			0xFF
