@@ -29,6 +29,8 @@
 
 struct dmirror_devmem;
 
+#define DM_FA_STREAMS 4			/* sequential CPU scans told apart at once */
+
 struct uhmm_dmirror {
 	unsigned int device;
 	pid_t pid;				/* the address space mirrored */
@@ -40,9 +42,13 @@ struct uhmm_dmirror {
 	uint64_t flags;				/* UHMM_DMIRROR_FLAG_* (atomic) */
 	uint64_t invalidations;			/* under lock */
 	struct dmirror_devmem *devmem;		/* this device's memory */
-	/* fault-around (devmem.c): where the last CPU fault's window ended, and its size */
-	uint64_t fa_next;			/* atomic, relaxed: a hint */
-	uint64_t fa_pages;			/* atomic, relaxed: 0 until the first fault */
+	/*
+	 * fault-around (devmem.c): the sequential streams the CPU's faults
+	 * follow (a stream prefetcher's table): where each one's last window
+	 * ended and its size; atomic, relaxed: hints.
+	 */
+	struct { uint64_t next, pages; } fa[DM_FA_STREAMS];
+	uint64_t fa_victim;			/* the stream a new one replaces next */
 };
 
 static inline int dmirror_owned_here(const struct uhmm_dmirror *dm)
