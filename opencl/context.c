@@ -170,6 +170,7 @@ UHMM_CL_EXPORT void uhmm_cl_context_destroy(struct uhmm_cl *ctx)
 		fprintf(stderr, "uhmm-opencl: device pages still in use; the context is left in place\n");
 		return;
 	}
+	ctx->pgmap = NULL;	/* freed, with what was left of its host memory */
 	ucl_region_reap(ctx, true);
 	ucl_chunks_release(ctx);
 	pthread_mutex_unlock(&ctx->launch_lock);

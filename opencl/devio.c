@@ -16,6 +16,7 @@
  * A CUDA backend would be these functions again (architecture §13).
  */
 #include <errno.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "internal.h"
@@ -40,6 +41,21 @@ int ucl_chunk_alloc(struct uhmm_cl *ctx, struct ucl_chunk *c, uint64_t bytes)
 	}
 	c->mem = clCreateBuffer(ctx->context, CL_MEM_READ_WRITE, bytes, NULL, &err);
 	return c->mem ? 0 : err == CL_INVALID_BUFFER_SIZE ? -ENOSPC : ucl_errno(err);
+}
+
+/*
+ * Fine-grained SVM is host memory: given to uhmm (uhmm_pagemap_set_host_range()),
+ * pages move into it and out of it with UFFDIO_MOVE instead of being copied.
+ * Not where the runtime's allocation is not private anonymous memory, or
+ * without UFFDIO_MOVE, or with UHMM_CL_MOVE=0: then they are copied.
+ */
+bool ucl_chunk_movable(struct uhmm_cl *ctx, struct ucl_chunk *c)
+{
+	const char *env = getenv("UHMM_CL_MOVE");
+
+	if (!ctx->svm || (env && !strcmp(env, "0")))
+		return false;
+	return uhmm_pagemap_set_host_range(ctx->pgmap, c->slot0, c->nslots, c->svm) == 0;
 }
 
 void ucl_chunk_free(struct uhmm_cl *ctx, struct ucl_chunk *c)

@@ -103,6 +103,7 @@ static int chunk_new(struct uhmm_cl *ctx, uint64_t n, struct ucl_chunk **out)
 	}
 	c->slot0 = slot0;
 	c->nslots = want;
+	c->movable = ucl_chunk_movable(ctx, c);
 	for (pp = &ctx->chunks; *pp && (*pp)->slot0 < slot0; pp = &(*pp)->next)
 		;
 	c->next = *pp;
@@ -128,6 +129,8 @@ static bool chunks_trim(struct uhmm_cl *ctx)
 			continue;
 		}
 		*pp = c->next;
+		if (c->movable && ctx->pgmap)	/* unregistered before the runtime may reuse it */
+			uhmm_pagemap_clear_host_range(ctx->pgmap, c->slot0, c->nslots);
 		ucl_chunk_free(ctx, c);
 		pthread_mutex_lock(&ctx->lock);
 		ctx->stats.buffers--;

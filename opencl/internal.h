@@ -41,6 +41,7 @@ struct ucl_chunk {
 	uint64_t slot0, nslots;		/* its slots in the device address space */
 	uint8_t *used;			/* per slot: reserved by a region */
 	uint64_t nused;
+	bool movable;			/* SVM given to uhmm as host memory: pages move, not copy */
 	struct ucl_chunk *next;		/* sorted by slot0 */
 };
 
@@ -114,6 +115,7 @@ int ucl_errno(cl_int err);
 
 /* devio.c: the runtime seam (buffers or SVM) */
 int ucl_chunk_alloc(struct uhmm_cl *ctx, struct ucl_chunk *c, uint64_t bytes);
+bool ucl_chunk_movable(struct uhmm_cl *ctx, struct ucl_chunk *c);
 void ucl_chunk_free(struct uhmm_cl *ctx, struct ucl_chunk *c);
 int ucl_region_views(struct uhmm_cl *ctx, struct ucl_region *r);
 void ucl_region_views_free(struct ucl_region *r);

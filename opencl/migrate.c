@@ -81,11 +81,13 @@ static cl_int enqueue_to_device(struct uhmm_cl *ctx, struct ucl_region *r, const
 		uint64_t addr = m->start + i * UCL_PAGE, off = ucl_region_dev_offset(r, addr);
 		cl_int err;
 
-		if (!m->dst[i]) {
+		if (!m->dst[i] || (m->dst[i] & UHMM_MIGRATE_PFN_MOVE)) {	/* uhmm moves it in */
 			j = i + 1;
 			continue;
 		}
-		for (j = i + 1; j < m->npages && m->dst[j] && !(m->src[j] & UHMM_MIGRATE_PFN_VALID) == !data; j++)
+		for (j = i + 1; j < m->npages && m->dst[j] && !(m->dst[j] & UHMM_MIGRATE_PFN_MOVE) &&
+				!(m->src[j] & UHMM_MIGRATE_PFN_VALID) == !data;
+		     j++)
 			;
 		if (data)
 			err = ucl_dev_write(ctx, ctx->queue, r, off, (j - i) * UCL_PAGE, (const void *)(uintptr_t)addr);
@@ -122,6 +124,15 @@ static int to_device_batch(struct uhmm_cl *ctx, struct ucl_region *r, uint64_t s
 	if (ret)
 		return ret;
 	if (take_pages(ctx, r, &m, dst)) {
+		/*
+		 * The pages themselves go (zero copy); holes are filled. A
+		 * write-only output's pages move too: a move copies nothing, and
+		 * moving them is cheaper than zapping them (what the kernel does
+		 * not write is undefined either way).
+		 */
+		for (uint64_t i = 0; r->chunk->movable && i < m.npages; i++)
+			if (dst[i] && (src[i] & UHMM_MIGRATE_PFN_VALID))
+				dst[i] |= UHMM_MIGRATE_PFN_MOVE;
 		err = r->discard ? CL_SUCCESS : enqueue_to_device(ctx, r, &m);	/* overwritten whole: no copy */
 		if (clFinish(ctx->queue) && !err)
 			err = CL_OUT_OF_RESOURCES;
@@ -242,8 +253,10 @@ static int copy_back(struct uhmm_cl *ctx, uint64_t *src, uint64_t *dst, uint64_t
 		doff = page_dev_offset(r, page);
 		view = ucl_dev_host_view(ctx, r, doff);
 		if (view) {
-			/* SVM: uhmm copies it from the device's memory itself (no kernel runs on it now) */
+			/* SVM: uhmm takes it from the device's memory itself (no kernel runs on it now): moved, or copied */
 			dst[i] = uhmm_migrate_pfn_data(view);
+			if (dst[i] && r->chunk->movable)
+				dst[i] |= UHMM_MIGRATE_PFN_MOVE;
 			if (!dst[i]) {
 				src[i] &= ~UHMM_MIGRATE_PFN_MIGRATE;
 				ret = i == must ? -ENOMEM : ret;

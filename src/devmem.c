@@ -187,35 +187,81 @@ UHMM_EXPORT int uhmm_pagemap_remove(struct uhmm_pagemap *pgmap)
 		return -EBUSY;
 	struct uhmm_mm *mm = pgmap->mm;
 
-	if (pgmap->host_mem)
-		uhmm_zap_unregister_host(mm, pgmap->host_mem, pgmap->npages << UHMM_PAGE_SHIFT);
+	for (uint64_t i = 0, j; i < pgmap->npages; i = j) {	/* host memory left set: unregistered, a run at a time */
+		uint64_t host = atomic_load_explicit(&pgmap->pages[i].host, memory_order_relaxed);
+
+		for (j = i + 1; host && j < pgmap->npages &&
+				atomic_load_explicit(&pgmap->pages[j].host, memory_order_relaxed) ==
+					host + ((j - i) << UHMM_PAGE_SHIFT);
+		     j++)
+			;
+		if (host)
+			uhmm_zap_unregister_host(mm, host, (j - i) << UHMM_PAGE_SHIFT);
+	}
 	uhmm_pagemap_free_internal(pgmap);
 	uhmm_mm_put(mm);
 	return 0;
 }
 
-UHMM_EXPORT int uhmm_pagemap_set_host_memory(struct uhmm_pagemap *pgmap, void *base)
+/* The pages [first, first + npages) of @pgmap, or -EINVAL. */
+static int host_range_check(const struct uhmm_pagemap *pgmap, uint64_t first, uint64_t npages, const void *base)
 {
-	uint64_t b = (uintptr_t)base;
-	int ret;
-
-	if (!pgmap || !base || (b & (UHMM_PAGE_SIZE - 1)) || pgmap->host_mem)
+	if (!pgmap || !npages || first > pgmap->npages || npages > pgmap->npages - first ||
+	    ((uintptr_t)base & (UHMM_PAGE_SIZE - 1)))
 		return -EINVAL;
-	if (!uhmm_has(UHMM_FEAT_UFFD_MOVE))
-		return -EOPNOTSUPP;
-	ret = uhmm_zap_register_host(pgmap->mm, b, pgmap->npages << UHMM_PAGE_SHIFT);
-	if (ret)
-		return ret;
-	__atomic_store_n(&pgmap->host_mem, b, __ATOMIC_RELEASE);
 	return 0;
 }
 
-/* Where @page keeps its data, for a move (UHMM_MIGRATE_PFN_MOVE); 0 if its pool has no host memory. */
+UHMM_EXPORT int uhmm_pagemap_set_host_range(struct uhmm_pagemap *pgmap, uint64_t first, uint64_t npages, void *base)
+{
+	uint64_t b = (uintptr_t)base;
+	int ret = host_range_check(pgmap, first, npages, base);
+
+	if (ret || !base)
+		return ret ? ret : -EINVAL;
+	for (uint64_t i = first; i < first + npages; i++)
+		if (atomic_load_explicit(&pgmap->pages[i].host, memory_order_relaxed))
+			return -EINVAL;	/* set already: clear it first */
+	if (!uhmm_has(UHMM_FEAT_UFFD_MOVE))
+		return -EOPNOTSUPP;
+	ret = uhmm_zap_register_host(pgmap->mm, b, npages << UHMM_PAGE_SHIFT);
+	if (ret)
+		return ret;
+	for (uint64_t i = 0; i < npages; i++)
+		atomic_store_explicit(&pgmap->pages[first + i].host, b + (i << UHMM_PAGE_SHIFT), memory_order_release);
+	return 0;
+}
+
+UHMM_EXPORT int uhmm_pagemap_set_host_memory(struct uhmm_pagemap *pgmap, void *base)
+{
+	return pgmap ? uhmm_pagemap_set_host_range(pgmap, 0, pgmap->npages, base) : -EINVAL;
+}
+
+/*
+ * Forget the host memory of [first, first + npages) (set by one call) and
+ * unregister it: before the driver frees that memory, which another user
+ * of the address space may then map (and a userfaultfd registration there
+ * would stay behind).
+ */
+UHMM_EXPORT int uhmm_pagemap_clear_host_range(struct uhmm_pagemap *pgmap, uint64_t first, uint64_t npages)
+{
+	uint64_t base;
+	int ret = host_range_check(pgmap, first, npages, NULL);
+
+	if (ret)
+		return ret;
+	base = atomic_load_explicit(&pgmap->pages[first].host, memory_order_acquire);
+	for (uint64_t i = 0; i < npages; i++)
+		atomic_store_explicit(&pgmap->pages[first + i].host, 0, memory_order_release);
+	if (base)
+		uhmm_zap_unregister_host(pgmap->mm, base, npages << UHMM_PAGE_SHIFT);
+	return 0;
+}
+
+/* Where @page keeps its data, for a move (UHMM_MIGRATE_PFN_MOVE); 0 if it has no host memory. */
 uint64_t uhmm_page_host_addr(const struct uhmm_page *page)
 {
-	uint64_t base = __atomic_load_n(&page->pgmap->host_mem, __ATOMIC_ACQUIRE);
-
-	return base ? base + (uhmm_page_index(page) << UHMM_PAGE_SHIFT) : 0;
+	return atomic_load_explicit(&page->host, memory_order_acquire);
 }
 
 UHMM_EXPORT void *uhmm_pagemap_driver_data(const struct uhmm_pagemap *pgmap)

@@ -293,6 +293,7 @@ struct uhmm_page {
 	uint64_t claim_addr;		/* where migrate_device_range() claimed it */
 	void *zone_device_data;
 	atomic_uchar order;		/* on a unit's first page: 9 while its 512 pages are one unit */
+	_Atomic uint64_t host;		/* where its data is, for zero-copy moves (host memory); 0: none */
 };
 
 struct uhmm_pagemap {
@@ -304,7 +305,6 @@ struct uhmm_pagemap {
 	void *driver_data;
 	struct uhmm_page *pages;
 	atomic_ulong allocated, mapped, poisoned;
-	uint64_t host_mem;		/* where page i's memory is (i pages on), for zero-copy moves; 0: none */
 };
 
 /* ---- devpriv.c: the device-private table and the CPU fault path ---- */

@@ -61,6 +61,106 @@ TEST(pagemap_args_and_pages)
 	uhmm_mm_put(mm);
 }
 
+static uint64_t pages_moved(void)
+{
+	struct uhmm_stats s;
+
+	ASSERT_EQ(uhmm_stats(&s, sizeof(s)), (long)sizeof(s));
+	return s.pages_moved;
+}
+
+/* Migrate the 8 pages at @p, every dst entry from @dst_of(i); returns the entries that migrated. */
+static int migrate8(struct uhmm_mm *mm, int *p, bool to_dev, uint64_t (*dst_of)(uint64_t i, uint64_t src))
+{
+	uint64_t src[8], dst[8];
+	struct uhmm_migrate_vma m = {
+		.mm = mm, .src = src, .dst = dst, .start = (uintptr_t)p, .end = (uintptr_t)p + 8 * PAGE,
+		.pgmap_owner = &freed,
+		.flags = to_dev ? UHMM_MIGRATE_VMA_SELECT_SYSTEM : UHMM_MIGRATE_VMA_SELECT_DEVICE_PRIVATE,
+	};
+	int n = 0;
+
+	ASSERT_OK(uhmm_migrate_vma_setup(&m));
+	for (uint64_t i = 0; i < 8; i++)
+		if (src[i] & UHMM_MIGRATE_PFN_MIGRATE)
+			dst[i] = dst_of(i, src[i]);
+	uhmm_migrate_vma_pages(&m);
+	for (uint64_t i = 0; i < 8; i++)
+		n += (src[i] & UHMM_MIGRATE_PFN_MIGRATE) != 0;
+	uhmm_migrate_vma_finalize(&m);
+	return n;
+}
+
+static struct uhmm_pagemap *host_pg;
+static char *host_mem;
+
+static uint64_t move_in(uint64_t i, uint64_t src)
+{
+	struct uhmm_page *page = uhmm_pagemap_page(host_pg, i);
+
+	(void)src;
+	ASSERT_OK(uhmm_page_init(page));
+	return uhmm_migrate_pfn(uhmm_page_to_pfn(page)) | UHMM_MIGRATE_PFN_MOVE;	/* no copy */
+}
+
+static uint64_t move_out(uint64_t i, uint64_t src)
+{
+	(void)i;
+	return uhmm_migrate_pfn_data(host_mem + uhmm_page_index(uhmm_migrate_pfn_to_page(src)) * PAGE) |
+	       UHMM_MIGRATE_PFN_MOVE;
+}
+
+/*
+ * Host memory (uhmm_pagemap_set_host_memory/_range): bad arguments get
+ * -EINVAL; with UFFDIO_MOVE the pages move into the device's memory and
+ * back, the driver copying nothing, and the memory they left is empty;
+ * once cleared, a MOVE entry is refused (the page stays, its data intact).
+ * Without UFFDIO_MOVE (fallback mode): -EOPNOTSUPP.
+ */
+TEST(host_memory_moves_pages)
+{
+	struct uhmm_mm *mm = mm_or_skip();
+	int *p = map_anon(8 * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE);
+	struct uhmm_features f;
+	uint64_t moved;
+	int ret;
+
+	host_mem = map_anon(16 * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE);	/* empty: never touched */
+	ASSERT_OK(uhmm_pagemap_add(mm, 16, &freed, &ops, NULL, &host_pg));
+	ASSERT_EQ(uhmm_pagemap_set_host_memory(NULL, host_mem), -EINVAL);
+	ASSERT_EQ(uhmm_pagemap_set_host_memory(host_pg, NULL), -EINVAL);
+	ASSERT_EQ(uhmm_pagemap_set_host_memory(host_pg, host_mem + 8), -EINVAL);
+	ASSERT_EQ(uhmm_pagemap_set_host_range(host_pg, 8, 9, host_mem), -EINVAL);
+	ASSERT_EQ(uhmm_pagemap_set_host_range(host_pg, 17, 1, host_mem), -EINVAL);
+	ASSERT_EQ(uhmm_pagemap_set_host_range(host_pg, 0, 0, host_mem), -EINVAL);
+	ASSERT_EQ(uhmm_pagemap_clear_host_range(NULL, 0, 1), -EINVAL);
+	ASSERT_EQ(uhmm_pagemap_clear_host_range(host_pg, 10, 8), -EINVAL);
+	ASSERT_OK(uhmm_query_features(&f));
+	ret = uhmm_pagemap_set_host_memory(host_pg, host_mem);
+	if (!(f.flags & UHMM_FEAT_UFFD_MOVE)) {
+		ASSERT_EQ(ret, -EOPNOTSUPP);
+	} else {
+		ASSERT_OK(ret);
+		ASSERT_EQ(uhmm_pagemap_set_host_range(host_pg, 0, 1, host_mem), -EINVAL);	/* set already */
+		fill_ints(p, 8 * PAGE, 1);
+		moved = pages_moved();
+		ASSERT_EQ(migrate8(mm, p, true, move_in), 8);
+		ASSERT_EQ(pages_moved() - moved, 8);
+		check_ints((int *)host_mem, 8 * PAGE, 1);	/* the pages themselves are there */
+		ASSERT_EQ(migrate8(mm, p, false, move_out), 8);
+		ASSERT_EQ(pages_moved() - moved, 16);
+		check_ints(p, 8 * PAGE, 1);
+		for (size_t i = 0; i < 8 * PAGE / sizeof(int); i++)
+			ASSERT_EQ(((int *)host_mem)[i], 0);	/* ... and left empty */
+		ASSERT_OK(uhmm_pagemap_clear_host_range(host_pg, 0, 16));
+		ASSERT_EQ(migrate8(mm, p, true, move_in), 0);	/* nowhere to move: stays */
+		check_ints(p, 8 * PAGE, 1);
+		ASSERT_EQ(pages_moved() - moved, 16);
+	}
+	ASSERT_OK(uhmm_pagemap_remove(host_pg));
+	uhmm_mm_put(mm);
+}
+
 TEST(migrate_vma_setup_args)
 {
 	struct uhmm_mm *mm = mm_or_skip();

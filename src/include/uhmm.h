@@ -484,6 +484,27 @@ int uhmm_pagemap_remove(struct uhmm_pagemap *pgmap);
  */
 int uhmm_pagemap_set_host_memory(struct uhmm_pagemap *pgmap, void *base);
 
+/**
+ * uhmm_pagemap_set_host_range() - host memory for pages [first, first + npages)
+ *
+ * As uhmm_pagemap_set_host_memory(), for part of a pool: a driver whose
+ * device memory comes in chunks allocated as it goes (uhmm-opencl's SVM
+ * chunks). -EINVAL also if the range is out of the pool or set already.
+ */
+int uhmm_pagemap_set_host_range(struct uhmm_pagemap *pgmap, uint64_t first, uint64_t npages, void *base);
+
+/**
+ * uhmm_pagemap_clear_host_range() - forget the host memory of a range
+ *
+ * Pages [first, first + npages) (set by one uhmm_pagemap_set_host_range())
+ * are copied again from now on, and the memory is unregistered: call it
+ * before freeing that memory, which may then be mapped again for another
+ * use. No page of the range may be on its way meanwhile (the driver's own
+ * rule: it frees memory no page holds). uhmm_pagemap_remove() clears what
+ * is left. Return: 0, or -EINVAL for NULL or a range out of the pool.
+ */
+int uhmm_pagemap_clear_host_range(struct uhmm_pagemap *pgmap, uint64_t first, uint64_t npages);
+
 void *uhmm_pagemap_driver_data(const struct uhmm_pagemap *pgmap);
 void *uhmm_pagemap_owner(const struct uhmm_pagemap *pgmap);
 /**

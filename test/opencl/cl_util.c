@@ -1,5 +1,7 @@
 // SPDX-License-Identifier: MIT
+#define CL_TARGET_OPENCL_VERSION 200	/* CL_DEVICE_SVM_CAPABILITIES (a query only) */
 #include <stdlib.h>
+#include <string.h>
 
 #include "cl_util.h"
 #include "../../examples/opencl/kernels.h"
@@ -56,4 +58,17 @@ struct uhmm_cl_stats cl_stats(struct cl_fixture *f)
 
 	ASSERT_OK(uhmm_cl_stats(f->cl, &s));
 	return s;
+}
+
+bool cl_pages_move(struct cl_fixture *f)
+{
+	cl_device_svm_capabilities caps = 0;
+	const char *env = getenv("UHMM_CL_SVM"), *move = getenv("UHMM_CL_MOVE");
+	struct uhmm_features feat;
+
+	ASSERT_OK(uhmm_query_features(&feat));
+	if (clGetDeviceInfo(uhmm_cl_get_device(f->cl), CL_DEVICE_SVM_CAPABILITIES, sizeof(caps), &caps, NULL))
+		caps = 0;
+	return (caps & CL_DEVICE_SVM_FINE_GRAIN_BUFFER) && !(env && !strcmp(env, "0")) &&
+	       !(move && !strcmp(move, "0")) && (feat.flags & UHMM_FEAT_UFFD_MOVE);
 }

@@ -18,5 +18,11 @@ void cl_close(struct cl_fixture *f);
 /* p[i] += by for n ints, through uhmm_cl_launch(); returns its result */
 int cl_incr(struct cl_fixture *f, int *p, unsigned int n, int by);
 struct uhmm_cl_stats cl_stats(struct cl_fixture *f);
+/*
+ * Do pages move to the device and back (UFFDIO_MOVE into fine-grained SVM:
+ * the device has it, UHMM_CL_SVM=0 and UHMM_CL_MOVE=0 are not set, the
+ * kernel has UFFDIO_MOVE), rather than being copied?
+ */
+bool cl_pages_move(struct cl_fixture *f);
 
 #endif

@@ -91,6 +91,47 @@ TEST(cl_results_stay_on_device)
 	cl_close(&f);
 }
 
+/* uhmm's counters: pages_moved (zero copy) */
+static uint64_t uhmm_pages_moved(void)
+{
+	struct uhmm_stats s;
+	struct uhmm_mm *mm;
+
+	ASSERT_OK(uhmm_mm_get(&mm));
+	ASSERT_OK(uhmm_mm_sync(mm));
+	uhmm_mm_put(mm);
+	ASSERT_EQ(uhmm_stats(&s, sizeof(s)), (long)sizeof(s));
+	return s.pages_moved;
+}
+
+/*
+ * Fine-grained SVM is host memory: the pages move to the device and back
+ * (UFFDIO_MOVE), they are not copied. With cl_mem buffers, or without
+ * UFFDIO_MOVE (fallback mode), they are copied. The data is the same.
+ */
+TEST(cl_svm_pages_move_not_copied)
+{
+	unsigned int n = 1024 * 1024;	/* 4 MiB */
+	int *p = map_anon(n * sizeof(int), PROT_READ | PROT_WRITE, MAP_PRIVATE);
+	struct cl_fixture f;
+	uint64_t m0, m1;
+	bool moves;
+
+	cl_open(&f, NULL);
+	moves = cl_pages_move(&f);
+	fill_ints(p, n * sizeof(int), 1);
+	m0 = uhmm_pages_moved();
+	ASSERT_OK(cl_incr(&f, p, n, 5));
+	m1 = uhmm_pages_moved();
+	ASSERT_EQ(m1 - m0, moves ? 1024 : 0);	/* in */
+	CHECK_PLUS(p, 0, n, 5);			/* back by CPU faults */
+	ASSERT_EQ(uhmm_pages_moved() - m1, moves ? 1024 : 0);
+	ASSERT_EQ(cl_stats(&f).pages_to_host, 1024);
+	ASSERT_OK(cl_incr(&f, p, n, 1));	/* again, into the memory the pages left */
+	CHECK_PLUS(p, 0, n, 6);
+	cl_close(&f);
+}
+
 /* The CPU touches part of the results between launches: they come back, change, and go again. */
 TEST(cl_touch_midway_and_launch_again)
 {
@@ -436,7 +477,14 @@ TEST(cl_write_only_output)
 	ASSERT_OK(uhmm_cl_launch(f.cl, f.incr, 1, &g, NULL, bad, 3));
 	for (unsigned int i = 0; i < n; i++)
 		differ += p[i] != 0x5a5a5a5a + 1;
-	ASSERT_GT(differ, 0);	/* the device never had the CPU's data */
+	/*
+	 * Copied, the device never had the CPU's data. Moved (SVM), the pages
+	 * themselves went, at no cost, and the misused kernel found them.
+	 */
+	if (cl_pages_move(&f))
+		ASSERT_EQ(differ, 0);
+	else
+		ASSERT_GT(differ, 0);
 	free(in);
 	free(out);
 	free(want);
