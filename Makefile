@@ -178,6 +178,8 @@ install: $(STATIC) $(SHARED) $(BUILD)/uhmm $(if $(HAVE_OPENCL),$(CL_STATIC) $(CL
 	install -m 755 $(BUILD)/uhmm $(DESTDIR)$(BINDIR)/uhmm
 	for s in 1 3 7; do for f in man/*.$$s; do [ -e "$$f" ] || continue; \
 		install -d $(DESTDIR)$(MANDIR)/man$$s; install -m 644 $$f $(DESTDIR)$(MANDIR)/man$$s/; done; done
+	for f in man/*.3; do for a in $$(sh tools/man-aliases.sh $$f); do \
+		echo ".so man3/$$(basename $$f)" > $(DESTDIR)$(MANDIR)/man3/$$a.3; done; done
 ifeq ($(HAVE_OPENCL),1)
 	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@LIBDIR@|$(LIBDIR)|' \
 	    -e 's|@INCLUDEDIR@|$(INCLUDEDIR)|' -e 's|@VERSION@|$(VERSION)|' opencl/uhmm-opencl.pc.in > $(BUILD)/uhmm-opencl.pc
@@ -197,6 +199,7 @@ uninstall:
 	rm -f $(DESTDIR)$(LIBDIR)/pkgconfig/uhmm.pc $(DESTDIR)$(LIBDIR)/pkgconfig/uhmm-opencl.pc $(DESTDIR)$(BINDIR)/uhmm
 	for f in man/*.1 man/*.3 man/*.7; do [ -e "$$f" ] || continue; \
 		rm -f $(DESTDIR)$(MANDIR)/man$${f##*.}/$$(basename $$f); done
+	for f in man/*.3; do for a in $$(sh tools/man-aliases.sh $$f); do rm -f $(DESTDIR)$(MANDIR)/man3/$$a.3; done; done
 
 clean:
 	rm -rf build build-*
