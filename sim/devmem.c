@@ -283,15 +283,19 @@ static uint64_t sysmem_from(struct uhmm_dmirror *dm, const void *dev, bool direc
 	return sys ? dst : 0;
 }
 
-/* How many entries from @i on have device memory following each other? */
-static uint64_t device_run(const struct uhmm_migrate_vma *m, uint64_t i)
+/*
+ * How many entries of @e from @i on (before @end), base pages carrying
+ * @need, have device memory following each other? (src entries coming
+ * back, dst entries going out)
+ */
+static uint64_t mem_run(const uint64_t *e, uint64_t i, uint64_t end, uint64_t need)
 {
 	uint64_t n = 1;
 
-	while (i + n < m->npages && (m->src[i + n] & UHMM_MIGRATE_PFN_MIGRATE) &&
-	       !(m->src[i + n] & UHMM_MIGRATE_PFN_COMPOUND) && uhmm_migrate_pfn_to_page(m->src[i + n]) &&
-	       page_mem(uhmm_migrate_pfn_to_page(m->src[i + n])) ==
-		       page_mem(uhmm_migrate_pfn_to_page(m->src[i + n - 1])) + DM_PAGE_SIZE)
+	while (i + n < end && (e[i + n] & need) && !(e[i + n] & UHMM_MIGRATE_PFN_COMPOUND) &&
+	       uhmm_migrate_pfn_to_page(e[i + n]) &&
+	       page_mem(uhmm_migrate_pfn_to_page(e[i + n])) ==
+		       page_mem(uhmm_migrate_pfn_to_page(e[i + n - 1])) + DM_PAGE_SIZE)
 		n++;
 	return n;
 }
@@ -357,17 +361,6 @@ static void drop_dst(const struct uhmm_migrate_vma *m, uint64_t k)
 	((struct uhmm_migrate_vma *)m)->dst[k] = 0;
 }
 
-/* How many entries from @i (before @j) have device pages whose memory follows each other? */
-static uint64_t dst_run(const struct uhmm_migrate_vma *m, uint64_t i, uint64_t j)
-{
-	uint64_t n = 1;
-
-	while (i + n < j && page_mem(uhmm_migrate_pfn_to_page(m->dst[i + n])) ==
-				    page_mem(uhmm_migrate_pfn_to_page(m->dst[i + n - 1])) + DM_PAGE_SIZE)
-		n++;
-	return n;
-}
-
 /* Copy the source pages [i, j) into their device pages with one scatter-gather access. */
 static void copy_entries(struct uhmm_migrate_vma *m, uint64_t i, uint64_t j, struct iovec *iov)
 {
@@ -399,9 +392,9 @@ static void migrate_copy_run(struct uhmm_dmirror *dm, struct uhmm_migrate_vma *m
 		stop++;
 	while (j > stop)
 		drop_dst(m, --j);
-	for (uint64_t k = i, n; k < j; k += n) {
-		n = devmem_movable(dm) ? dst_run(m, k, j) : j - k;
-		if (n < DM_DIRECT_RUN || !devmem_movable(dm))
+	for (uint64_t k = i, n; devmem_movable(dm) && k < j; k += n) {
+		n = mem_run(m->dst, k, j, UHMM_MIGRATE_PFN_VALID);
+		if (n < DM_DIRECT_RUN)
 			continue;
 		if (copy_from < k)
 			copy_entries(m, copy_from, k, iov);
@@ -721,7 +714,7 @@ static void migrate_copy_to_sys(struct uhmm_dmirror *dm, struct uhmm_migrate_vma
 			continue;
 		}
 		if (i >= run_end) {
-			uint64_t n = device_run(m, i);
+			uint64_t n = mem_run(m->src, i, m->npages, UHMM_MIGRATE_PFN_MIGRATE);
 
 			run_end = i + n;
 			direct = n >= DM_DIRECT_RUN;

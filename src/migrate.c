@@ -703,18 +703,15 @@ static int note_key(void *arg, uint64_t key, uint64_t *val)
  */
 static uint64_t vma_lookup_end(const struct uhmm_migrate_vma *m)
 {
-	uint64_t last = 0;
-	bool any;
+	uint64_t last = UINT64_MAX;	/* no entry */
 
 	if (m->flags & UHMM_MIGRATE_VMA_SELECT_SYSTEM)
 		return m->end;
 	pthread_mutex_lock(&m->mm->dp_lock);
-	last = UINT64_MAX;
 	(void)uhmm_radix_walk(&m->mm->devpriv, m->start >> UHMM_PAGE_SHIFT, (m->end >> UHMM_PAGE_SHIFT) - 1,
 			      note_key, &last);
 	pthread_mutex_unlock(&m->mm->dp_lock);
-	any = last != UINT64_MAX;
-	return any ? (last + 1) << UHMM_PAGE_SHIFT : m->start + UHMM_PAGE_SIZE;
+	return last == UINT64_MAX ? m->start + UHMM_PAGE_SIZE : (last + 1) << UHMM_PAGE_SHIFT;
 }
 
 UHMM_EXPORT int uhmm_migrate_vma_setup(struct uhmm_migrate_vma *m)
@@ -953,7 +950,7 @@ static void commit_run_to_device(struct uhmm_migrate_vma *m, struct mig_priv *p,
 
 /*
  * The MOVE entries of [i, j) that would not move (MS_COPY): copied into
- * their device pages as a driver copies (process_vm_readv() from this
+ * their device pages as a driver copies (uhmm_access_vm() from this
  * thread, outside dp_lock: a page the program dropped meanwhile faults to
  * the service threads, which take dp_lock), then committed like a copied
  * run. A page that cannot be read stays in system memory.
@@ -964,11 +961,10 @@ static void copy_unmoved(struct uhmm_migrate_vma *m, struct mig_priv *p, uint64_
 		for (; k < j && !(p->st[k] & MS_COPY); k++)
 			;
 		for (e = k; e < j && (p->st[e] & MS_COPY); e++) {
-			struct iovec local = { (void *)(uintptr_t)move_target(m->dst[e]), UHMM_PAGE_SIZE };
-			struct iovec remote = { (void *)(uintptr_t)(m->start + (e << UHMM_PAGE_SHIFT)), UHMM_PAGE_SIZE };
+			void *host = (void *)(uintptr_t)move_target(m->dst[e]);
 
 			p->st[e] &= (uint8_t)~MS_COPY;
-			if (process_vm_readv(getpid(), &local, 1, &remote, 1, 0) == UHMM_PAGE_SIZE)
+			if (uhmm_access_vm(m->start + (e << UHMM_PAGE_SHIFT), host, UHMM_PAGE_SIZE, 0) == UHMM_PAGE_SIZE)
 				m->dst[e] &= ~UHMM_MIGRATE_PFN_MOVE;	/* copied: commit it as such */
 			else
 				m->src[e] &= ~UHMM_MIGRATE_PFN_MIGRATE;
