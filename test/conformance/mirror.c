@@ -84,6 +84,70 @@ static void anon_read_prot(unsigned int dev)
 }
 TEST(anon_read_prot) { anon_read_prot(0); anon_read_prot(1); }
 
+/*
+ * A READ that fails part-way leaves the caller's buffer untouched: the
+ * first half was read once (mapped on the device), the second half is
+ * PROT_NONE, so the READ copies the first half and then fails. The
+ * reference device reads straight into the caller's buffer only when
+ * every page is mapped before it starts.
+ */
+TEST(read_failing_part_way_leaves_buffer_untouched)
+{
+	struct uhmm_dmirror *d = dmirror(0);
+	struct uhmm_dmirror_cmd c;
+	int *ptr = map_anon(BUF_SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE);
+	int *mirror = malloc(BUF_SIZE);
+
+	fill_ints(ptr, BUF_SIZE, 1);
+	ASSERT_OK(dmcmd(d, UHMM_DMIRROR_READ, ptr, mirror, NPAGES / 2, &c));	/* first half mapped */
+	ASSERT_OK(mprotect((char *)ptr + BUF_SIZE / 2, BUF_SIZE / 2, PROT_NONE));
+	fill_ints(mirror, BUF_SIZE, -1);
+	ASSERT_EQ(dmcmd(d, UHMM_DMIRROR_READ, ptr, mirror, NPAGES, &c), -EFAULT);
+	check_ints(mirror, BUF_SIZE, -1);
+	free(mirror);
+	uhmm_dmirror_close(d);
+}
+
+/*
+ * A READ over system pages, device pages, the zero page and pages that
+ * must be faulted in, twice (the second time every page is mapped and
+ * runs of system pages go straight to the caller): the right data in
+ * the right place both times.
+ */
+TEST(read_mixed_pages_twice)
+{
+	struct uhmm_dmirror *d = dmirror(0);
+	struct uhmm_dmirror_cmd c;
+	char *ptr = map_anon(64 * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE);
+	char *mirror = malloc(64 * PAGE), *scratch = malloc(64 * PAGE);
+
+	for (int i = 0; i < 64; i++)
+		if (i % 16 != 9)	/* page 9 of each 16 stays the zero page */
+			memset(ptr + i * PAGE, 'a' + i % 26, PAGE);
+	ASSERT_EQ(*(volatile char *)(ptr + 9 * PAGE), 0);
+	/* Device pages in between: 2, 5-6, 30-33 and the last one. */
+	ASSERT_OK(dmcmd(d, UHMM_DMIRROR_MIGRATE_TO_DEV, ptr + 2 * PAGE, scratch, 1, &c));
+	ASSERT_OK(dmcmd(d, UHMM_DMIRROR_MIGRATE_TO_DEV, ptr + 5 * PAGE, scratch, 2, &c));
+	ASSERT_OK(dmcmd(d, UHMM_DMIRROR_MIGRATE_TO_DEV, ptr + 30 * PAGE, scratch, 4, &c));
+	ASSERT_OK(dmcmd(d, UHMM_DMIRROR_MIGRATE_TO_DEV, ptr + 63 * PAGE, scratch, 1, &c));
+	for (int round = 0; round < 2; round++) {
+		memset(mirror, 0x7f, 64 * PAGE);
+		ASSERT_OK(dmcmd(d, UHMM_DMIRROR_READ, ptr, mirror, 64, &c));
+		ASSERT_EQ(c.cpages, 64);
+		if (round)
+			ASSERT_EQ(c.faults, 0);
+		for (int i = 0; i < 64; i++) {
+			char want = i % 16 == 9 ? 0 : (char)('a' + i % 26);
+
+			ASSERT_EQ(mirror[i * PAGE], want);
+			ASSERT_EQ(mirror[i * PAGE + PAGE - 1], want);
+		}
+	}
+	free(mirror);
+	free(scratch);
+	uhmm_dmirror_close(d);
+}
+
 static void anon_write(unsigned int dev)
 {
 	struct uhmm_dmirror *d = dmirror(dev);
