@@ -185,10 +185,22 @@ void uhmm_zap_unregister_host(struct uhmm_mm *mm, uint64_t base, uint64_t len)
  * something (a device page that was filled by copy before it was freed) is
  * emptied and the move tried once more: the driver gave it as the place the
  * page goes. Returns the bytes moved; *@err as for uhmm_move_pages().
+ *
+ * Whole PMDs at PMD-aligned addresses on both sides (a THP can move as one
+ * PMD) are emptied first as well: base pages moved out of that memory
+ * earlier left an empty page table there, and UFFDIO_MOVE splits a THP
+ * whose destination PMD is not empty. MADV_DONTNEED frees an empty page
+ * table (CONFIG_PT_RECLAIM, Linux 6.14+; without it nothing changes). It
+ * costs one call per run, and nothing is lost: the destination is the
+ * driver's empty slot.
  */
 uint64_t uhmm_move_to_host(struct uhmm_mm *mm, uint64_t dst, uint64_t src, uint64_t len, int *err)
 {
-	uint64_t done = uhmm_move_pages(mm->zap_uffd, dst, src, len, err);
+	uint64_t done;
+
+	if (!((dst | src) & (UHMM_PMD_SIZE - 1)) && len >= UHMM_PMD_SIZE)
+		syscall(SYS_madvise, dst, len & ~(UHMM_PMD_SIZE - 1), MADV_DONTNEED);	/* quiet: no event */
+	done = uhmm_move_pages(mm->zap_uffd, dst, src, len, err);
 
 	if (*err == EEXIST) {
 		syscall(SYS_madvise, dst + done, len - done, MADV_DONTNEED);	/* quiet: no event */

@@ -6,8 +6,10 @@
  * when the device (or the system) cannot give 2 MiB (FAIL_ALLOC), and
  * partial munmap / mremap of a device-resident unit keep every surviving
  * byte. "Whole" is observed through uhmm_stats().units_migrated and the
- * number of CPU faults it took to bring the unit back. A unit lands back as
- * base pages; MADV_COLLAPSE makes it a THP again (migrate_anon_huge_fault).
+ * number of CPU faults it took to bring the unit back. A unit the device
+ * copies lands back as base pages (MADV_COLLAPSE makes it a THP again:
+ * migrate_anon_huge_fault); one that moves (zero copy) stays a THP both
+ * ways (migrate_anon_huge_stays_huge_both_ways).
  */
 #include <string.h>
 #include <sys/mman.h>
@@ -143,6 +145,75 @@ TEST(migrate_anon_huge_fault)
 	to_device(d, p, mirror);
 	ASSERT_EQ(stats().units_migrated - units, 3);
 	faults_back_whole(p, 1);
+	ASSERT_OK(uhmm_dmirror_close(d));
+}
+
+/*
+ * Zero copy keeps a THP a THP both ways (the reference device's memory is
+ * host memory: the unit's PMD moves), also through device memory that
+ * held base pages before: their empty page table must not make the
+ * kernel split the THP on its way in (it did: a quarter of the units of
+ * uhmm bench --thp came back as base pages).
+ */
+static long vm_pte_kib(void)
+{
+	char line[256];
+	long kib = -1;
+	FILE *f = fopen("/proc/self/status", "r");
+
+	ASSERT_TRUE(f);
+	while (fgets(line, sizeof(line), f))
+		if (!strncmp(line, "VmPTE:", 6))
+			kib = atol(line + 6);
+	fclose(f);
+	return kib;
+}
+
+/* Does MADV_DONTNEED free an empty page table here (CONFIG_PT_RECLAIM)? Watched in VmPTE. */
+static bool madvise_frees_page_tables(void)
+{
+	char *p = map_anon_aligned(8 * TWO_MB, TWO_MB);
+	long before, after;
+
+	ASSERT_OK(madvise(p, 8 * TWO_MB, MADV_NOHUGEPAGE));
+	for (int i = 0; i < 8; i++)
+		p[(size_t)i * TWO_MB] = 1;	/* one page table each */
+	before = vm_pte_kib();
+	ASSERT_OK(madvise(p, 8 * TWO_MB, MADV_DONTNEED));
+	after = vm_pte_kib();
+	ASSERT_OK(munmap(p, 8 * TWO_MB));
+	return before - after >= 16;	/* most of the eight 4 KiB tables */
+}
+
+TEST(migrate_anon_huge_stays_huge_both_ways)
+{
+	struct uhmm_dmirror *d;
+	int *base, *mirror;
+	struct uhmm_dmirror_cmd c;
+	struct uhmm_features f;
+	int *p;
+
+	uhmm_query_features(&f);
+	if (!(f.flags & UHMM_FEAT_UFFD_MOVE) || (f.flags & UHMM_FEAT_FALLBACK_FORCED))
+		SKIP("no UFFDIO_MOVE in this mode: a unit is copied and comes back as base pages");
+	if (!madvise_frees_page_tables())
+		SKIP("MADV_DONTNEED keeps empty page tables on this kernel (no CONFIG_PT_RECLAIM): a THP moving into memory that held base pages is split");
+	d = dmirror(0);
+	base = map_anon_aligned(4 * TWO_MB, TWO_MB);
+	mirror = map_anon(4 * TWO_MB, PROT_READ | PROT_WRITE, MAP_PRIVATE);
+	ASSERT_OK(madvise(base, 4 * TWO_MB, MADV_NOHUGEPAGE));	/* base pages through the device's memory first */
+	fill_ints(base, 4 * TWO_MB, 1);
+	ASSERT_OK(dmcmd(d, UHMM_DMIRROR_MIGRATE_TO_DEV, base, mirror, 4 * 512, &c));
+	ASSERT_OK(dmcmd(d, UHMM_DMIRROR_MIGRATE_TO_SYS, base, mirror, 4 * 512, &c));
+	check_ints(base, 4 * TWO_MB, 1);
+	p = filled_thp();
+	for (int round = 0; round < 4; round++) {
+		to_device(d, p, mirror);
+		check_ints(mirror, TWO_MB, 1);
+		ASSERT_OK(dmcmd(d, UHMM_DMIRROR_MIGRATE_TO_SYS, p, mirror, 512, &c));
+		ASSERT_EQ(thp_kib(p), 2048);
+		check_ints(p, TWO_MB, 1);
+	}
 	ASSERT_OK(uhmm_dmirror_close(d));
 }
 
