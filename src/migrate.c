@@ -515,7 +515,19 @@ static void collect_page(struct collect *c, const struct uhmm_vma *v, uint64_t i
 			m->src[i] = UHMM_MIGRATE_PFN_MIGRATE;	/* a hole of anonymous memory */
 	}
 	if (!(m->src[i] & UHMM_MIGRATE_PFN_MIGRATE)) {
-		(void)uhmm_dp_release_locked(c->priv->mm, addr);	/* claimed just now: not dropped */
+		/*
+		 * Not ours to migrate. An entry an interposed munmap()/madvise()
+		 * marked dropped before its system call (uhmm_dp_mark_dropped())
+		 * is ours to free once claimed: its drop_range() may have passed
+		 * it while we held it. Releasing it frees its page, which must
+		 * not happen under dp_lock: the claim is kept, and finalize
+		 * releases it (and the page) like any other. Releasing it here
+		 * lost the page's reference (the pool's "could not go back").
+		 */
+		if ((e & DP_DROPPED) && page)
+			c->priv->st[i] |= MS_CLAIMED;
+		else
+			(void)uhmm_dp_release_locked(c->priv->mm, addr);
 		return;
 	}
 	c->priv->st[i] |= MS_CLAIMED;
