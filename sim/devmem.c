@@ -170,8 +170,10 @@ static int devmem_add_chunk(struct uhmm_dmirror *dm)
 /* FAIL_ALLOC: the next allocation fails (the flag goes with it). */
 static bool fail_alloc(struct uhmm_dmirror *dm)
 {
-	return __atomic_fetch_and(&dm->flags, ~UHMM_DMIRROR_FLAG_FAIL_ALLOC, __ATOMIC_RELAXED) &
-	       UHMM_DMIRROR_FLAG_FAIL_ALLOC;
+	/* a plain load first: this runs for every page a migration allocates */
+	return (__atomic_load_n(&dm->flags, __ATOMIC_RELAXED) & UHMM_DMIRROR_FLAG_FAIL_ALLOC) &&
+	       (__atomic_fetch_and(&dm->flags, ~UHMM_DMIRROR_FLAG_FAIL_ALLOC, __ATOMIC_RELAXED) &
+		UHMM_DMIRROR_FLAG_FAIL_ALLOC);
 }
 
 /* A device page with one reference, or NULL (out of memory, or FAIL_ALLOC). */
@@ -290,13 +292,17 @@ static uint64_t sysmem_from(struct uhmm_dmirror *dm, const void *dev, bool direc
  */
 static uint64_t mem_run(const uint64_t *e, uint64_t i, uint64_t end, uint64_t need)
 {
+	struct uhmm_page *page = uhmm_migrate_pfn_to_page(e[i]);
+	char *mem = page ? page_mem(page) : NULL;
 	uint64_t n = 1;
 
-	while (i + n < end && (e[i + n] & need) && !(e[i + n] & UHMM_MIGRATE_PFN_COMPOUND) &&
-	       uhmm_migrate_pfn_to_page(e[i + n]) &&
-	       page_mem(uhmm_migrate_pfn_to_page(e[i + n])) ==
-		       page_mem(uhmm_migrate_pfn_to_page(e[i + n - 1])) + DM_PAGE_SIZE)
-		n++;
+	for (; i + n < end && (e[i + n] & need) && !(e[i + n] & UHMM_MIGRATE_PFN_COMPOUND); n++) {
+		char *next = (page = uhmm_migrate_pfn_to_page(e[i + n])) ? page_mem(page) : NULL;
+
+		if (!mem || next != mem + DM_PAGE_SIZE)
+			break;
+		mem = next;
+	}
 	return n;
 }
 
