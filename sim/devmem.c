@@ -473,7 +473,10 @@ static void unit_alloc_and_copy(struct uhmm_dmirror *dm, struct uhmm_migrate_vma
  * order they were freed: a window that came back from us in address order
  * goes out again in descending memory. Runs of base entries whose device
  * memory descends are turned round, so that their memory ascends with the
- * addresses: one move (or copy) per run instead of one per page.
+ * addresses: one move (or copy) per run instead of one per page. A run
+ * stops at a unit's first entry by its src, not its dst (so not mem_run()):
+ * a unit split into base pages has base dst entries, filled already, which
+ * must not be swapped.
  */
 static void ascending_dst(struct uhmm_migrate_vma *m)
 {
