@@ -640,27 +640,44 @@ static int check_range_readable(struct uhmm_dmirror *dm, uint64_t start, uint64_
 /*
  * Read the range back through the device page table, straight from device
  * memory into the caller's buffer: -ENOENT, with the buffer untouched, if a
- * page is not on this device. The lock keeps the pages from leaving.
+ * page is not on this device. A reference on each page, taken under the
+ * lock, keeps its memory from being reused; the write runs without the
+ * lock, because it may fault: the caller's buffer may itself be on the
+ * device, and its fault-back needs the lock (holding it here hung, test
+ * migrate_read_back_into_device_resident_buffer). A CPU fault meanwhile
+ * copies the same data back, so the read-back still returns what migrated.
  */
 static int read_back_device(struct uhmm_dmirror *dm, struct uhmm_dmirror_cmd *c)
 {
+	struct uhmm_page **pages = uhmm_kcalloc(c->npages, sizeof(*pages));
 	struct iovec *iov = uhmm_kmalloc(c->npages * sizeof(*iov));
-	int ret = iov ? 0 : -ENOMEM;
+	uint64_t n = 0, i;
+	int niov = 0, ret = pages && iov ? 0 : -ENOMEM;
 
 	pthread_mutex_lock(&dm->lock);
-	for (uint64_t i = 0; !ret && i < c->npages; i++) {
+	for (i = 0; !ret && i < c->npages; i++) {
 		uint64_t e = uhmm_radix_get(&dm->pt, (c->addr >> DM_PAGE_SHIFT) + i);
 		struct uhmm_page *page = (e & DPT_DEVPAGE) ? uhmm_pfn_to_page(e >> DPT_PFN_SHIFT) : NULL;
+		char *mem = page ? page_mem(page) : NULL;
 
-		if (!page || !dmirror_devmem_is_local(dm, e >> DPT_PFN_SHIFT))
+		if (!page || !dmirror_devmem_is_local(dm, e >> DPT_PFN_SHIFT)) {
 			ret = -ENOENT;
+			break;
+		}
+		uhmm_page_get(page);
+		pages[n++] = page;
+		if (niov && (char *)iov[niov - 1].iov_base + iov[niov - 1].iov_len == mem)
+			iov[niov - 1].iov_len += DM_PAGE_SIZE;	/* contiguous device memory: one segment */
 		else
-			iov[i] = (struct iovec){ page_mem(page), DM_PAGE_SIZE };
+			iov[niov++] = (struct iovec){ mem, DM_PAGE_SIZE };
 	}
-	if (!ret && uhmm_access_vm_iov(c->ptr, iov, (int)c->npages, UHMM_ACCESS_WRITE) < 0)
-		ret = -EFAULT;
 	pthread_mutex_unlock(&dm->lock);
+	if (!ret && uhmm_access_vm_iov(c->ptr, iov, niov, UHMM_ACCESS_WRITE) < 0)
+		ret = -EFAULT;
+	for (i = 0; i < n; i++)
+		uhmm_page_put(pages[i]);
 	uhmm_kfree(iov);
+	uhmm_kfree(pages);
 	if (!ret) {
 		c->cpages = c->npages;
 		c->faults = 0;

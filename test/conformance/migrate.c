@@ -333,6 +333,47 @@ TEST(migrate_syscall_access)
 	uhmm_dmirror_close(d);
 }
 
+/*
+ * The device's output buffer is itself on the device: MIGRATE_TO_DEV's
+ * read-back and a READ write it through the kernel, which faults its pages
+ * back, and the device's fault-back handler needs the device's lock. A
+ * read-back that wrote the caller's buffer holding that lock hung here.
+ */
+TEST(migrate_read_back_into_device_resident_buffer)
+{
+	struct uhmm_dmirror *d = dmirror(0);
+	struct uhmm_dmirror_cmd c;
+	int *out = filled(BUF_SIZE, MAP_PRIVATE), *src = map_anon(BUF_SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE);
+	int *tmp = malloc(BUF_SIZE);
+	struct uhmm_features f;
+
+	uhmm_query_features(&f);
+	fill_ints(src, BUF_SIZE, -1);
+	ASSERT_OK(dmcmd(d, UHMM_DMIRROR_MIGRATE_TO_DEV, out, tmp, NPAGES, &c));
+	if (!(f.flags & UHMM_FEAT_UFFD_KERNEL_FAULTS)) {
+		/* user-mode-only userfaultfd: the kernel's write fails, nothing written */
+		ASSERT_EQ(dmcmd(d, UHMM_DMIRROR_MIGRATE_TO_DEV, src, out, NPAGES, &c), -EFAULT);
+		ASSERT_EQ(dmcmd(d, UHMM_DMIRROR_READ, src, out, NPAGES, &c), -EFAULT);
+		check_ints(out, BUF_SIZE, 1);
+		check_ints(src, BUF_SIZE, -1);
+		uhmm_dmirror_close(d);
+		return;
+	}
+	ASSERT_OK(dmcmd(d, UHMM_DMIRROR_MIGRATE_TO_DEV, src, out, NPAGES, &c));
+	ASSERT_EQ(c.cpages, NPAGES);
+	snapshot_all(d, src, NPAGES, UHMM_DMIRROR_PROT_DEV_PRIVATE_LOCAL | UHMM_DMIRROR_PROT_WRITE);
+	check_ints(out, BUF_SIZE, -1);	/* faulted back by the read-back, then written */
+	/* A READ of device pages into a buffer on the device, the other way round. */
+	ASSERT_OK(dmcmd(d, UHMM_DMIRROR_MIGRATE_TO_DEV, out, tmp, NPAGES, &c));
+	fill_ints(tmp, BUF_SIZE, 1);
+	ASSERT_OK(dmcmd(d, UHMM_DMIRROR_WRITE, src, tmp, NPAGES, &c));
+	ASSERT_OK(dmcmd(d, UHMM_DMIRROR_READ, src, out, NPAGES, &c));
+	check_ints(out, BUF_SIZE, 1);
+	check_ints(src, BUF_SIZE, 1);
+	free(tmp);
+	uhmm_dmirror_close(d);
+}
+
 /* madvise(DONTNEED) and munmap free device pages; counters return to the start. */
 TEST(migrate_dontneed_munmap_free_device_pages)
 {
