@@ -638,44 +638,98 @@ static int check_range_readable(struct uhmm_dmirror *dm, uint64_t start, uint64_
 }
 
 /*
- * Read the range back through the device page table, straight from device
- * memory into the caller's buffer: -ENOENT, with the buffer untouched, if a
- * page is not on this device. A reference on each page, taken under the
- * lock, keeps its memory from being reused; the write runs without the
- * lock, because it may fault: the caller's buffer may itself be on the
- * device, and its fault-back needs the lock (holding it here hung, test
- * migrate_read_back_into_device_resident_buffer). A CPU fault meanwhile
- * copies the same data back, so the read-back still returns what migrated.
+ * The device pages of table entries [@index, @index + @n) (under dm->lock)
+ * as far as they are pages of this device: a reference on each into
+ * @pages, which keeps its memory from being reused once the lock is
+ * dropped, and their memory into @iov, contiguous memory as one segment
+ * (*@niov of them). Returns how many pages it took.
  */
-static int read_back_device(struct uhmm_dmirror *dm, struct uhmm_dmirror_cmd *c)
+uint64_t dmirror_devmem_get_run(struct uhmm_dmirror *dm, uint64_t index, uint64_t n, struct uhmm_page **pages,
+				struct iovec *iov, int *niov)
 {
-	struct uhmm_page **pages = uhmm_kcalloc(c->npages, sizeof(*pages));
-	struct iovec *iov = uhmm_kmalloc(c->npages * sizeof(*iov));
-	uint64_t n = 0, i;
-	int niov = 0, ret = pages && iov ? 0 : -ENOMEM;
+	uint64_t i;
 
-	pthread_mutex_lock(&dm->lock);
-	for (i = 0; !ret && i < c->npages; i++) {
-		uint64_t e = uhmm_radix_get(&dm->pt, (c->addr >> DM_PAGE_SHIFT) + i);
+	*niov = 0;
+	for (i = 0; i < n; i++) {
+		uint64_t e = uhmm_radix_get(&dm->pt, index + i);
 		struct uhmm_page *page = (e & DPT_DEVPAGE) ? uhmm_pfn_to_page(e >> DPT_PFN_SHIFT) : NULL;
 		char *mem = page ? page_mem(page) : NULL;
 
-		if (!page || !dmirror_devmem_is_local(dm, e >> DPT_PFN_SHIFT)) {
-			ret = -ENOENT;
+		if (!mem || !dmirror_devmem_is_local(dm, e >> DPT_PFN_SHIFT))
 			break;
-		}
 		uhmm_page_get(page);
-		pages[n++] = page;
-		if (niov && (char *)iov[niov - 1].iov_base + iov[niov - 1].iov_len == mem)
-			iov[niov - 1].iov_len += DM_PAGE_SIZE;	/* contiguous device memory: one segment */
+		pages[i] = page;
+		if (*niov && (char *)iov[*niov - 1].iov_base + iov[*niov - 1].iov_len == mem)
+			iov[*niov - 1].iov_len += DM_PAGE_SIZE;
 		else
-			iov[niov++] = (struct iovec){ mem, DM_PAGE_SIZE };
+			iov[(*niov)++] = (struct iovec){ mem, DM_PAGE_SIZE };
 	}
-	pthread_mutex_unlock(&dm->lock);
+	return i;
+}
+
+void dmirror_devmem_put_run(struct uhmm_page **pages, uint64_t n)
+{
+	for (uint64_t i = 0; i < n; i++)
+		uhmm_page_put(pages[i]);
+}
+
+/*
+ * After copying a run without dm->lock (and under it again): how many of
+ * its pages, from the first, are still mapped to the same device page? A
+ * reference keeps a page's memory from being reused, not its data from
+ * leaving: a migration to system memory may move the page out of device
+ * memory (UFFDIO_MOVE, zero copy), and then the copy read a hole. But a
+ * migration drops the page's entries (ours, and another instance's
+ * through its invalidation) before anything moves, and the page cannot
+ * come back to the same device page while referenced: a page still mapped
+ * as it was stayed in place all through the copy.
+ */
+uint64_t dmirror_devmem_run_intact(struct uhmm_dmirror *dm, uint64_t index, struct uhmm_page **pages, uint64_t n)
+{
+	uint64_t i;
+
+	for (i = 0; i < n; i++) {
+		uint64_t e = uhmm_radix_get(&dm->pt, index + i);
+
+		if (!(e & DPT_DEVPAGE) || uhmm_pfn_to_page(e >> DPT_PFN_SHIFT) != pages[i])
+			break;
+	}
+	return i;
+}
+
+/*
+ * Read the range back through the device page table, straight from device
+ * memory into the caller's buffer: -ENOENT, with the buffer untouched, if a
+ * page is not on this device. The write runs without the lock, because it
+ * may fault: the caller's buffer may itself be on the device, and its
+ * fault-back needs the lock (holding it here hung, test
+ * migrate_read_back_into_device_resident_buffer); the references keep the
+ * pages' memory. A page a CPU touch took back meanwhile makes it -ENOENT,
+ * as if the touch came first, but with the buffer written.
+ */
+static int read_back_device(struct uhmm_dmirror *dm, struct uhmm_dmirror_cmd *c)
+{
+	struct uhmm_page **pages = uhmm_kmalloc(c->npages * sizeof(*pages));
+	struct iovec *iov = uhmm_kmalloc(c->npages * sizeof(*iov));
+	uint64_t n = 0;
+	int niov = 0, ret = pages && iov ? 0 : -ENOMEM;
+
+	if (!ret) {
+		pthread_mutex_lock(&dm->lock);
+		n = dmirror_devmem_get_run(dm, c->addr >> DM_PAGE_SHIFT, c->npages, pages, iov, &niov);
+		pthread_mutex_unlock(&dm->lock);
+		if (n < c->npages)
+			ret = -ENOENT;
+	}
 	if (!ret && uhmm_access_vm_iov(c->ptr, iov, niov, UHMM_ACCESS_WRITE) < 0)
 		ret = -EFAULT;
-	for (i = 0; i < n; i++)
-		uhmm_page_put(pages[i]);
+	if (!ret) {	/* a CPU touch took a page back meanwhile: as if before the read-back */
+		pthread_mutex_lock(&dm->lock);
+		if (dmirror_devmem_run_intact(dm, c->addr >> DM_PAGE_SHIFT, pages, n) < n)
+			ret = -ENOENT;
+		pthread_mutex_unlock(&dm->lock);
+	}
+	dmirror_devmem_put_run(pages, n);
 	uhmm_kfree(iov);
 	uhmm_kfree(pages);
 	if (!ret) {

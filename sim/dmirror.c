@@ -320,6 +320,59 @@ static int64_t read_system_run(struct uhmm_dmirror *dm, uint64_t start, uint64_t
 	return ret;
 }
 
+#define DM_RUN_PAGES 256	/* device pages per process_vm_writev() of a READ */
+
+/*
+ * A direct READ's run of our device pages from @done on, straight from
+ * device memory into the caller's buffer: one copy, where device memory ->
+ * bounce buffer -> caller's buffer made two. The pages are referenced
+ * under the lock and copied without it, like MIGRATE_TO_DEV's read-back:
+ * writing the caller's buffer may fault into uhmm. A page that left the
+ * device meanwhile may have been moved out of device memory (zero copy)
+ * under the copy, so only the pages still mapped afterwards count.
+ * Returns the pages copied, 0 for fewer than two (the bounce buffer takes
+ * them), -EAGAIN if the first page left, or -EFAULT.
+ */
+static int64_t read_device_run(struct uhmm_dmirror *dm, uint64_t start, uint64_t npages, struct dm_xfer *x,
+			       uint64_t done)
+{
+	struct uhmm_page *pages[DM_RUN_PAGES];
+	struct iovec iov[DM_RUN_PAGES];
+	uint64_t max = npages - done < DM_RUN_PAGES ? npages - done : DM_RUN_PAGES, taken, n;
+	int niov, ret;
+
+	n = taken = dmirror_devmem_get_run(dm, (start >> DM_PAGE_SHIFT) + done, max, pages, iov, &niov);
+	if (n < 2) {
+		dmirror_devmem_put_run(pages, n);
+		return 0;
+	}
+	pthread_mutex_unlock(&dm->lock);
+	ret = xfer_flush(x, done);
+	if (!ret && uhmm_access_vm_iov(x->ptr + (done << DM_PAGE_SHIFT), iov, niov, UHMM_ACCESS_WRITE) < 0)
+		ret = -EFAULT;
+	pthread_mutex_lock(&dm->lock);
+	if (!ret)
+		n = dmirror_devmem_run_intact(dm, (start >> DM_PAGE_SHIFT) + done, pages, n);
+	dmirror_devmem_put_run(pages, taken);	/* page_free() takes mem_lock, a leaf */
+	if (ret)
+		return ret;
+	if (!n)
+		return -EAGAIN;
+	x->flushed = done + n;	/* the rest is written again when it is read again */
+	return (int64_t)n;
+}
+
+/* A READ's run of pages from @done on that one system call copies, or 0: see above. */
+static int64_t read_run(struct uhmm_dmirror *dm, uint64_t entry, uint64_t start, uint64_t npages,
+			struct dm_xfer *x, uint64_t done)
+{
+	if (system_entry(entry, false))
+		return read_system_run(dm, start, npages, x, done);
+	if (x->direct && (entry & DPT_DEVPAGE))
+		return read_device_run(dm, start, npages, x, done);
+	return 0;
+}
+
 /*
  * Copy pages from *@done on until a page is not mapped (well enough):
  * -ENOENT with *@done at that page, so the caller faults and resumes.
@@ -332,7 +385,7 @@ static int dmirror_do_copy(struct uhmm_dmirror *dm, uint64_t start, uint64_t npa
 	int ret = 0;
 
 	pthread_mutex_lock(&dm->lock);
-	for (; *done < npages; (*done)++) {
+	while (*done < npages) {
 		uint64_t addr = start + (*done << DM_PAGE_SHIFT);
 		uint64_t entry = dpt_get(dm, addr);
 
@@ -340,12 +393,14 @@ static int dmirror_do_copy(struct uhmm_dmirror *dm, uint64_t start, uint64_t npa
 			ret = -ENOENT;
 			break;
 		}
-		if (!write && system_entry(entry, false) && (n = read_system_run(dm, start, npages, x, *done))) {
+		if (!write && (n = read_run(dm, entry, start, npages, x, *done))) {
+			if (n == -EAGAIN)
+				continue;	/* its first page left while it was copied: look again */
 			if (n < 0) {
 				ret = (int)n;
 				break;
 			}
-			*done += (uint64_t)n - 1;	/* the loop adds the last one */
+			*done += (uint64_t)n;
 			continue;
 		}
 		if (system_entry(entry, write)) {
@@ -373,6 +428,7 @@ static int dmirror_do_copy(struct uhmm_dmirror *dm, uint64_t start, uint64_t npa
 		}
 		if (ret)
 			break;
+		(*done)++;
 	}
 	pthread_mutex_unlock(&dm->lock);
 	return ret;

@@ -6,6 +6,7 @@
 #include <pthread.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include "uhmm.h"
@@ -97,6 +98,12 @@ static inline void dmirror_migrating_leave(struct uhmm_dmirror *outer)
 {
 	dmirror_migrating = outer;
 }
+
+/* A run of our device pages, referenced, for a copy without dm->lock (devmem.c). */
+uint64_t dmirror_devmem_get_run(struct uhmm_dmirror *dm, uint64_t index, uint64_t n, struct uhmm_page **pages,
+				struct iovec *iov, int *niov);
+void dmirror_devmem_put_run(struct uhmm_page **pages, uint64_t n);
+uint64_t dmirror_devmem_run_intact(struct uhmm_dmirror *dm, uint64_t index, struct uhmm_page **pages, uint64_t n);
 
 /* A copy of device memory that another instance of the device may copy at once (devmem.c). */
 void dmirror_copy_device_memory(void *dst, const void *src);

@@ -374,6 +374,33 @@ TEST(migrate_read_back_into_device_resident_buffer)
 	uhmm_dmirror_close(d);
 }
 
+/*
+ * The read-back's own output buffer, on the device just before the range,
+ * brings the range back while it is read back (the kernel faults the
+ * buffer in before copying, and the fault-around window grows into the
+ * range). The pages left the device: -ENOENT, as if the CPU had touched
+ * them first, and not a hole's zeros reported as data; the range keeps
+ * its data.
+ */
+TEST(migrate_read_back_racing_its_output_buffer)
+{
+	struct uhmm_dmirror *d = dmirror(0);
+	struct uhmm_dmirror_cmd c;
+	char *b = map_anon(128 * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE), *scratch = malloc(128 * PAGE);
+	struct uhmm_features f;
+
+	uhmm_query_features(&f);
+	for (int i = 0; i < 128; i++)
+		fill_pattern(b + (size_t)i * PAGE, PAGE, (uint32_t)i);
+	ASSERT_OK(dmcmd(d, UHMM_DMIRROR_MIGRATE_TO_DEV, b, scratch, 64, &c));
+	ASSERT_EQ(dmcmd(d, UHMM_DMIRROR_MIGRATE_TO_DEV, b + 64 * PAGE, b, 64, &c),
+		  (f.flags & UHMM_FEAT_UFFD_KERNEL_FAULTS) ? -ENOENT : -EFAULT);
+	for (int i = 64; i < 128; i++)
+		check_pattern(b + (size_t)i * PAGE, PAGE, (uint32_t)i);
+	free(scratch);
+	uhmm_dmirror_close(d);
+}
+
 /* madvise(DONTNEED) and munmap free device pages; counters return to the start. */
 TEST(migrate_dontneed_munmap_free_device_pages)
 {

@@ -148,6 +148,92 @@ TEST(read_mixed_pages_twice)
 	uhmm_dmirror_close(d);
 }
 
+/*
+ * A READ of device pages goes from device memory straight to the caller's
+ * buffer in runs (one system call per run of up to 256 pages, contiguous
+ * device memory as one piece): pages migrated one at a time in a shuffled
+ * order lie anywhere in device memory, runs span more than one batch, and
+ * every page must still land at its own offset.
+ */
+TEST(read_device_pages_scattered_in_device_memory)
+{
+	enum { N = 600 };
+	struct uhmm_dmirror *d = dmirror(0);
+	struct uhmm_dmirror_cmd c;
+	char *ptr = map_anon(N * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE);
+	char *mirror = malloc(N * PAGE), *scratch = malloc(PAGE);
+	int order[N];
+
+	for (int i = 0; i < N; i++) {
+		fill_pattern(ptr + (size_t)i * PAGE, PAGE, (uint32_t)i);
+		order[i] = i;
+	}
+	for (int i = N / 2 - 1; i > 0; i--) {	/* a fixed shuffle of the first half */
+		int j = (int)(((uint64_t)i * 2654435761u) % (uint64_t)(i + 1)), t = order[i];
+
+		order[i] = order[j];
+		order[j] = t;
+	}
+	for (int i = 0; i < N / 2; i++)	/* the first half one page at a time ... */
+		ASSERT_OK(dmcmd(d, UHMM_DMIRROR_MIGRATE_TO_DEV, ptr + (size_t)order[i] * PAGE, scratch, 1, &c));
+	/* ... the second half in one command: contiguous in device memory */
+	ASSERT_OK(dmcmd(d, UHMM_DMIRROR_MIGRATE_TO_DEV, ptr + N / 2 * PAGE, mirror, N / 2, &c));
+	for (int round = 0; round < 2; round++) {
+		memset(mirror, 0x7f, N * PAGE);
+		ASSERT_OK(dmcmd(d, UHMM_DMIRROR_READ, ptr, mirror, N, &c));
+		ASSERT_EQ(c.cpages, N);
+		ASSERT_EQ(c.faults, 0);
+		for (int i = 0; i < N; i++)
+			check_pattern(mirror + (size_t)i * PAGE, PAGE, (uint32_t)i);
+	}
+	uint8_t snap[N];	/* still on the device: READ left them there */
+
+	ASSERT_OK(dmcmd(d, UHMM_DMIRROR_SNAPSHOT, ptr, snap, N, &c));
+	for (int i = 0; i < N; i++)
+		ASSERT_EQ(snap[i], UHMM_DMIRROR_PROT_DEV_PRIVATE_LOCAL | UHMM_DMIRROR_PROT_WRITE);
+	for (int i = 0; i < N; i++)	/* and the CPU's copy, fetched back */
+		check_pattern(ptr + (size_t)i * PAGE, PAGE, (uint32_t)i);
+	free(mirror);
+	free(scratch);
+	uhmm_dmirror_close(d);
+}
+
+/*
+ * A READ of device pages into a buffer that is on the device too, just
+ * before them: the kernel faults the whole buffer in before it copies, and
+ * the device's fault-around window, growing along the buffer, takes the
+ * pages being read back to system memory (moved out of device memory, zero
+ * copy) before they are copied. The READ must notice and read them again
+ * where they are now, not hand out the hole they left.
+ */
+TEST(read_device_pages_that_go_back_while_read)
+{
+	struct uhmm_dmirror *d = dmirror(0);
+	struct uhmm_dmirror_cmd c;
+	char *b = map_anon(128 * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE), *scratch = malloc(128 * PAGE);
+	struct uhmm_features f;
+	int ret;
+
+	uhmm_query_features(&f);
+	for (int i = 0; i < 128; i++)
+		fill_pattern(b + (size_t)i * PAGE, PAGE, (uint32_t)i);
+	ASSERT_OK(dmcmd(d, UHMM_DMIRROR_MIGRATE_TO_DEV, b, scratch, 128, &c));
+	ret = dmcmd(d, UHMM_DMIRROR_READ, b + 64 * PAGE, b, 64, &c);
+	if (!(f.flags & UHMM_FEAT_UFFD_KERNEL_FAULTS)) {
+		ASSERT_EQ(ret, -EFAULT);	/* user-mode-only: the kernel cannot fault the buffer in */
+		for (int i = 0; i < 128; i++)
+			check_pattern(b + (size_t)i * PAGE, PAGE, (uint32_t)i);
+	} else {
+		ASSERT_OK(ret);
+		for (int i = 0; i < 64; i++)
+			check_pattern(b + (size_t)i * PAGE, PAGE, (uint32_t)(64 + i));
+		for (int i = 64; i < 128; i++)
+			check_pattern(b + (size_t)i * PAGE, PAGE, (uint32_t)i);
+	}
+	free(scratch);
+	uhmm_dmirror_close(d);
+}
+
 static void anon_write(unsigned int dev)
 {
 	struct uhmm_dmirror *d = dmirror(dev);
