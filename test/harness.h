@@ -74,6 +74,9 @@ void check_ints_from_at(const int *buf, size_t first, size_t bytes, int sign, co
 #define check_ints_from(buf, first, bytes, sign) check_ints_from_at(buf, first, bytes, sign, __FILE__, __LINE__)
 #define check_ints(buf, bytes, sign) check_ints_from_at(buf, 0, bytes, sign, __FILE__, __LINE__)
 void check_pattern(const void *p, size_t bytes, uint32_t seed);	/* asserts */
+/* @npages private pages, page i holding the pattern of seed @seed0 + i; and the check of such pages */
+char *map_page_patterns(int npages, uint32_t seed0);
+void check_page_patterns(const void *p, int npages, uint32_t seed0);	/* asserts */
 bool read_sigbus(const volatile int *p);		/* does reading *p raise SIGBUS? */
 int make_tmpfile(size_t size);				/* unlinked file of @size zero bytes */
 long hugetlb_free_pages(void);

@@ -89,6 +89,21 @@ void check_pattern(const void *p, size_t bytes, uint32_t seed)
 				  i * 4, w[i], pattern_word(seed, i));
 }
 
+char *map_page_patterns(int npages, uint32_t seed0)
+{
+	char *p = map_anon((size_t)npages * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE);
+
+	for (int i = 0; i < npages; i++)
+		fill_pattern(p + (size_t)i * PAGE, PAGE, seed0 + (uint32_t)i);
+	return p;
+}
+
+void check_page_patterns(const void *p, int npages, uint32_t seed0)
+{
+	for (int i = 0; i < npages; i++)
+		check_pattern((const char *)p + (size_t)i * PAGE, PAGE, seed0 + (uint32_t)i);
+}
+
 int make_tmpfile(size_t size)
 {
 	char path[] = "/tmp/uhmm-test-XXXXXX";

@@ -160,14 +160,11 @@ TEST(read_device_pages_scattered_in_device_memory)
 	enum { N = 600 };
 	struct uhmm_dmirror *d = dmirror(0);
 	struct uhmm_dmirror_cmd c;
-	char *ptr = map_anon(N * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE);
-	char *mirror = malloc(N * PAGE), *scratch = malloc(PAGE);
+	char *ptr = map_page_patterns(N, 0), *mirror = malloc(N * PAGE), *scratch = malloc(PAGE);
 	int order[N];
 
-	for (int i = 0; i < N; i++) {
-		fill_pattern(ptr + (size_t)i * PAGE, PAGE, (uint32_t)i);
+	for (int i = 0; i < N; i++)
 		order[i] = i;
-	}
 	for (int i = N / 2 - 1; i > 0; i--) {	/* a fixed shuffle of the first half */
 		int j = (int)(((uint64_t)i * 2654435761u) % (uint64_t)(i + 1)), t = order[i];
 
@@ -183,16 +180,14 @@ TEST(read_device_pages_scattered_in_device_memory)
 		ASSERT_OK(dmcmd(d, UHMM_DMIRROR_READ, ptr, mirror, N, &c));
 		ASSERT_EQ(c.cpages, N);
 		ASSERT_EQ(c.faults, 0);
-		for (int i = 0; i < N; i++)
-			check_pattern(mirror + (size_t)i * PAGE, PAGE, (uint32_t)i);
+		check_page_patterns(mirror, N, 0);
 	}
 	uint8_t snap[N];	/* still on the device: READ left them there */
 
 	ASSERT_OK(dmcmd(d, UHMM_DMIRROR_SNAPSHOT, ptr, snap, N, &c));
 	for (int i = 0; i < N; i++)
 		ASSERT_EQ(snap[i], UHMM_DMIRROR_PROT_DEV_PRIVATE_LOCAL | UHMM_DMIRROR_PROT_WRITE);
-	for (int i = 0; i < N; i++)	/* and the CPU's copy, fetched back */
-		check_pattern(ptr + (size_t)i * PAGE, PAGE, (uint32_t)i);
+	check_page_patterns(ptr, N, 0);	/* and the CPU's copy, fetched back */
 	free(mirror);
 	free(scratch);
 	uhmm_dmirror_close(d);
@@ -210,26 +205,21 @@ TEST(read_device_pages_that_go_back_while_read)
 {
 	struct uhmm_dmirror *d = dmirror(0);
 	struct uhmm_dmirror_cmd c;
-	char *b = map_anon(128 * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE), *scratch = malloc(128 * PAGE);
+	char *b = map_page_patterns(128, 0), *scratch = malloc(128 * PAGE);
 	struct uhmm_features f;
 	int ret;
 
 	uhmm_query_features(&f);
-	for (int i = 0; i < 128; i++)
-		fill_pattern(b + (size_t)i * PAGE, PAGE, (uint32_t)i);
 	ASSERT_OK(dmcmd(d, UHMM_DMIRROR_MIGRATE_TO_DEV, b, scratch, 128, &c));
 	ret = dmcmd(d, UHMM_DMIRROR_READ, b + 64 * PAGE, b, 64, &c);
 	if (!(f.flags & UHMM_FEAT_UFFD_KERNEL_FAULTS)) {
 		ASSERT_EQ(ret, -EFAULT);	/* user-mode-only: the kernel cannot fault the buffer in */
-		for (int i = 0; i < 128; i++)
-			check_pattern(b + (size_t)i * PAGE, PAGE, (uint32_t)i);
+		check_page_patterns(b, 64, 0);
 	} else {
 		ASSERT_OK(ret);
-		for (int i = 0; i < 64; i++)
-			check_pattern(b + (size_t)i * PAGE, PAGE, (uint32_t)(64 + i));
-		for (int i = 64; i < 128; i++)
-			check_pattern(b + (size_t)i * PAGE, PAGE, (uint32_t)i);
+		check_page_patterns(b, 64, 64);
 	}
+	check_page_patterns(b + 64 * PAGE, 64, 64);
 	free(scratch);
 	uhmm_dmirror_close(d);
 }
