@@ -394,23 +394,33 @@ static struct result bench_bare_uffd(enum placement where)
 
 /* ---- mirroring: device reads and snapshots ---- */
 
+static char *map_thp_buf(size_t size, bool thp);
+static long thp_read_pct = -1;	/* of the THP range bench_device_read() read, in the first repetition */
+
 /*
  * Device READ of a fresh range (uhmm_range_fault() fills the device page
  * table), then again (hits), and the raw process_vm_readv() the device
  * reads system pages with, on the same pages; then a READ of the same
  * range once it is on the device (device memory to the caller's buffer).
- * @out: first, hits; @more: process_vm_readv, device pages.
+ * The range is of 4 KiB pages, or THP-backed (2 MiB-aligned, MADV_HUGEPAGE)
+ * with @thp. @out: first, hits, process_vm_readv, device pages, memcpy
+ * (from the range into the same buffer the READ writes).
  */
-static void bench_device_read(struct uhmm_dmirror *d, size_t size, struct result *out, struct result *more)
+static void bench_device_read(struct uhmm_dmirror *d, size_t size, bool thp, struct result *out)
 {
 	char *dst = map_buf(size), *scratch = map_buf(size);
-	double first[REPS], hits[REPS], pvr[REPS], dev[REPS];
+	double first[REPS], hits[REPS], pvr[REPS], dev[REPS], mc[REPS];
 
 	for (int i = 0; i < REPS; i++) {
-		char *range = map_buf(size);	/* what the device reads: new to it each time */
+		char *range = thp ? map_thp_buf(size, true) : map_buf(size);	/* new to the device each time */
 		struct iovec local = { dst, size }, remote = { range, size };
 		double t = now_s();
 
+		if (thp && i == 0)
+			thp_read_pct = smaps_thp_kib(range) * 1024 * 100 / (long)size;
+		memcpy(dst, range, size);
+		mc[i] = (double)size / (now_s() - t) / 1e9;
+		t = now_s();
 		if (dm(d, UHMM_DMIRROR_READ, range, dst, size / PAGE))
 			fprintf(stderr, "bench: READ failed\n");
 		first[i] = (double)size / (now_s() - t) / 1e9;
@@ -434,10 +444,15 @@ static void bench_device_read(struct uhmm_dmirror *d, size_t size, struct result
 		dev[i] = (double)size / (now_s() - t) / 1e9;
 		munmap(range, size);
 	}
-	out[0] = summarize("device READ, first (range_fault + copy)", "GB/s", first, REPS);
-	out[1] = summarize("device READ, page-table hits", "GB/s", hits, REPS);
-	more[0] = summarize("raw process_vm_readv of the same pages", "GB/s", pvr, REPS);
-	more[1] = summarize("device READ of device-resident pages", "GB/s", dev, REPS);
+	out[0] = summarize(thp ? "device READ, first, THP range" : "device READ, first (range_fault + copy)", "GB/s",
+			   first, REPS);
+	out[1] = summarize(thp ? "device READ, page-table hits, THP range" : "device READ, page-table hits", "GB/s",
+			   hits, REPS);
+	out[2] = summarize(thp ? "raw process_vm_readv, THP range" : "raw process_vm_readv of the same pages", "GB/s",
+			   pvr, REPS);
+	out[3] = summarize(thp ? "device READ of device pages, THP range" : "device READ of device-resident pages",
+			   "GB/s", dev, REPS);
+	out[4] = summarize(thp ? "memcpy from the THP range" : "memcpy from the range", "GB/s", mc, REPS);
 	munmap(dst, size);
 	munmap(scratch, size);
 }
@@ -832,7 +847,7 @@ int cmd_bench(int argc, char **argv)
 	size_t mib = 64;
 	bool json = false, thp = false, scaling = false;
 	struct uhmm_dmirror *d;
-	struct result r[22];
+	struct result r[25], rd[5];
 	struct uhmm_mm *mm;
 	int ret;
 
@@ -866,7 +881,10 @@ int cmd_bench(int argc, char **argv)
 	r[6] = bench_bare_uffd(SAME_CPU);
 	r[7] = bench_bare_uffd(OTHER_CPU);
 	r[13] = bench_random_fault_back(d, mib << 20);
-	bench_device_read(d, mib << 20, &r[14], &r[20]);
+	bench_device_read(d, mib << 20, false, rd);
+	r[14] = rd[0], r[15] = rd[1], r[20] = rd[2], r[21] = rd[3];
+	bench_device_read(d, mib << 20, true, rd);	/* hits and the raw call, on THP */
+	r[22] = rd[1], r[23] = rd[2], r[24] = rd[4];
 	if (uhmm_mm_get(&mm) == 0) {
 		bench_snapshot(mm, mib << 20, &r[16]);
 		uhmm_mm_put(mm);
@@ -885,7 +903,8 @@ int cmd_bench(int argc, char **argv)
 		"device_read_first_vs_memcpy", "device_read_hits_vs_memcpy", "range_fault_snapshot_vs_pagemap_scan",
 		"uhmm_migrate_vma_zero_copy_to_device_vs_memcpy", "uhmm_migrate_vma_zero_copy_to_system_vs_memcpy",
 		"device_read_hits_vs_process_vm_readv", "process_vm_readv_vs_memcpy",
-		"device_read_device_pages_vs_memcpy",
+		"device_read_device_pages_vs_memcpy", "device_read_hits_thp_vs_memcpy_thp",
+		"device_read_hits_thp_vs_process_vm_readv",
 	};
 	double ratio[] = {
 		r[1].med / r[0].med, r[2].med / r[0].med, r[3].med / r[0].med,
@@ -896,6 +915,7 @@ int cmd_bench(int argc, char **argv)
 		r[14].med / r[0].med, r[15].med / r[0].med, r[16].med / r[17].med,
 		r[18].med / r[0].med, r[19].med / r[0].med,
 		r[15].med / r[20].med, r[20].med / r[0].med, r[21].med / r[0].med,
+		r[22].med / r[24].med, r[22].med / r[23].med,
 	};
 	int nr = (int)(sizeof(ratio) / sizeof(ratio[0])), nres = (int)(sizeof(r) / sizeof(r[0]));
 
@@ -905,6 +925,7 @@ int cmd_bench(int argc, char **argv)
 	}
 	printf("uhmm bench: %zu MiB buffers, 4 KiB pages, median of %d (latencies: of %d)\n", mib, REPS, LAT_REPS);
 	print_table(r, nres);
+	printf("(the THP range was %ld%% THP-backed)\n", thp_read_pct);
 	printf("\nratios (uhmm / raw mechanism, same run):\n");
 	for (int i = 0; i < nr; i++)
 		printf("  %-48s %.4f\n", rname[i], ratio[i]);
