@@ -416,8 +416,11 @@ static void bench_device_read(struct uhmm_dmirror *d, size_t size, bool thp, str
 		struct iovec local = { dst, size }, remote = { range, size };
 		double t = now_s();
 
-		if (thp && i == 0)
-			thp_read_pct = smaps_thp_kib(range) * 1024 * 100 / (long)size;
+		if (thp && i == 0) {
+			long kib = smaps_thp_kib(range);
+
+			thp_read_pct = kib < 0 ? -1 : kib * 1024 * 100 / (long)size;	/* -1: smaps unreadable */
+		}
 		memcpy(dst, range, size);
 		mc[i] = (double)size / (now_s() - t) / 1e9;
 		t = now_s();

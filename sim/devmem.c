@@ -653,9 +653,10 @@ uint64_t dmirror_devmem_get_run(struct uhmm_dmirror *dm, uint64_t index, uint64_
 	for (i = 0; i < n; i++) {
 		uint64_t e = uhmm_radix_get(&dm->pt, index + i);
 		struct uhmm_page *page = (e & DPT_DEVPAGE) ? uhmm_pfn_to_page(e >> DPT_PFN_SHIFT) : NULL;
-		char *mem = page ? page_mem(page) : NULL;
+		char *mem;
 
-		if (!mem || !dmirror_devmem_is_local(dm, e >> DPT_PFN_SHIFT))
+		/* ours: dmirror_devmem_is_local(), without looking the pfn up again */
+		if (!page || uhmm_pagemap_owner(uhmm_page_pgmap(page)) != dm->owner || !(mem = page_mem(page)))
 			break;
 		uhmm_page_get(page);
 		pages[i] = page;
