@@ -42,6 +42,7 @@ static const char *const point_names[UHMM_INJECT_NR] = {
 	[UHMM_INJECT_MAP_DELAY] = "map_delay",
 	[UHMM_INJECT_RANGE_FAULT_DELAY] = "range_fault_delay",
 	[UHMM_INJECT_UNPROTECT_DELAY] = "unprotect_delay",
+	[UHMM_INJECT_DROP_DELAY] = "drop_delay",
 };
 
 static const struct { const char *name; int err; } errno_names[] = {
@@ -53,7 +54,7 @@ static const struct { const char *name; int err; } errno_names[] = {
 static bool is_delay(enum uhmm_inject_point p)
 {
 	return p == UHMM_INJECT_SERVICE_DELAY || p == UHMM_INJECT_MAP_DELAY || p == UHMM_INJECT_RANGE_FAULT_DELAY ||
-	       p == UHMM_INJECT_UNPROTECT_DELAY;
+	       p == UHMM_INJECT_UNPROTECT_DELAY || p == UHMM_INJECT_DROP_DELAY;
 }
 
 static void delay_us(long us)

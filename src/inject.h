@@ -24,6 +24,8 @@ enum uhmm_inject_point {
 					 * table and the device-private table (value: us) */
 	UHMM_INJECT_UNPROTECT_DELAY,	/* a write replacing zero pages devices may map sleeps between
 					 * invalidating them and lifting their protection (value: us) */
+	UHMM_INJECT_DROP_DELAY,		/* an interposed munmap()/madvise() discarding pages sleeps between
+					 * marking their device pages dropped and its system call (value: us) */
 	UHMM_INJECT_NR
 };
 

@@ -21,6 +21,7 @@
 #include <unistd.h>
 
 #include "internal.h"
+#include "inject.h"
 #include "../uapi/uhmm_uapi.h"
 
 #ifndef MADV_PAGEOUT
@@ -100,9 +101,11 @@ static void map_unlock(struct inval_guard *g, bool locked)
  */
 static void guard_drop(struct inval_guard *g, const void *addr, size_t len)
 {
-	if (g->mm && len && !uhmm_in_service_thread())
-		uhmm_dp_mark_dropped(g->mm, uhmm_align_down((uintptr_t)addr, UHMM_PAGE_SIZE),
-				     uhmm_align_up((uintptr_t)addr + len, UHMM_PAGE_SIZE), true);
+	if (!g->mm || !len || uhmm_in_service_thread())
+		return;
+	uhmm_dp_mark_dropped(g->mm, uhmm_align_down((uintptr_t)addr, UHMM_PAGE_SIZE),
+			     uhmm_align_up((uintptr_t)addr + len, UHMM_PAGE_SIZE), true);
+	(void)uhmm_inject(UHMM_INJECT_DROP_DELAY);	/* a thread preempted before its call, when asked */
 }
 
 static void guard_dropped(struct inval_guard *g, const void *addr, size_t len, bool done)

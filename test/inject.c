@@ -6,6 +6,7 @@
  * outcomes are the table of uhmm_fault_inject(3).
  */
 #include <pthread.h>
+#include <stdatomic.h>
 
 #include "harness.h"
 
@@ -636,4 +637,96 @@ TEST(inject_zero_page_replaced_while_another_device_maps_it)
 	check_ints(buf, PAGE, 1);	/* the reader sees the write, not its stale zero page */
 	uhmm_dmirror_close(reader);
 	uhmm_dmirror_close(w.d);
+}
+
+/*
+ * A page the program discards while another migration holds its entry:
+ * madvise() marks the device page dropped before its system call
+ * (drop_delay holds it there), a migration of another owner claims the
+ * entry and will not migrate it (not its page), and the discard's own
+ * freeing passes the held entry by. Whoever releases the claim must free
+ * the page: collect used to release it at once and drop the page it was
+ * handed back, so the page was never freed (make stress: "device-exclusive
+ * pages could not go back"). Now the claim is kept until finalize.
+ */
+static atomic_int held_frees;
+static void held_free(struct uhmm_page *page) { (void)page; atomic_fetch_add(&held_frees, 1); }
+static int frees(void) { return atomic_load(&held_frees); }
+static const struct uhmm_pagemap_ops held_ops = { .page_free = held_free, .migrate_to_ram = vram_to_ram };
+static char other_owner;
+
+struct discarder {
+	void *p;
+	int ret;
+};
+
+static void *discard_page(void *arg)
+{
+	struct discarder *t = arg;
+
+	t->ret = madvise(t->p, PAGE, MADV_DONTNEED);
+	return NULL;
+}
+
+/* Move the page at @p into @pg's first page (data copied there, as vram_to_ram() reads it). */
+static void page_to_vram(struct uhmm_mm *mm, struct uhmm_pagemap *pg, void *p)
+{
+	struct uhmm_page *page = uhmm_pagemap_page(pg, 0);
+	uint64_t src, dst;
+	struct uhmm_migrate_vma m = {
+		.mm = mm, .src = &src, .dst = &dst, .start = (uintptr_t)p, .end = (uintptr_t)p + PAGE,
+		.pgmap_owner = vram, .flags = UHMM_MIGRATE_VMA_SELECT_SYSTEM,
+	};
+
+	ASSERT_OK(uhmm_migrate_vma_setup(&m));
+	ASSERT_EQ(m.cpages, 1);
+	ASSERT_OK(uhmm_page_init(page));
+	ASSERT_EQ(uhmm_access_vm((uintptr_t)p, vram, PAGE, 0), (ssize_t)PAGE);
+	dst = uhmm_migrate_pfn(uhmm_page_to_pfn(page));
+	uhmm_migrate_vma_pages(&m);
+	uhmm_migrate_vma_finalize(&m);
+	ASSERT_TRUE(src & UHMM_MIGRATE_PFN_MIGRATE);
+}
+
+TEST(inject_discard_of_a_page_another_migration_holds_frees_it)
+{
+	struct discarder t = { .p = filled(1) };
+	struct uhmm_pagemap_stats st;
+	struct uhmm_pagemap *pg;
+	struct uhmm_mm *mm;
+	uint64_t src, dst, before;
+	pthread_t th;
+
+	ASSERT_OK(uhmm_mm_get(&mm));
+	ASSERT_OK(uhmm_pagemap_add(mm, 1, vram, &held_ops, NULL, &pg));
+	page_to_vram(mm, pg, t.p);
+	atomic_store(&held_frees, 0);
+
+	struct uhmm_migrate_vma m = {
+		.mm = mm, .src = &src, .dst = &dst, .start = (uintptr_t)t.p, .end = (uintptr_t)t.p + PAGE,
+		.pgmap_owner = &other_owner,
+		.flags = UHMM_MIGRATE_VMA_SELECT_SYSTEM | UHMM_MIGRATE_VMA_SELECT_DEVICE_PRIVATE,
+	};
+
+	before = injected();
+	ASSERT_OK(uhmm_fault_inject("drop_delay:200000:1:1"));
+	ASSERT_OK(pthread_create(&th, NULL, discard_page, &t));
+	while (injected() == before)	/* the discard marked the page dropped, and sleeps before its call */
+		usleep(1000);
+	ASSERT_OK(uhmm_migrate_vma_setup(&m));	/* claims the entry: not its owner's page */
+	ASSERT_EQ(m.cpages, 0);
+	pthread_join(th, NULL);	/* the discard is over: it passed the held entry by */
+	ASSERT_OK(uhmm_fault_inject(NULL));
+	ASSERT_OK(t.ret);
+	ASSERT_EQ(frees(), 0);	/* still held */
+	uhmm_migrate_vma_pages(&m);
+	uhmm_migrate_vma_finalize(&m);
+
+	ASSERT_EQ(frees(), 1);	/* the release freed it, once */
+	ASSERT_OK(uhmm_pagemap_stats(pg, &st));
+	ASSERT_EQ(st.allocated, 0);
+	ASSERT_EQ(st.mapped, 0);
+	ASSERT_EQ(*(volatile int *)t.p, 0);	/* discarded: the CPU reads zeros */
+	ASSERT_OK(uhmm_pagemap_remove(pg));	/* no page left referenced */
+	uhmm_mm_put(mm);
 }
