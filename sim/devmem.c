@@ -267,8 +267,31 @@ static struct uhmm_page *devmem_alloc_unit(struct uhmm_dmirror *dm)
  * which are contiguous whatever the device pages are: one UFFDIO_COPY per
  * window instead of one per page. 0 when FAIL_ALLOC (or uhmm) says no
  * system memory.
+ *
+ * Movable memory (zero copy) moves from a shorter run on (move_run()).
  */
 #define DM_DIRECT_RUN 16
+
+/*
+ * The shortest run of movable device memory that goes back by UFFDIO_MOVE
+ * rather than through the staging pages. A move flushes the TLB of every
+ * CPU running the process; a copy into an empty page-table entry flushes
+ * nothing. In a command the service threads sleep, and a move costs ~1 us
+ * a run against ~1.5 us a page copied: every run moves (uhmm bench,
+ * MIGRATE_TO_SYS 16.7-17.5 -> 21.9-23.2 GB/s). In a CPU fault, the service
+ * thread the same fault woke on the other CPU is usually running, and each
+ * move's TLB flush sends it an IPI: a lone page moved made one fault-back
+ * 28 -> 40 us. There a run moves from 8 pages on (the fault-back scan,
+ * whose windows came back as runs of 1, 15, 1, 15 and 480 pages: 1.34-1.37x
+ * -> 1.40-1.44x memcpy; one fault-back unchanged). docs/performance.md,
+ * "Short runs of device memory move too".
+ */
+#define DM_FAULT_MOVE_RUN 8
+
+static uint64_t move_run(const struct uhmm_migrate_vma *m)
+{
+	return m->fault_page ? DM_FAULT_MOVE_RUN : 1;
+}
 
 static uint64_t sysmem_from(struct uhmm_dmirror *dm, const void *dev, bool direct)
 {
@@ -798,7 +821,7 @@ static void migrate_copy_to_sys(struct uhmm_dmirror *dm, struct uhmm_migrate_vma
 			uint64_t n = mem_run(m->src, i, m->npages, UHMM_MIGRATE_PFN_MIGRATE);
 
 			run_end = i + n;
-			direct = n >= DM_DIRECT_RUN;
+			direct = n >= (devmem_movable(dm) ? move_run(m) : DM_DIRECT_RUN);
 		}
 		m->dst[i] = sysmem_from(dm, page_mem(spage), direct);
 	}
