@@ -269,6 +269,7 @@ void uhmm_excl_fini(struct uhmm_mm *mm)
 		if (st.allocated) {	/* still in use: leak it rather than free memory a mapping names */
 			uhmm_log(UHMM_LOG_WARN, "uhmm: %llu device-exclusive pages could not go back",
 				 (unsigned long long)st.allocated);
+			uhmm_stat_add(UHMM_STAT(pages_leaked), st.allocated);
 			continue;
 		}
 		uhmm_pagemap_free_internal(c->pgmap);

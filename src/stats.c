@@ -78,6 +78,7 @@ __attribute__((destructor)) static void stats_at_exit(void)
 		"  exclusive pages   %llu\n"
 		"  2 MiB units       %llu migrated whole\n"
 		"  pages moved       %llu (zero copy)\n"
+		"  pages leaked      %llu\n"
 		"  invalidations    ",
 		(int)getpid(), (unsigned long long)s.faults, (unsigned long long)s.faults_device,
 		s.faults ? (double)s.fault_ns / (double)s.faults / 1e3 : 0.0,
@@ -88,7 +89,8 @@ __attribute__((destructor)) static void stats_at_exit(void)
 		(unsigned long long)s.read_retries, (unsigned long long)s.poisons,
 		(unsigned long long)s.zaps_moved, (unsigned long long)s.zaps_madvised, (unsigned long long)s.zaps_unshared,
 		(unsigned long long)s.events, (unsigned long long)s.exclusive_pages,
-		(unsigned long long)s.units_migrated, (unsigned long long)s.pages_moved);
+		(unsigned long long)s.units_migrated, (unsigned long long)s.pages_moved,
+		(unsigned long long)s.pages_leaked);
 	for (unsigned int i = 0; i < UHMM_ARRAY_SIZE(s.invalidations); i++)
 		fprintf(stderr, " %s=%llu", uhmm_event_name(i), (unsigned long long)s.invalidations[i]);
 	fputc('\n', stderr);

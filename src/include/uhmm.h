@@ -763,6 +763,8 @@ struct uhmm_stats {
 	uint64_t units_migrated;	/* 2 MiB units (THP, device units) that migrated whole, each way */
 	uint64_t zaps_unshared;		/* pages a migration made exclusive again first (copy-on-write since a fork) */
 	uint64_t pages_moved;		/* pages that migrated by UFFDIO_MOVE, not copied (host-memory devices), each way */
+	uint64_t pages_leaked;		/* device-exclusive pages still referenced when their address space went:
+					 * left allocated, never reused (a lost reference; should stay 0) */
 };
 
 /**

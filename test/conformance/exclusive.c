@@ -221,11 +221,15 @@ TEST(exclusive_pages_come_back_at_mm_teardown)
 {
 	struct uhmm_mm *mm;
 	int *ptr = filled(8 * PAGE);
+	struct uhmm_stats a, b;
 	void *mem;
 
 	ASSERT_OK(uhmm_mm_get(&mm));
 	for (int i = 0; i < 8; i++)
 		ASSERT_OK(uhmm_make_device_exclusive(mm, (uintptr_t)ptr + (size_t)i * PAGE, NULL, &mem));
+	ASSERT_EQ(uhmm_stats(&a, sizeof(a)), sizeof(a));
 	uhmm_mm_put(mm);	/* nothing else holds it: torn down */
+	ASSERT_EQ(uhmm_stats(&b, sizeof(b)), sizeof(b));
+	ASSERT_EQ(b.pages_leaked, a.pages_leaked);	/* every pool page came back: none left referenced */
 	check_ints(ptr, 8 * PAGE, 1);
 }
