@@ -3,7 +3,10 @@
  * A four-level, 512-way radix tree keyed by virtual page number (48-bit
  * virtual addresses), shaped like a page table. Leaves hold 64-bit words,
  * 0 meaning empty. Lookups and updates are O(1); a range walk visits only
- * the nodes that exist. Not thread-safe: the owner locks.
+ * the nodes that exist and, in each, only the slots in its range (a walk of
+ * one key reads four slots). Setting a value to 0 keeps its nodes; a walk
+ * frees the nodes it empties, a clear every empty node in its range. Not
+ * thread-safe: the owner locks.
  *
  * Used by the library (the device-private table) and by the reference
  * device (its page table); internal, not installed.
