@@ -608,9 +608,9 @@ UHMM_EXPORT ssize_t uhmm_access_vm(uint64_t addr, void *buf, size_t len, unsigne
 	if (len == 0)
 		return 0;
 	if (flags & UHMM_ACCESS_WRITE)
-		n = process_vm_writev(getpid(), &local, 1, &remote, 1, 0);
+		n = process_vm_writev(uhmm_self_pid(), &local, 1, &remote, 1, 0);
 	else
-		n = process_vm_readv(getpid(), &local, 1, &remote, 1, 0);
+		n = process_vm_readv(uhmm_self_pid(), &local, 1, &remote, 1, 0);
 	if (n < 0)
 		return -errno;
 	return (size_t)n == len ? n : -EFAULT;
@@ -633,9 +633,9 @@ UHMM_EXPORT ssize_t uhmm_access_vm_iov(uint64_t addr, const struct iovec *iov, i
 			len += iov[i + k].iov_len;
 		remote = (struct iovec){ (void *)(uintptr_t)(addr + (uint64_t)total), len };
 		if (flags & UHMM_ACCESS_WRITE)
-			got = process_vm_writev(getpid(), &iov[i], (unsigned long)n, &remote, 1, 0);
+			got = process_vm_writev(uhmm_self_pid(), &iov[i], (unsigned long)n, &remote, 1, 0);
 		else
-			got = process_vm_readv(getpid(), &iov[i], (unsigned long)n, &remote, 1, 0);
+			got = process_vm_readv(uhmm_self_pid(), &iov[i], (unsigned long)n, &remote, 1, 0);
 		if (got < 0)
 			return -errno;
 		if ((size_t)got != len)

@@ -247,6 +247,7 @@ struct uhmm_mm {
 /* The current process's mm if it exists (no reference taken), else NULL. */
 struct uhmm_mm *uhmm_mm_peek(void);
 bool uhmm_mm_is_current(const struct uhmm_mm *mm);
+pid_t uhmm_self_pid(void);	/* getpid(), asked of the kernel once per process */
 
 /* kmem.c: uhmm's own memory (uhmm_kmalloc() and friends are public) */
 bool uhmm_kmem_owns(uint64_t start, uint64_t end);	/* does [start, end) touch it? */

@@ -760,7 +760,7 @@ static void unshare_present(uint64_t start, const uint8_t *pte, uint64_t npages)
 			if ((pte[i] & UHMM_PTE_PRESENT) && !(pte[i] & (UHMM_PTE_ZERO | UHMM_PTE_FILE)))
 				remote[n++] = (struct iovec){ (void *)(uintptr_t)(start + (i << UHMM_PAGE_SHIFT)), 1 };
 		local.iov_len = (size_t)n;
-		if (n && process_vm_readv(getpid(), &local, 1, remote, (unsigned long)n, 0) > 0)
+		if (n && process_vm_readv(uhmm_self_pid(), &local, 1, remote, (unsigned long)n, 0) > 0)
 			done += (uint64_t)n;
 	}
 	uhmm_stat_add(UHMM_STAT(zaps_unshared), done);

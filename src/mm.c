@@ -16,6 +16,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include "internal.h"
@@ -32,9 +34,47 @@ struct uhmm_fork_inval {
 	struct uhmm_mm *mm;	/* with a reference */
 };
 
+/*
+ * This process's pid without a system call per question: uhmm asks at
+ * every entry point whether an mm is this process's, and names itself to
+ * process_vm_readv(); glibc no longer caches getpid() (2.25), and a
+ * migration to the device and one fault back made 16 getpid() calls. The
+ * answer is kept in a page the kernel zeroes in a child (MADV_WIPEONFORK,
+ * 4.14+), so any fork finds it empty and asks again, a raw clone() that
+ * pthread_atfork() never sees included. The page is uhmm's own memory
+ * (kmem.c), out of every migration's reach. Without it, getpid() each time.
+ */
+static _Atomic pid_t *pid_page;
+static pthread_once_t pid_once = PTHREAD_ONCE_INIT;
+
+static void pid_page_init(void)
+{
+	void *p = uhmm_kmalloc(UHMM_PAGE_SIZE);	/* a block of its own: aligned to its size */
+
+	if (p && syscall(SYS_madvise, p, UHMM_PAGE_SIZE, MADV_WIPEONFORK) == 0)
+		pid_page = p;
+	else
+		uhmm_kfree(p);
+}
+
+pid_t uhmm_self_pid(void)
+{
+	pid_t pid;
+
+	pthread_once(&pid_once, pid_page_init);
+	if (!pid_page)
+		return getpid();
+	pid = atomic_load_explicit(pid_page, memory_order_relaxed);
+	if (!pid) {	/* first question in this process */
+		pid = getpid();
+		atomic_store_explicit(pid_page, pid, memory_order_relaxed);
+	}
+	return pid;
+}
+
 bool uhmm_mm_is_current(const struct uhmm_mm *mm)
 {
-	return mm && mm->pid == getpid();
+	return mm && mm->pid == uhmm_self_pid();
 }
 
 struct uhmm_mm *uhmm_mm_peek(void)
@@ -182,7 +222,7 @@ static int mm_create(struct uhmm_mm **out)
 
 	if (!mm)
 		return -ENOMEM;
-	mm->pid = getpid();
+	mm->pid = uhmm_self_pid();
 	atomic_init(&mm->refs, 1);
 	mm->invalidate_seq = 2;
 	mm->stop_efd = -1;

@@ -25,7 +25,7 @@ static pthread_mutex_t proc_lock = PTHREAD_MUTEX_INITIALIZER;
 
 int uhmm_proc_fd(enum uhmm_proc_file which)
 {
-	pid_t pid = getpid();
+	pid_t pid = uhmm_self_pid();
 	int fd;
 
 	pthread_mutex_lock(&proc_lock);

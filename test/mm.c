@@ -1,7 +1,10 @@
 // SPDX-License-Identifier: MIT
+#include <signal.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 
 #include "harness.h"
+#include "../src/internal.h"
 
 static bool noop_invalidate(struct uhmm_interval_notifier *s, const struct uhmm_notifier_range *r,
 			    unsigned long seq)
@@ -47,6 +50,40 @@ TEST(mm_fork_child_fresh)
 
 	ASSERT_OK(uhmm_mm_get(&mm));
 	ASSERT_EQ(run_child(child_gets_own_mm, mm), 0);
+	uhmm_mm_put(mm);
+}
+
+/*
+ * uhmm keeps its pid in a page the kernel zeroes in a child: a child made by
+ * fork(), or by a raw clone() that runs no pthread_atfork() handler, knows
+ * its own pid, so the parent's mm is not current there.
+ */
+static int child_knows_itself(pid_t parent)
+{
+	pid_t self = (pid_t)syscall(SYS_getpid);
+
+	return uhmm_self_pid() == self && self != parent && uhmm_mm_peek() == NULL ? 0 : 1;
+}
+
+TEST(self_pid_after_fork_and_raw_clone)
+{
+	struct uhmm_mm *mm = NULL;
+	pid_t parent = getpid(), child;
+	int status;
+
+	ASSERT_OK(uhmm_mm_get(&mm));
+	ASSERT_EQ(uhmm_self_pid(), parent);
+	ASSERT_TRUE(uhmm_mm_peek() == mm);
+	for (int raw = 0; raw < 2; raw++) {
+		child = raw ? (pid_t)syscall(SYS_clone, SIGCHLD, 0, NULL, NULL, 0) : fork();
+		ASSERT_GE(child, 0);
+		if (child == 0)
+			_exit(child_knows_itself(parent));
+		ASSERT_EQ(waitpid(child, &status, 0), child);
+		ASSERT_TRUE(WIFEXITED(status));
+		ASSERT_EQ(WEXITSTATUS(status), 0);
+	}
+	ASSERT_EQ(uhmm_self_pid(), parent);
 	uhmm_mm_put(mm);
 }
 
