@@ -108,8 +108,10 @@ static void round_trip(struct uhmm_dmirror *d, char *buf, char *mirror, size_t s
 {
 	double t = now_s();
 
-	if (dm(d, UHMM_DMIRROR_MIGRATE_TO_DEV, buf, mirror, size / PAGE))
-		fprintf(stderr, "bench: MIGRATE_TO_DEV failed\n");
+	int ret = dm(d, UHMM_DMIRROR_MIGRATE_TO_DEV, buf, mirror, size / PAGE);
+
+	if (ret)
+		fprintf(stderr, "bench: MIGRATE_TO_DEV of %zu MiB failed: %s\n", size >> 20, strerror(-ret));
 	*to_dev = (double)size / (now_s() - t) / 1e9;
 	t = now_s();
 	if (dm(d, UHMM_DMIRROR_MIGRATE_TO_SYS, buf, mirror, size / PAGE))
@@ -503,10 +505,14 @@ static void bench_snapshot(struct uhmm_mm *mm, size_t size, struct result *out)
 	uhmm_interval_notifier_insert(&sub, mm, r.start, size, &nop_ops);
 	for (int i = 0; i < REPS; i++) {
 		double t = now_s();
+		int ret;
 
-		r.notifier_seq = uhmm_interval_read_begin(&sub);
-		if (uhmm_range_fault(&r))
-			fprintf(stderr, "bench: range_fault failed\n");
+		do {	/* -EBUSY: an invalidation ran meanwhile; a driver retries, and pays for it */
+			r.notifier_seq = uhmm_interval_read_begin(&sub);
+			ret = uhmm_range_fault(&r);
+		} while (ret == -EBUSY);
+		if (ret)
+			fprintf(stderr, "bench: range_fault failed: %s\n", strerror(-ret));
 		snap[i] = (now_s() - t) * 1e3;
 		t = now_s();
 		if (raw_pagemap_scan(fd, p, size) < 0)

@@ -598,50 +598,66 @@ UHMM_EXPORT int uhmm_range_fault(struct uhmm_range *range)
 	return ret;
 }
 
+/*
+ * process_vm_readv()/writev() move at most MAX_RW_COUNT (2 GiB less a page)
+ * per call and return a short count beyond it: a longer access goes in
+ * pieces of at most ACCESS_MAX bytes and ACCESS_IOVS iovecs (a 4 GiB
+ * MIGRATE_TO_DEV's read-back failed with EFAULT on memory that was fine).
+ */
+#define ACCESS_MAX (1ULL << 30)
+#define ACCESS_IOVS 256
+
+static ssize_t access_pieces(uint64_t addr, const struct iovec *local, unsigned long n, size_t len,
+			     unsigned int flags)
+{
+	struct iovec remote = { (void *)(uintptr_t)addr, len };
+	ssize_t got = (flags & UHMM_ACCESS_WRITE) ? process_vm_writev(uhmm_self_pid(), local, n, &remote, 1, 0)
+						  : process_vm_readv(uhmm_self_pid(), local, n, &remote, 1, 0);
+
+	if (got < 0)
+		return -errno;
+	return (size_t)got == len ? got : -EFAULT;
+}
+
 UHMM_EXPORT ssize_t uhmm_access_vm(uint64_t addr, void *buf, size_t len, unsigned int flags)
 {
-	struct iovec local = { buf, len }, remote = { (void *)(uintptr_t)addr, len };
-	ssize_t n;
+	struct iovec one = { buf, len };
 
-	if (!buf || (flags & ~UHMM_ACCESS_WRITE) || addr + len < addr)
+	if (!buf || (flags & ~UHMM_ACCESS_WRITE) || addr + len < addr || len > SSIZE_MAX)
 		return -EINVAL;
-	if (len == 0)
-		return 0;
-	if (flags & UHMM_ACCESS_WRITE)
-		n = process_vm_writev(uhmm_self_pid(), &local, 1, &remote, 1, 0);
-	else
-		n = process_vm_readv(uhmm_self_pid(), &local, 1, &remote, 1, 0);
-	if (n < 0)
-		return -errno;
-	return (size_t)n == len ? n : -EFAULT;
+	return len ? uhmm_access_vm_iov(addr, &one, 1, flags) : 0;
 }
 
 UHMM_EXPORT ssize_t uhmm_access_vm_iov(uint64_t addr, const struct iovec *iov, int iovcnt,
 				       unsigned int flags)
 {
+	struct iovec batch[ACCESS_IOVS];
 	ssize_t total = 0;
+	size_t off = 0;	/* bytes of iov[i] already in an earlier piece */
 
 	if (!iov || iovcnt <= 0 || (flags & ~UHMM_ACCESS_WRITE))
 		return -EINVAL;
 	for (int i = 0; i < iovcnt;) {
-		int n = iovcnt - i > IOV_MAX ? IOV_MAX : iovcnt - i;
+		unsigned long n = 0;
 		size_t len = 0;
-		struct iovec remote;
 		ssize_t got;
 
-		for (int k = 0; k < n; k++)
-			len += iov[i + k].iov_len;
-		remote = (struct iovec){ (void *)(uintptr_t)(addr + (uint64_t)total), len };
-		if (flags & UHMM_ACCESS_WRITE)
-			got = process_vm_writev(uhmm_self_pid(), &iov[i], (unsigned long)n, &remote, 1, 0);
-		else
-			got = process_vm_readv(uhmm_self_pid(), &iov[i], (unsigned long)n, &remote, 1, 0);
+		while (i < iovcnt && n < ACCESS_IOVS && len < ACCESS_MAX) {
+			size_t take = iov[i].iov_len - off;
+
+			take = take > ACCESS_MAX - len ? ACCESS_MAX - len : take;
+			batch[n++] = (struct iovec){ (char *)iov[i].iov_base + off, take };
+			len += take;
+			off += take;
+			if (off == iov[i].iov_len) {
+				i++;
+				off = 0;
+			}
+		}
+		got = access_pieces(addr + (uint64_t)total, batch, n, len, flags);
 		if (got < 0)
-			return -errno;
-		if ((size_t)got != len)
-			return -EFAULT;
+			return got;
 		total += got;
-		i += n;
 	}
 	return total;
 }

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT
 #include <signal.h>
 #include <sys/syscall.h>
+#include <sys/uio.h>
 #include <sys/wait.h>
 
 #include "harness.h"
@@ -141,4 +142,41 @@ TEST(access_vm)
 	ASSERT_EQ(uhmm_access_vm((uintptr_t)p + PAGE, buf, PAGE, 0), -EFAULT);
 	ASSERT_OK(mprotect(p, PAGE, PROT_READ));
 	ASSERT_EQ(uhmm_access_vm((uintptr_t)p, buf, PAGE, UHMM_ACCESS_WRITE), -EFAULT);
+}
+
+/*
+ * The system calls under uhmm_access_vm() move at most 2 GiB less a page at
+ * once and report the rest as a short copy: a longer access must go in
+ * pieces, not fail with EFAULT (a 4 GiB MIGRATE_TO_DEV's read-back did).
+ * The source is untouched memory (the zero page) with marks on pages around
+ * the 1 GiB and 2 GiB boundaries; only the copy costs memory.
+ */
+TEST(access_vm_of_more_than_2_gib)
+{
+	const size_t len = (2ULL << 30) + 2 * PAGE;
+	const size_t marks[] = { 0, (1ULL << 30) - PAGE, 1ULL << 30, (2ULL << 30) - 2 * PAGE,
+				 (2ULL << 30) - PAGE, 2ULL << 30, len - PAGE };
+	char *src = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	char *dst = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	struct iovec iov[2] = { { dst, PAGE }, { dst + PAGE, len - PAGE } };
+
+	if (src == MAP_FAILED || dst == MAP_FAILED)
+		SKIP("cannot map 2 x 2 GiB: %s", strerror(errno));
+	for (size_t i = 0; i < UHMM_ARRAY_SIZE(marks); i++)
+		memset(src + marks[i], (int)(i + 1), PAGE);
+	ASSERT_EQ(uhmm_access_vm((uintptr_t)src, dst, len, 0), (ssize_t)len);
+	for (size_t i = 0; i < UHMM_ARRAY_SIZE(marks); i++) {
+		ASSERT_EQ(dst[marks[i]], (char)(i + 1));
+		ASSERT_EQ(dst[marks[i] + PAGE - 1], (char)(i + 1));
+		if (marks[i] + PAGE < len)	/* the page after: the next mark, or untouched */
+			ASSERT_EQ(dst[marks[i] + PAGE], marks[i + 1] == marks[i] + PAGE ? (char)(i + 2) : 0);
+	}
+	/* and back, through two buffers, one of them longer than a piece */
+	memset(dst + (2ULL << 30), 'w', PAGE);
+	ASSERT_EQ(uhmm_access_vm_iov((uintptr_t)src, iov, 2, UHMM_ACCESS_WRITE), (ssize_t)len);
+	ASSERT_EQ(src[2ULL << 30], 'w');
+	ASSERT_EQ(src[0], 1);
+	ASSERT_EQ(uhmm_access_vm((uintptr_t)src, dst, SIZE_MAX / 2 + 1, 0), -EINVAL);	/* more than SSIZE_MAX */
+	munmap(src, len);
+	munmap(dst, len);
 }

@@ -371,8 +371,12 @@ int uhmm_range_fault(struct uhmm_range *range);
  * was unmapped (or write-protected) concurrently gives -EFAULT instead of a
  * crash, the way a real device's access gets an IOMMU fault.
  *
+ * Any length: more than 1 GiB goes in pieces (the system call under it
+ * stops at 2 GiB).
+ *
  * Return: bytes copied (all of @len), -EINVAL for a NULL @buf, unknown
- * flags or a wrapping range, -EFAULT if a page is not accessible.
+ * flags, a wrapping range or more than SSIZE_MAX bytes, -EFAULT if a page
+ * is not accessible (some bytes may have been copied).
  */
 ssize_t uhmm_access_vm(uint64_t addr, void *buf, size_t len, unsigned int flags);
 
@@ -689,7 +693,8 @@ struct iovec;
  * @iovcnt: number of buffers, > 0
  * @flags: 0 (read the range) or UHMM_ACCESS_WRITE (write it)
  *
- * One system call per 1024 buffers instead of one per page.
+ * One system call per 256 buffers or 1 GiB instead of one per page (the
+ * system call moves at most 2 GiB at once: longer buffers go in pieces).
  * Return: bytes copied (the sum of the lengths), -EINVAL for a NULL @iov,
  * a non-positive @iovcnt or unknown flags, -EFAULT if a page is not
  * accessible (some bytes may have been copied).
