@@ -220,3 +220,27 @@ TEST(radix_clear_frees_empty_nodes)
 	ASSERT_EQ(t.count, 0);
 	ASSERT_TRUE(t.root == NULL);
 }
+
+static int never(void *arg, uint64_t key, uint64_t *val)
+{
+	(void)arg, (void)key, (void)val;
+	return 99;	/* there is nothing to visit */
+}
+
+/* A walk that finds nothing where uhmm_radix_set(0) emptied the nodes frees them too. */
+TEST(radix_walk_frees_empty_nodes_it_passes)
+{
+	struct uhmm_radix t = { 0 };
+	uint64_t base = 7ULL << (3 * UHMM_RADIX_BITS);
+
+	for (uint64_t k = 0; k < 3 * 512; k += 3)
+		ASSERT_OK(uhmm_radix_set(&t, base + k, k + 1));
+	for (uint64_t k = 0; k < 3 * 512; k += 3)
+		ASSERT_OK(uhmm_radix_set(&t, base + k, 0));	/* three empty leaves, kept */
+	ASSERT_TRUE(t.root != NULL);
+	ASSERT_OK(uhmm_radix_walk(&t, base + 5, base + 5, never, NULL));	/* one key of the first leaf */
+	ASSERT_TRUE(t.root != NULL);	/* the other two are still there */
+	ASSERT_OK(uhmm_radix_walk(&t, base, base + 3 * 512, never, NULL));
+	ASSERT_TRUE(t.root == NULL);
+	ASSERT_EQ(t.count, 0);
+}

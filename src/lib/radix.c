@@ -62,10 +62,18 @@ struct walk {
 	bool clear;
 };
 
-static bool node_empty(void **node, bool leaf)
+static bool slot_used(void **node, unsigned int i, bool leaf)
 {
+	return leaf ? ((uint64_t *)node)[i] != 0 : node[i] != NULL;
+}
+
+/* Is the node all zero? Its slots next to [lo, hi] first: the likely non-zero ones. */
+static bool node_empty(void **node, bool leaf, unsigned int lo, unsigned int hi)
+{
+	if ((hi + 1 < FANOUT && slot_used(node, hi + 1, leaf)) || (lo > 0 && slot_used(node, lo - 1, leaf)))
+		return false;
 	for (unsigned int i = 0; i < FANOUT; i++)
-		if (leaf ? ((uint64_t *)node)[i] != 0 : node[i] != NULL)
+		if (slot_used(node, i, leaf))
 			return false;
 	return true;
 }
@@ -75,26 +83,28 @@ static bool node_empty(void **node, bool leaf)
  * zero. Only the slots in [first, last] are visited (a walk of one key
  * reads one slot per level, not the whole 4 KiB node: a full scan per
  * level made the walks a third of a lone CPU fault-back's time). Whether
- * the node emptied is asked only when this walk zeroed a slot or freed a
- * child in it, or clears: a walk that changes nothing leaves the tree as
- * it found it.
+ * the node is empty is asked only when this walk zeroed a slot or freed a
+ * child in it, found nothing in its part of it, or clears; so nodes that
+ * uhmm_radix_set(0) and direct slot writes leave empty are freed by the
+ * next walk over them, as before.
  */
 static int walk_node(struct walk *w, void **node, int level, uint64_t base, bool *empty)
 {
 	int shift = UHMM_RADIX_BITS * (UHMM_RADIX_LEVELS - 1 - level);
-	bool leaf = level == UHMM_RADIX_LEVELS - 1, changed = false;
+	bool leaf = level == UHMM_RADIX_LEVELS - 1, changed = false, saw = false;
 	uint64_t span_last = base + (((uint64_t)FANOUT << shift) - 1);	/* the node's last key */
 	unsigned int lo = w->first > base ? (unsigned int)((w->first - base) >> shift) : 0;
 	unsigned int hi = w->last < span_last ? (unsigned int)((w->last - base) >> shift) : FANOUT - 1;
+	unsigned int i;
 	int ret = 0;
 
-	for (unsigned int i = lo; i <= hi && !ret; i++) {
+	for (i = lo; i <= hi && !ret; i++) {
 		uint64_t key = base + ((uint64_t)i << shift);
 
 		if (leaf) {
-			uint64_t *v = (uint64_t *)node + i, old = *v;
+			uint64_t *v = (uint64_t *)node + i;
 
-			if (!old)
+			if (!*v)
 				continue;
 			if (w->clear)
 				*v = 0;
@@ -102,6 +112,7 @@ static int walk_node(struct walk *w, void **node, int level, uint64_t base, bool
 				ret = w->fn(w->arg, key, v);
 			w->t->count += (*v != 0) - 1;
 			changed |= *v == 0;
+			saw |= *v != 0;
 		} else if (node[i]) {
 			bool child_empty;
 
@@ -110,10 +121,13 @@ static int walk_node(struct walk *w, void **node, int level, uint64_t base, bool
 				uhmm_kfree(node[i]);
 				node[i] = NULL;
 				changed = true;
+			} else {
+				saw = true;
 			}
 		}
 	}
-	*empty = (changed || w->clear) && node_empty(node, leaf);
+	/* a walk stopped early did not see all of its range */
+	*empty = (changed || w->clear || (!saw && i > hi)) && node_empty(node, leaf, lo, hi);
 	return ret;
 }
 

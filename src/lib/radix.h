@@ -5,8 +5,8 @@
  * 0 meaning empty. Lookups and updates are O(1); a range walk visits only
  * the nodes that exist and, in each, only the slots in its range (a walk of
  * one key reads four slots). Setting a value to 0 keeps its nodes; a walk
- * frees the nodes it empties, a clear every empty node in its range. Not
- * thread-safe: the owner locks.
+ * or a clear frees the nodes it leaves, or finds, empty. Not thread-safe:
+ * the owner locks.
  *
  * Used by the library (the device-private table) and by the reference
  * device (its page table); internal, not installed.
