@@ -492,11 +492,16 @@ int uhmm_dp_evict_range(struct uhmm_mm *mm, uint64_t start, uint64_t end)
 	return ret;
 }
 
+/* The range this thread woke last: a fault the migration woke needs no second wake. */
+static __thread uint64_t woke_start, woke_end;
+
 void uhmm_wake(struct uhmm_mm *mm, uint64_t start, uint64_t end)
 {
 	struct uffdio_range r = { .start = start, .len = end - start };
 
 	ioctl(mm->uffd, UFFDIO_WAKE, &r);
+	woke_start = start;
+	woke_end = end;
 }
 
 /*
@@ -564,11 +569,18 @@ void uhmm_fault_missing(struct uhmm_mm *mm, uint64_t addr, unsigned int uffd_fla
 		uhmm_service_defer(mm, page);
 		return;
 	}
+	woke_start = woke_end = 0;
 	if (uhmm_dp_fault(mm, page, (uffd_flags & UFFD_PAGEFAULT_FLAG_WRITE) ? UHMM_FAULT_WRITE : 0, tid) == -EBUSY) {
 		uhmm_service_defer(mm, page);
 		return;
 	}
-	uhmm_wake(mm, page, page + UHMM_PAGE_SIZE);
+	/*
+	 * The migration that brought the page back woke its range after the
+	 * faulting thread began to wait (its fault was read before): a second
+	 * UFFDIO_WAKE would only cost a system call. Any other outcome wakes.
+	 */
+	if (!(woke_start <= page && page + UHMM_PAGE_SIZE <= woke_end))
+		uhmm_wake(mm, page, page + UHMM_PAGE_SIZE);
 }
 
 /*
