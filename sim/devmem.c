@@ -708,7 +708,7 @@ void dmirror_devmem_put_run(struct uhmm_page **pages, uint64_t n)
  * come back to the same device page while referenced: a page still mapped
  * as it was stayed in place all through the copy.
  */
-uint64_t dmirror_devmem_run_intact(struct uhmm_dmirror *dm, uint64_t index, struct uhmm_page **pages, uint64_t n)
+static uint64_t run_intact(struct uhmm_dmirror *dm, uint64_t index, struct uhmm_page **pages, uint64_t n)
 {
 	uint64_t i;
 
@@ -719,6 +719,24 @@ uint64_t dmirror_devmem_run_intact(struct uhmm_dmirror *dm, uint64_t index, stru
 			break;
 	}
 	return i;
+}
+
+/*
+ * Write a run that dmirror_devmem_get_run() took at @index to @ptr in this
+ * process, with dm->lock (held on entry and on return) dropped meanwhile:
+ * the write may fault into uhmm, and a fault-back of a device page takes
+ * the lock. Returns how many of the run's pages, from the first, were
+ * copied in place (run_intact()), or -EFAULT.
+ */
+int64_t dmirror_devmem_write_run(struct uhmm_dmirror *dm, uint64_t index, struct uhmm_page **pages, uint64_t n,
+				 const struct iovec *iov, int niov, uint64_t ptr)
+{
+	ssize_t ret;
+
+	pthread_mutex_unlock(&dm->lock);
+	ret = uhmm_access_vm_iov(ptr, iov, niov, UHMM_ACCESS_WRITE);
+	pthread_mutex_lock(&dm->lock);
+	return ret < 0 ? -EFAULT : (int64_t)run_intact(dm, index, pages, n);
 }
 
 /*
@@ -739,19 +757,15 @@ static int read_back_device(struct uhmm_dmirror *dm, struct uhmm_dmirror_cmd *c)
 	int niov = 0, ret = pages && iov ? 0 : -ENOMEM;
 
 	if (!ret) {
+		int64_t copied;
+
 		pthread_mutex_lock(&dm->lock);
 		n = dmirror_devmem_get_run(dm, c->addr >> DM_PAGE_SHIFT, c->npages, pages, iov, &niov);
+		copied = n < c->npages ? -ENOENT
+				       : dmirror_devmem_write_run(dm, c->addr >> DM_PAGE_SHIFT, pages, n, iov, niov, c->ptr);
 		pthread_mutex_unlock(&dm->lock);
-		if (n < c->npages)
-			ret = -ENOENT;
-	}
-	if (!ret && uhmm_access_vm_iov(c->ptr, iov, niov, UHMM_ACCESS_WRITE) < 0)
-		ret = -EFAULT;
-	if (!ret) {	/* a CPU touch took a page back meanwhile: as if before the read-back */
-		pthread_mutex_lock(&dm->lock);
-		if (dmirror_devmem_run_intact(dm, c->addr >> DM_PAGE_SHIFT, pages, n) < n)
-			ret = -ENOENT;
-		pthread_mutex_unlock(&dm->lock);
+		/* short: a CPU touch took a page back meanwhile, as if before the read-back */
+		ret = copied < 0 ? (int)copied : (uint64_t)copied < n ? -ENOENT : 0;
 	}
 	dmirror_devmem_put_run(pages, n);
 	uhmm_kfree(iov);
@@ -898,8 +912,8 @@ static int migrate_range_to_sys(struct uhmm_dmirror *dm, void *owner, uint64_t s
 	int ret;
 
 	if (n > DM_MIGRATE_PAGES) {	/* a fault-around window, which starts at the faulting page */
-		src = uhmm_kcalloc(n, sizeof(*src));
-		dst = uhmm_kcalloc(n, sizeof(*dst));
+		src = uhmm_kmalloc(n * sizeof(*src));	/* setup zeroes both */
+		dst = uhmm_kmalloc(n * sizeof(*dst));
 		if (!src || !dst) {
 			uhmm_kfree(src);
 			uhmm_kfree(dst);

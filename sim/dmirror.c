@@ -338,28 +338,25 @@ static int64_t read_device_run(struct uhmm_dmirror *dm, uint64_t start, uint64_t
 {
 	struct uhmm_page *pages[DM_RUN_PAGES];
 	struct iovec iov[DM_RUN_PAGES];
-	uint64_t max = npages - done < DM_RUN_PAGES ? npages - done : DM_RUN_PAGES, taken, n;
+	uint64_t max = npages - done < DM_RUN_PAGES ? npages - done : DM_RUN_PAGES, n;
+	int64_t copied;
 	int niov, ret;
 
-	n = taken = dmirror_devmem_get_run(dm, (start >> DM_PAGE_SHIFT) + done, max, pages, iov, &niov);
+	n = dmirror_devmem_get_run(dm, (start >> DM_PAGE_SHIFT) + done, max, pages, iov, &niov);
 	if (n < 2) {
 		dmirror_devmem_put_run(pages, n);
 		return 0;
 	}
-	pthread_mutex_unlock(&dm->lock);
+	pthread_mutex_unlock(&dm->lock);	/* the bounce buffer's pages go out first, without it too */
 	ret = xfer_flush(x, done);
-	if (!ret && uhmm_access_vm_iov(x->ptr + (done << DM_PAGE_SHIFT), iov, niov, UHMM_ACCESS_WRITE) < 0)
-		ret = -EFAULT;
 	pthread_mutex_lock(&dm->lock);
-	if (!ret)
-		n = dmirror_devmem_run_intact(dm, (start >> DM_PAGE_SHIFT) + done, pages, n);
-	dmirror_devmem_put_run(pages, taken);	/* page_free() takes mem_lock, a leaf */
-	if (ret)
-		return ret;
-	if (!n)
-		return -EAGAIN;
-	x->flushed = done + n;	/* the rest is written again when it is read again */
-	return (int64_t)n;
+	copied = ret ? ret : dmirror_devmem_write_run(dm, (start >> DM_PAGE_SHIFT) + done, pages, n, iov, niov,
+						     x->ptr + (done << DM_PAGE_SHIFT));
+	dmirror_devmem_put_run(pages, n);	/* page_free() takes mem_lock, a leaf */
+	if (copied <= 0)
+		return copied ? copied : -EAGAIN;
+	x->flushed = done + (uint64_t)copied;	/* the rest is written again when it is read again */
+	return copied;
 }
 
 /* A READ's run of pages from @done on that one system call copies, or 0: see above. */

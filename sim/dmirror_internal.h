@@ -103,7 +103,8 @@ static inline void dmirror_migrating_leave(struct uhmm_dmirror *outer)
 uint64_t dmirror_devmem_get_run(struct uhmm_dmirror *dm, uint64_t index, uint64_t n, struct uhmm_page **pages,
 				struct iovec *iov, int *niov);
 void dmirror_devmem_put_run(struct uhmm_page **pages, uint64_t n);
-uint64_t dmirror_devmem_run_intact(struct uhmm_dmirror *dm, uint64_t index, struct uhmm_page **pages, uint64_t n);
+int64_t dmirror_devmem_write_run(struct uhmm_dmirror *dm, uint64_t index, struct uhmm_page **pages, uint64_t n,
+				 const struct iovec *iov, int niov, uint64_t ptr);
 
 /* A copy of device memory that another instance of the device may copy at once (devmem.c). */
 void dmirror_copy_device_memory(void *dst, const void *src);

@@ -77,6 +77,8 @@ void check_pattern(const void *p, size_t bytes, uint32_t seed);	/* asserts */
 /* @npages private pages, page i holding the pattern of seed @seed0 + i; and the check of such pages */
 char *map_page_patterns(int npages, uint32_t seed0);
 void check_page_patterns(const void *p, int npages, uint32_t seed0);	/* asserts */
+/* map_page_patterns(@npages, 0) with its first @on_device pages moved to @d */
+char *page_patterns_on_device(struct uhmm_dmirror *d, int npages, int on_device);
 bool read_sigbus(const volatile int *p);		/* does reading *p raise SIGBUS? */
 int make_tmpfile(size_t size);				/* unlinked file of @size zero bytes */
 long hugetlb_free_pages(void);

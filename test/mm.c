@@ -88,6 +88,34 @@ TEST(self_pid_after_fork_and_raw_clone)
 	uhmm_mm_put(mm);
 }
 
+/*
+ * uhmm_stats() pages_leaked counts device-exclusive pages still referenced
+ * when their mm goes: the pool cannot be freed and is left allocated. No
+ * public call holds such a page, so the test takes a reference itself,
+ * as a lost one would; the data still comes back to the CPU first.
+ */
+TEST(pages_leaked_counts_an_exclusive_page_still_held_at_teardown)
+{
+	struct uhmm_mm *mm;
+	int *ptr = map_anon(2 * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE);
+	struct uhmm_stats a, b;
+	struct uhmm_page *page;
+	void *mem;
+
+	fill_ints(ptr, 2 * PAGE, 1);
+	ASSERT_OK(uhmm_mm_get(&mm));
+	ASSERT_OK(uhmm_make_device_exclusive(mm, (uintptr_t)ptr, NULL, &mem));
+	ASSERT_OK(uhmm_make_device_exclusive(mm, (uintptr_t)ptr + PAGE, NULL, &mem));
+	page = DP_PAGE(uhmm_dp_get(mm, (uintptr_t)ptr));
+	ASSERT_TRUE(page != NULL);
+	uhmm_page_get(page);	/* never put: the pool must outlive it */
+	ASSERT_EQ(uhmm_stats(&a, sizeof(a)), sizeof(a));
+	uhmm_mm_put(mm);	/* torn down */
+	ASSERT_EQ(uhmm_stats(&b, sizeof(b)), sizeof(b));
+	ASSERT_EQ(b.pages_leaked - a.pages_leaked, 1);	/* the held one, not the other */
+	check_ints(ptr, 2 * PAGE, 1);	/* both pages' data came back */
+}
+
 /* Process exit sends UHMM_NOTIFY_RELEASE to every notifier still inserted. */
 static int release_pipe = -1;
 static bool release_invalidate(struct uhmm_interval_notifier *s, const struct uhmm_notifier_range *r,

@@ -104,6 +104,18 @@ void check_page_patterns(const void *p, int npages, uint32_t seed0)
 		check_pattern((const char *)p + (size_t)i * PAGE, PAGE, seed0 + (uint32_t)i);
 }
 
+char *page_patterns_on_device(struct uhmm_dmirror *d, int npages, int on_device)
+{
+	char *p = map_page_patterns(npages, 0), *back = malloc((size_t)on_device * PAGE);
+	struct uhmm_dmirror_cmd c;
+
+	ASSERT_OK(dmcmd(d, UHMM_DMIRROR_MIGRATE_TO_DEV, p, back, (uint64_t)on_device, &c));
+	ASSERT_EQ(c.cpages, on_device);
+	check_page_patterns(back, on_device, 0);	/* what the device read back */
+	free(back);
+	return p;
+}
+
 int make_tmpfile(size_t size)
 {
 	char path[] = "/tmp/uhmm-test-XXXXXX";

@@ -386,15 +386,13 @@ TEST(migrate_read_back_racing_its_output_buffer)
 {
 	struct uhmm_dmirror *d = dmirror(0);
 	struct uhmm_dmirror_cmd c;
-	char *b = map_page_patterns(128, 0), *scratch = malloc(128 * PAGE);
+	char *b = page_patterns_on_device(d, 128, 64);
 	struct uhmm_features f;
 
 	uhmm_query_features(&f);
-	ASSERT_OK(dmcmd(d, UHMM_DMIRROR_MIGRATE_TO_DEV, b, scratch, 64, &c));
 	ASSERT_EQ(dmcmd(d, UHMM_DMIRROR_MIGRATE_TO_DEV, b + 64 * PAGE, b, 64, &c),
 		  (f.flags & UHMM_FEAT_UFFD_KERNEL_FAULTS) ? -ENOENT : -EFAULT);
 	check_page_patterns(b + 64 * PAGE, 64, 64);
-	free(scratch);
 	uhmm_dmirror_close(d);
 }
 

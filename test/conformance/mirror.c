@@ -205,12 +205,11 @@ TEST(read_device_pages_that_go_back_while_read)
 {
 	struct uhmm_dmirror *d = dmirror(0);
 	struct uhmm_dmirror_cmd c;
-	char *b = map_page_patterns(128, 0), *scratch = malloc(128 * PAGE);
+	char *b = page_patterns_on_device(d, 128, 128);
 	struct uhmm_features f;
 	int ret;
 
 	uhmm_query_features(&f);
-	ASSERT_OK(dmcmd(d, UHMM_DMIRROR_MIGRATE_TO_DEV, b, scratch, 128, &c));
 	ret = dmcmd(d, UHMM_DMIRROR_READ, b + 64 * PAGE, b, 64, &c);
 	if (!(f.flags & UHMM_FEAT_UFFD_KERNEL_FAULTS)) {
 		ASSERT_EQ(ret, -EFAULT);	/* user-mode-only: the kernel cannot fault the buffer in */
@@ -220,7 +219,6 @@ TEST(read_device_pages_that_go_back_while_read)
 		check_page_patterns(b, 64, 64);
 	}
 	check_page_patterns(b + 64 * PAGE, 64, 64);
-	free(scratch);
 	uhmm_dmirror_close(d);
 }
 
