@@ -173,17 +173,53 @@ static char *read_file(const char *path)
 	return buf;
 }
 
+#define LONE 16
+
+/*
+ * Lone device pages (32 apart: the reference device brings 16 back per
+ * fault) touched from @cpu: how many of the faults the trace shows were
+ * served by thread @tid, of *@nf.
+ */
+static int lone_faults_served_by(struct uhmm_mm *mm, struct uhmm_dmirror *d, int cpu, int tid, int *nf)
+{
+	char path[] = "/tmp/uhmm-svc-trace-XXXXXX";
+	int fd = mkstemp(path), tids[4 * LONE], local = 0;
+	int *p = map_anon(32 * LONE * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE);
+	void *buf = map_anon(32 * LONE * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE);
+	char *trace;
+
+	ASSERT_GE(fd, 0);
+	close(fd);
+	fill_ints(p, 32 * LONE * PAGE, 1);
+	pin_self(cpu);
+	ASSERT_OK(dmcmd(d, UHMM_DMIRROR_MIGRATE_TO_DEV, p, buf, 32 * LONE, NULL));
+	ASSERT_OK(uhmm_trace_start(path));
+	for (int k = 0; k < LONE; k++)
+		ASSERT_EQ(p[k * 32 * PAGE / sizeof(int)], (int)(k * 32 * PAGE / sizeof(int)));
+	ASSERT_OK(uhmm_mm_sync(mm));	/* a fault's span is written after the thread is woken */
+	ASSERT_GT(uhmm_trace_stop(), 0);
+	trace = read_file(path);
+	unlink(path);
+	*nf = fault_tids(trace, tids, 4 * LONE);
+	ASSERT_GE(*nf, LONE);
+	for (int k = 0; k < *nf; k++)
+		local += tids[k] == tid;
+	free(trace);
+	ASSERT_OK(munmap(p, 32 * LONE * PAGE));
+	ASSERT_OK(munmap(buf, 32 * LONE * PAGE));
+	return local;
+}
+
 /*
  * A fault taken on CPU c is served by the service thread pinned to c: the
- * trace names the thread that served each fault. Lone device pages (32
- * apart: the reference device brings 16 back per fault), touched from each
- * CPU in turn. The thread on the other CPU is woken too (the userfaultfd
- * wakes every poller) and may read first now and then (6 of 16 were seen
- * under TSan), so the test asserts a quarter of the faults taken on each
- * CPU, not all: a single worker thread, as before, serves none of the
- * faults of one of the CPUs.
+ * trace names the thread that served each fault. The thread on the other
+ * CPU is woken too (the userfaultfd wakes every poller) and may read first
+ * now and then: 6 of 16 were seen under TSan, and 15 of 16 once in CI while
+ * other test processes kept the faulting CPU busy. So the test asks for a
+ * quarter of the faults taken on each CPU, in one of three rounds: a single
+ * worker thread, as before, serves none of the faults of one of the CPUs
+ * in any round.
  */
-#define LONE 16
 TEST(cpu_fault_served_on_its_cpu)
 {
 	struct svc s[16];
@@ -198,33 +234,13 @@ TEST(cpu_fault_served_on_its_cpu)
 	n = service_threads(s, 16);
 	d = dmirror(0);
 	for (int i = 0; i < n; i++) {
-		char path[] = "/tmp/uhmm-svc-trace-XXXXXX";
-		int fd = mkstemp(path), tids[4 * LONE], nf, local = 0;
-		int *p = map_anon(32 * LONE * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE);
-		void *buf = map_anon(32 * LONE * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE);
-		char *trace;
+		int local = 0, nf = 1;
 
-		ASSERT_GE(fd, 0);
-		close(fd);
-		fill_ints(p, 32 * LONE * PAGE, 1);
-		pin_self(s[i].cpu);
-		ASSERT_OK(dmcmd(d, UHMM_DMIRROR_MIGRATE_TO_DEV, p, buf, 32 * LONE, NULL));
-		ASSERT_OK(uhmm_trace_start(path));
-		for (int k = 0; k < LONE; k++)
-			ASSERT_EQ(p[k * 32 * PAGE / sizeof(int)], (int)(k * 32 * PAGE / sizeof(int)));
-		ASSERT_OK(uhmm_mm_sync(mm));	/* a fault's span is written after the thread is woken */
-		ASSERT_GT(uhmm_trace_stop(), 0);
-		trace = read_file(path);
-		unlink(path);
-		nf = fault_tids(trace, tids, 4 * LONE);
-		ASSERT_GE(nf, LONE);
-		for (int k = 0; k < nf; k++)
-			local += tids[k] == s[i].tid;
-		printf("    CPU %d: %d of %d faults served by uhmm-svc%d\n", s[i].cpu, local, nf, s[i].cpu);
+		for (int round = 0; round < 3 && 4 * local < nf; round++) {
+			local = lone_faults_served_by(mm, d, s[i].cpu, s[i].tid, &nf);
+			printf("    CPU %d: %d of %d faults served by uhmm-svc%d\n", s[i].cpu, local, nf, s[i].cpu);
+		}
 		ASSERT_GE(4 * local, nf);
-		free(trace);
-		ASSERT_OK(munmap(p, 32 * LONE * PAGE));
-		ASSERT_OK(munmap(buf, 32 * LONE * PAGE));
 	}
 	ASSERT_OK(uhmm_dmirror_close(d));
 	uhmm_mm_put(mm);
