@@ -726,6 +726,34 @@ static uint64_t vma_lookup_end(const struct uhmm_migrate_vma *m)
 	return last == UINT64_MAX ? m->start + UHMM_PAGE_SIZE : (last + 1) << UHMM_PAGE_SHIFT;
 }
 
+/*
+ * The VMAs a setup collects from. A device-private selection whose first
+ * page holds a device page (not dropped) needs no lookup: uhmm put that
+ * page there, from an anonymous private VMA, and anything that ends or
+ * replaces the VMA reaches uhmm first (an interposed munmap() or madvise()
+ * marks the entry dropped before its system call; a raw one raises an
+ * unmap event, which drops it). One that races this setup is the race a
+ * lookup has too, a moment later: its event is handled after this
+ * migration, and an install on a gone VMA fails and leaves the page on the
+ * device. This is what a CPU fault on a device page migrates: its one
+ * PROCMAP_QUERY was a fifth of the service thread's system calls.
+ */
+static int setup_vmas(const struct uhmm_migrate_vma *m, struct uhmm_vma *v, int max)
+{
+	uint64_t e, end = vma_lookup_end(m);
+
+	if (!(m->flags & UHMM_MIGRATE_VMA_SELECT_SYSTEM)) {
+		pthread_mutex_lock(&m->mm->dp_lock);
+		e = uhmm_radix_get(&m->mm->devpriv, m->start >> UHMM_PAGE_SHIFT);
+		pthread_mutex_unlock(&m->mm->dp_lock);
+		if (DP_PAGE(e) && !(e & DP_DROPPED)) {
+			v[0] = (struct uhmm_vma){ .start = m->start, .end = end, .page_shift = UHMM_PAGE_SHIFT };
+			return 1;
+		}
+	}
+	return uhmm_vma_list(m->start, end, v, max);
+}
+
 UHMM_EXPORT int uhmm_migrate_vma_setup(struct uhmm_migrate_vma *m)
 {
 	return uhmm_migrate_setup_as(m, UHMM_NOTIFY_MIGRATE, m ? m->pgmap_owner : NULL);
@@ -808,7 +836,7 @@ int uhmm_migrate_setup_as(struct uhmm_migrate_vma *m, enum uhmm_notifier_event e
 	 * be waiting at the closed gate. */
 	if (!gate_closer)
 		uhmm_service_sync(m->mm);
-	n = uhmm_vma_list(m->start, vma_lookup_end(m), v, UHMM_ARRAY_SIZE(v));
+	n = setup_vmas(m, v, UHMM_ARRAY_SIZE(v));
 	ret = n < 0 ? n : 0;
 	n = n > (int)UHMM_ARRAY_SIZE(v) ? (int)UHMM_ARRAY_SIZE(v) : n;
 	if (!ret && (n == 0 || v[0].start > m->start || (v[0].flags & UHMM_VMA_SPECIAL)))

@@ -79,6 +79,7 @@ __attribute__((destructor)) static void stats_at_exit(void)
 		"  2 MiB units       %llu migrated whole\n"
 		"  pages moved       %llu (zero copy)\n"
 		"  pages leaked      %llu\n"
+		"  VMA lookups       %llu\n"
 		"  invalidations    ",
 		(int)getpid(), (unsigned long long)s.faults, (unsigned long long)s.faults_device,
 		s.faults ? (double)s.fault_ns / (double)s.faults / 1e3 : 0.0,
@@ -90,7 +91,7 @@ __attribute__((destructor)) static void stats_at_exit(void)
 		(unsigned long long)s.zaps_moved, (unsigned long long)s.zaps_madvised, (unsigned long long)s.zaps_unshared,
 		(unsigned long long)s.events, (unsigned long long)s.exclusive_pages,
 		(unsigned long long)s.units_migrated, (unsigned long long)s.pages_moved,
-		(unsigned long long)s.pages_leaked);
+		(unsigned long long)s.pages_leaked, (unsigned long long)s.vma_lookups);
 	for (unsigned int i = 0; i < UHMM_ARRAY_SIZE(s.invalidations); i++)
 		fprintf(stderr, " %s=%llu", uhmm_event_name(i), (unsigned long long)s.invalidations[i]);
 	fputc('\n', stderr);

@@ -182,6 +182,7 @@ static int vma_list_maps(uint64_t start, uint64_t end, struct uhmm_vma *out, int
 
 int uhmm_vma_list(uint64_t start, uint64_t end, struct uhmm_vma *out, int max)
 {
+	uhmm_stat_add(UHMM_STAT(vma_lookups), 1);
 	if (uhmm_has(UHMM_FEAT_PROCMAP_QUERY))
 		return vma_list_query(start, end, out, max);
 	return vma_list_maps(start, end, out, max);

@@ -111,6 +111,40 @@ TEST(stats_count_a_zero_copy_round_trip)
 	}
 }
 
+/*
+ * A CPU fault on a device page migrates back a window that starts on that
+ * page: the device page proves the VMA, and the fault makes no VMA lookup
+ * (one PROCMAP_QUERY was a fifth of the service thread's system calls).
+ * A migration to the device, which may collect system memory, makes one.
+ */
+TEST(fault_back_makes_no_vma_lookup)
+{
+	int *p = map_anon(SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE);
+	int *mirror = malloc(SIZE);
+	struct uhmm_dmirror *d = dmirror(0);
+	struct uhmm_dmirror_cmd c;
+	struct uhmm_stats a, b, e;
+	struct uhmm_mm *mm;
+
+	fill_ints(p, SIZE, 1);
+	ASSERT_OK(uhmm_mm_get(&mm));
+	ASSERT_OK(uhmm_mm_sync(mm));
+	a = stats_now();
+	ASSERT_OK(dmcmd(d, UHMM_DMIRROR_MIGRATE_TO_DEV, p, mirror, NPAGES, &c));
+	ASSERT_EQ(c.cpages, NPAGES);
+	b = stats_now();
+	ASSERT_GE(b.vma_lookups - a.vma_lookups, 1);
+	check_ints(p, SIZE, 1);	/* every page faults back */
+	ASSERT_OK(uhmm_mm_sync(mm));
+	e = stats_now();
+	ASSERT_GE(e.faults_device - b.faults_device, 1);
+	ASSERT_EQ(e.pages_to_system - b.pages_to_system, NPAGES);
+	ASSERT_EQ(e.vma_lookups, b.vma_lookups);
+	free(mirror);
+	uhmm_dmirror_close(d);
+	uhmm_mm_put(mm);
+}
+
 TEST(stats_bad_arguments)
 {
 	struct uhmm_stats s;

@@ -770,6 +770,7 @@ struct uhmm_stats {
 	uint64_t pages_moved;		/* pages that migrated by UFFDIO_MOVE, not copied (host-memory devices), each way */
 	uint64_t pages_leaked;		/* device-exclusive pages still referenced when their address space went:
 					 * left allocated, never reused (a lost reference; should stay 0) */
+	uint64_t vma_lookups;		/* VMA lists read from the kernel (PROCMAP_QUERY, else /proc/self/maps) */
 };
 
 /**
