@@ -633,9 +633,17 @@ UHMM_EXPORT ssize_t uhmm_access_vm_iov(uint64_t addr, const struct iovec *iov, i
 {
 	struct iovec batch[ACCESS_IOVS];
 	ssize_t total = 0;
-	size_t off = 0;	/* bytes of iov[i] already in an earlier piece */
+	size_t off = 0, sum = 0;	/* off: bytes of iov[i] already in an earlier piece */
 
 	if (!iov || iovcnt <= 0 || (flags & ~UHMM_ACCESS_WRITE))
+		return -EINVAL;
+	/* Refused before a byte moves: the pieces before a bad one would have. */
+	for (int i = 0; i < iovcnt; i++) {
+		if (iov[i].iov_len > (size_t)SSIZE_MAX - sum || (!iov[i].iov_base && iov[i].iov_len))
+			return -EINVAL;
+		sum += iov[i].iov_len;
+	}
+	if (addr + sum < addr)
 		return -EINVAL;
 	for (int i = 0; i < iovcnt;) {
 		unsigned long n = 0;

@@ -173,6 +173,35 @@ TEST(access_vm)
 }
 
 /*
+ * Bad buffers are refused before a byte moves. Lengths adding up past
+ * SSIZE_MAX used to go out in pieces: the first wrote the range's pages
+ * and the call then failed with EFAULT, memory already changed.
+ */
+TEST(access_vm_iov_bad_buffers_copy_nothing)
+{
+	char *p = map_anon(2 * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE);
+	char buf[PAGE];
+	struct iovec ok[2] = { { buf, 16 }, { buf + 16, PAGE - 16 } };
+	struct iovec too_long[2] = { { buf, PAGE }, { buf, SIZE_MAX - PAGE } };
+	struct iovec null_base[2] = { { buf, PAGE }, { NULL, PAGE } };
+
+	memset(p, 'a', 2 * PAGE);
+	memset(buf, 'b', PAGE);
+	ASSERT_EQ(uhmm_access_vm_iov((uintptr_t)p, too_long, 2, UHMM_ACCESS_WRITE), -EINVAL);
+	ASSERT_EQ(uhmm_access_vm_iov((uintptr_t)p, null_base, 2, UHMM_ACCESS_WRITE), -EINVAL);
+	ASSERT_EQ(uhmm_access_vm_iov(UINT64_MAX - PAGE + 1, ok, 2, UHMM_ACCESS_WRITE), -EINVAL);
+	ASSERT_EQ(uhmm_access_vm_iov((uintptr_t)p, NULL, 2, 0), -EINVAL);
+	ASSERT_EQ(uhmm_access_vm_iov((uintptr_t)p, ok, 0, 0), -EINVAL);
+	ASSERT_EQ(uhmm_access_vm_iov((uintptr_t)p, ok, 2, 0x8), -EINVAL);
+	for (size_t i = 0; i < 2 * PAGE; i++)
+		ASSERT_EQ(p[i], 'a');
+	ASSERT_EQ(uhmm_access_vm_iov((uintptr_t)p, ok, 2, UHMM_ACCESS_WRITE), (ssize_t)PAGE);
+	ASSERT_EQ(p[0], 'b');
+	ASSERT_EQ(p[PAGE - 1], 'b');
+	ASSERT_EQ(p[PAGE], 'a');
+}
+
+/*
  * The system calls under uhmm_access_vm() move at most 2 GiB less a page at
  * once and report the rest as a short copy: a longer access must go in
  * pieces, not fail with EFAULT (a 4 GiB MIGRATE_TO_DEV's read-back did).

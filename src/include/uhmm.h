@@ -696,8 +696,10 @@ struct iovec;
  * One system call per 256 buffers or 1 GiB instead of one per page (the
  * system call moves at most 2 GiB at once: longer buffers go in pieces).
  * Return: bytes copied (the sum of the lengths), -EINVAL for a NULL @iov,
- * a non-positive @iovcnt or unknown flags, -EFAULT if a page is not
- * accessible (some bytes may have been copied).
+ * a non-positive @iovcnt, unknown flags, a NULL buffer of non-zero length,
+ * lengths that add up to more than SSIZE_MAX or a range that wraps (nothing
+ * copied), -EFAULT if a page is not accessible (some bytes may have been
+ * copied).
  */
 ssize_t uhmm_access_vm_iov(uint64_t addr, const struct iovec *iov, int iovcnt, unsigned int flags);
 
