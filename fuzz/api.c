@@ -24,6 +24,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include "uhmm.h"
@@ -384,8 +385,21 @@ static void op_access(struct input *in)
 	uint64_t a = pick_addr(in), len = take(in, 2) % (8 * PG);
 	unsigned int flags = take(in, 1) == 7 ? (unsigned int)take(in, 4) : 0;
 	static uint8_t buf[8 * PG];
-	ssize_t ret = uhmm_access_vm(a, buf, len, flags);
+	uint64_t split = take(in, 2);
+	ssize_t ret;
 
+	if (split & 1) {	/* the same, through two buffers, sometimes with a bogus length */
+		struct iovec iov[2] = { { buf, (split >> 1) % (len + 1) }, { NULL, 0 } };
+
+		iov[1] = (struct iovec){ buf + iov[0].iov_len, len - iov[0].iov_len };
+		if (split % 16 == 15)
+			iov[1].iov_len = SIZE_MAX - iov[0].iov_len;
+		ret = uhmm_access_vm_iov(a, iov, 2, flags);
+		if (split % 16 == 15)
+			CHECK(ret == -EINVAL, "access_vm_iov with lengths past SSIZE_MAX: %zd", ret);
+	} else {
+		ret = uhmm_access_vm(a, buf, len, flags);
+	}
 	CHECK(ret == (ssize_t)len || ALLOWED(ret, EINVAL, EFAULT), "access_vm %#llx+%llu flags %#x: %zd",
 	      (unsigned long long)a, (unsigned long long)len, flags, ret);
 	if (ret == (ssize_t)len && len >= 4 && !(a & 3)) {
