@@ -22,6 +22,7 @@
 #include <sys/mman.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -320,6 +321,46 @@ static struct result bench_fault_latency(struct uhmm_dmirror *d)
 		munmap(p, PAGE);
 	}
 	return summarize("one CPU fault-back (uhmm)", "us", v, LAT_REPS);
+}
+
+/*
+ * The same with the whole process on one CPU: a child bound to this CPU
+ * before it makes its own mm, so its service threads are there too. No
+ * thread of this mm runs elsewhere: what is left is the service's cost,
+ * without where the scheduler puts the threads (the row to read against
+ * the bare round trip on the same CPU).
+ */
+static struct result bench_fault_latency_one_cpu(void)
+{
+	struct result r = { "one CPU fault-back, process on one CPU (uhmm)", "us", 0, 0, 0 };
+	int fds[2], status = 0, cpu = sched_getcpu();
+	pid_t pid;
+
+	if (cpu < 0 || pipe(fds)) {
+		bench_failed("one-CPU fault-back: no CPU or pipe");
+		return r;
+	}
+	pid = fork();
+	if (pid == 0) {
+		struct uhmm_dmirror *d;
+		struct result got = r;
+		cpu_set_t one;
+
+		CPU_ZERO(&one);
+		CPU_SET(cpu, &one);
+		if (sched_setaffinity(0, sizeof(one), &one) || uhmm_dmirror_open(0, &d))
+			_exit(1);
+		got = bench_fault_latency(d);
+		uhmm_dmirror_close(d);
+		_exit(write(fds[1], &got, sizeof(got)) == (ssize_t)sizeof(got) && !bench_failures ? 0 : 1);
+	}
+	close(fds[1]);
+	if (pid < 0 || read(fds[0], &r, sizeof(r)) != (ssize_t)sizeof(r) || waitpid(pid, &status, 0) != pid ||
+	    !WIFEXITED(status) || WEXITSTATUS(status))
+		bench_failed("one-CPU fault-back: the child failed");
+	close(fds[0]);
+	r.name = "one CPU fault-back, process on one CPU (uhmm)";	/* (the child's pointer) */
+	return r;
 }
 
 /* ---- the bare mechanism: a userfaultfd MISSING fault served by UFFDIO_COPY ---- */
@@ -877,7 +918,7 @@ static int bench_main(int argc, char **argv)
 	size_t mib = 64;
 	bool json = false, thp = false, scaling = false;
 	struct uhmm_dmirror *d;
-	struct result r[25], rd[5];
+	struct result r[26], rd[5];
 	struct uhmm_mm *mm;
 	int ret;
 
@@ -907,6 +948,7 @@ static int bench_main(int argc, char **argv)
 	r[0] = bench_memcpy(mib << 20);
 	bench_migrate(d, mib << 20, &r[1]);
 	r[4] = bench_fault_latency(d);
+	r[25] = bench_fault_latency_one_cpu();
 	r[5] = bench_bare_uffd(SCHEDULER);
 	r[6] = bench_bare_uffd(SAME_CPU);
 	r[7] = bench_bare_uffd(OTHER_CPU);
@@ -934,7 +976,7 @@ static int bench_main(int argc, char **argv)
 		"uhmm_migrate_vma_zero_copy_to_device_vs_memcpy", "uhmm_migrate_vma_zero_copy_to_system_vs_memcpy",
 		"device_read_hits_vs_process_vm_readv", "process_vm_readv_vs_memcpy",
 		"device_read_device_pages_vs_memcpy", "device_read_hits_thp_vs_memcpy_thp",
-		"device_read_hits_thp_vs_process_vm_readv",
+		"device_read_hits_thp_vs_process_vm_readv", "fault_back_process_on_one_cpu_vs_bare_uffd_same_cpu",
 	};
 	double ratio[] = {
 		r[1].med / r[0].med, r[2].med / r[0].med, r[3].med / r[0].med,
@@ -945,7 +987,7 @@ static int bench_main(int argc, char **argv)
 		r[14].med / r[0].med, r[15].med / r[0].med, r[16].med / r[17].med,
 		r[18].med / r[0].med, r[19].med / r[0].med,
 		r[15].med / r[20].med, r[20].med / r[0].med, r[21].med / r[0].med,
-		r[22].med / r[24].med, r[22].med / r[23].med,
+		r[22].med / r[24].med, r[22].med / r[23].med, r[25].med / r[6].med,
 	};
 	int nr = (int)(sizeof(ratio) / sizeof(ratio[0])), nres = (int)(sizeof(r) / sizeof(r[0]));
 
