@@ -389,11 +389,10 @@ static void op_access(struct input *in)
 	ssize_t ret;
 
 	if (split & 1) {	/* the same, through two buffers, sometimes with a bogus length */
-		struct iovec iov[2] = { { buf, (split >> 1) % (len + 1) }, { NULL, 0 } };
+		size_t first = (split >> 1) % (len + 1);
+		struct iovec iov[2] = { { buf, first },
+					{ buf + first, split % 16 == 15 ? SIZE_MAX - first : len - first } };
 
-		iov[1] = (struct iovec){ buf + iov[0].iov_len, len - iov[0].iov_len };
-		if (split % 16 == 15)
-			iov[1].iov_len = SIZE_MAX - iov[0].iov_len;
 		ret = uhmm_access_vm_iov(a, iov, 2, flags);
 		if (split % 16 == 15)
 			CHECK(ret == -EINVAL, "access_vm_iov with lengths past SSIZE_MAX: %zd", ret);

@@ -912,21 +912,18 @@ static int migrate_range_to_sys(struct uhmm_dmirror *dm, void *owner, uint64_t s
 	int ret;
 
 	if (n > DM_MIGRATE_PAGES) {	/* a fault-around window, which starts at the faulting page */
-		src = uhmm_kmalloc(n * sizeof(*src));	/* setup zeroes both */
-		dst = uhmm_kmalloc(n * sizeof(*dst));
-		if (!src || !dst) {
-			uhmm_kfree(src);
-			uhmm_kfree(dst);
-			src = src_on_stack;
-			dst = dst_on_stack;
+		uint64_t *both = uhmm_kmalloc(2 * n * sizeof(*both));	/* setup zeroes both halves */
+
+		if (both) {
+			src = both;
+			dst = both + n;
+		} else {
 			end = start + DM_MIGRATE_PAGES * DM_PAGE_SIZE;
 		}
 	}
 	ret = migrate_range_to_sys_with(dm, owner, start, end, fault_page, migrated, first, fi, src, dst);
-	if (src != src_on_stack) {
+	if (src != src_on_stack)
 		uhmm_kfree(src);
-		uhmm_kfree(dst);
-	}
 	return ret;
 }
 

@@ -623,9 +623,9 @@ UHMM_EXPORT ssize_t uhmm_access_vm(uint64_t addr, void *buf, size_t len, unsigne
 {
 	struct iovec one = { buf, len };
 
-	if (!buf || (flags & ~UHMM_ACCESS_WRITE) || addr + len < addr || len > SSIZE_MAX)
+	if (!buf || (flags & ~UHMM_ACCESS_WRITE))
 		return -EINVAL;
-	return len ? uhmm_access_vm_iov(addr, &one, 1, flags) : 0;
+	return len ? uhmm_access_vm_iov(addr, &one, 1, flags) : 0;	/* which checks the range */
 }
 
 UHMM_EXPORT ssize_t uhmm_access_vm_iov(uint64_t addr, const struct iovec *iov, int iovcnt,

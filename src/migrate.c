@@ -697,59 +697,56 @@ static int migrate_validate(struct uhmm_migrate_vma *m)
 	return 0;
 }
 
-static int note_key(void *arg, uint64_t key, uint64_t *val)
+/* What a setup's walk of the device-private table found in its range. */
+struct dp_span {
+	uint64_t first;		/* the range's first key ... */
+	uint64_t first_val;	/* ... and its entry (0: none) */
+	uint64_t last;		/* the last key with an entry, UINT64_MAX if none */
+};
+
+static int note_entry(void *arg, uint64_t key, uint64_t *val)
 {
-	(void)val;
-	*(uint64_t *)arg = key;
+	struct dp_span *s = arg;
+
+	if (key == s->first)
+		s->first_val = *val;
+	s->last = key;
 	return 0;
 }
 
 /*
- * Where the VMA lookup of a setup may stop. A device-private selection
- * collects only what the device-private table holds, so the VMAs past its
- * last entry in the range need no PROCMAP_QUERY (one per VMA: a driver's
- * fault-around window around a lone page crosses several mappings; seven
- * queries were most of a one-page fault-back). The VMA at start is looked
- * up in any case (the kernel requires one). An entry added after this walk
- * belongs to a migration to a device that claimed it after us.
- */
-static uint64_t vma_lookup_end(const struct uhmm_migrate_vma *m)
-{
-	uint64_t last = UINT64_MAX;	/* no entry */
-
-	if (m->flags & UHMM_MIGRATE_VMA_SELECT_SYSTEM)
-		return m->end;
-	pthread_mutex_lock(&m->mm->dp_lock);
-	(void)uhmm_radix_walk(&m->mm->devpriv, m->start >> UHMM_PAGE_SHIFT, (m->end >> UHMM_PAGE_SHIFT) - 1,
-			      note_key, &last);
-	pthread_mutex_unlock(&m->mm->dp_lock);
-	return last == UINT64_MAX ? m->start + UHMM_PAGE_SIZE : (last + 1) << UHMM_PAGE_SHIFT;
-}
-
-/*
- * The VMAs a setup collects from. A device-private selection whose first
- * page holds a device page (not dropped) needs no lookup: uhmm put that
- * page there, from an anonymous private VMA, and anything that ends or
- * replaces the VMA reaches uhmm first (an interposed munmap() or madvise()
- * marks the entry dropped before its system call; a raw one raises an
- * unmap event, which drops it). One that races this setup is the race a
- * lookup has too, a moment later: its event is handled after this
- * migration, and an install on a gone VMA fails and leaves the page on the
- * device. This is what a CPU fault on a device page migrates: its one
- * PROCMAP_QUERY was a fifth of the service thread's system calls.
+ * The VMAs a setup collects from, with the fewest PROCMAP_QUERYs (one per
+ * VMA). A device-private selection collects only what the device-private
+ * table holds, so the VMAs past its last entry in the range need no query
+ * (a driver's fault-around window around a lone page crosses several
+ * mappings; seven queries were most of a one-page fault-back). An entry
+ * added after this walk belongs to a migration to a device that claimed it
+ * after us. And when the first page holds a device page (not dropped) it
+ * needs none at all: uhmm put that page there, from an anonymous private
+ * VMA, and anything that ends or replaces the VMA reaches uhmm first (an
+ * interposed munmap() or madvise() marks the entry dropped before its
+ * system call; a raw one raises an unmap event, which drops it). One that
+ * races this setup is the race a lookup has too, a moment later: its event
+ * is handled after this migration, and an install on a gone VMA fails and
+ * leaves the page on the device. This is what a CPU fault on a device page
+ * migrates: its one PROCMAP_QUERY was a fifth of the service thread's
+ * system calls. Otherwise the VMA at start is looked up in any case (the
+ * kernel requires one).
  */
 static int setup_vmas(const struct uhmm_migrate_vma *m, struct uhmm_vma *v, int max)
 {
-	uint64_t e, end = vma_lookup_end(m);
+	struct dp_span s = { .first = m->start >> UHMM_PAGE_SHIFT, .last = UINT64_MAX };
+	uint64_t end;
 
-	if (!(m->flags & UHMM_MIGRATE_VMA_SELECT_SYSTEM)) {
-		pthread_mutex_lock(&m->mm->dp_lock);
-		e = uhmm_radix_get(&m->mm->devpriv, m->start >> UHMM_PAGE_SHIFT);
-		pthread_mutex_unlock(&m->mm->dp_lock);
-		if (DP_PAGE(e) && !(e & DP_DROPPED)) {
-			v[0] = (struct uhmm_vma){ .start = m->start, .end = end, .page_shift = UHMM_PAGE_SHIFT };
-			return 1;
-		}
+	if (m->flags & UHMM_MIGRATE_VMA_SELECT_SYSTEM)
+		return uhmm_vma_list(m->start, m->end, v, max);
+	pthread_mutex_lock(&m->mm->dp_lock);
+	(void)uhmm_radix_walk(&m->mm->devpriv, s.first, (m->end >> UHMM_PAGE_SHIFT) - 1, note_entry, &s);
+	pthread_mutex_unlock(&m->mm->dp_lock);
+	end = s.last == UINT64_MAX ? m->start + UHMM_PAGE_SIZE : (s.last + 1) << UHMM_PAGE_SHIFT;
+	if (DP_PAGE(s.first_val) && !(s.first_val & DP_DROPPED)) {
+		v[0] = (struct uhmm_vma){ .start = m->start, .end = end, .page_shift = UHMM_PAGE_SHIFT };
+		return 1;
 	}
 	return uhmm_vma_list(m->start, end, v, max);
 }
