@@ -302,6 +302,103 @@ static struct result bench_raw_uffd_move(size_t size)
 }
 
 /*
+ * The raw mechanism under a sequential fault-back: the pages wait in a
+ * stash, the buffer is registered MISSING, and a bare handler thread
+ * serves each fault by moving the 8 MiB after it (uhmm's largest
+ * fault-around window) in with one UFFDIO_MOVE. No bookkeeping at all:
+ * what a fault-back scan could reach on this kernel and machine.
+ */
+#define RAW_WINDOW (8UL << 20)
+
+struct raw_scan {
+	int uffd;
+	int stop;
+	int failed;
+	char *stash, *buf;
+	size_t size;
+};
+
+static void *raw_scan_handler(void *arg)
+{
+	struct raw_scan *s = arg;
+
+	while (!__atomic_load_n(&s->stop, __ATOMIC_ACQUIRE)) {
+		struct pollfd p = { .fd = s->uffd, .events = POLLIN };
+		struct uffd_msg m;
+
+		if (poll(&p, 1, 50) <= 0 || read(s->uffd, &m, sizeof(m)) != sizeof(m) ||
+		    m.event != UFFD_EVENT_PAGEFAULT)
+			continue;
+		uint64_t off = (m.arg.pagefault.address & ~(PAGE - 1)) - (uintptr_t)s->buf;
+		struct uffdio_move mv = { .dst = (uintptr_t)s->buf + off, .src = (uintptr_t)s->stash + off,
+					  .len = s->size - off < RAW_WINDOW ? s->size - off : RAW_WINDOW };
+
+		if (ioctl(s->uffd, UFFDIO_MOVE, &mv) && mv.move <= 0) {	/* never leave the scan waiting */
+			struct uffdio_zeropage z = { .range = { mv.dst, PAGE } };
+
+			__atomic_store_n(&s->failed, 1, __ATOMIC_RELAXED);
+			ioctl(s->uffd, UFFDIO_ZEROPAGE, &z);
+		}
+	}
+	return NULL;
+}
+
+/* Move all of @from into @to, 2 MiB at a time (untimed). */
+static bool raw_move_all(int uffd, char *to, char *from, size_t size)
+{
+	for (size_t off = 0; off < size; off += 512 * PAGE) {
+		struct uffdio_move m = { (uintptr_t)to + off, (uintptr_t)from + off,
+					 size - off < 512 * PAGE ? size - off : 512 * PAGE, 0, 0 };
+
+		if (ioctl(uffd, UFFDIO_MOVE, &m))
+			return false;
+	}
+	return true;
+}
+
+static struct result bench_raw_fault_back_scan(size_t size)
+{
+	struct result r = { "raw sequential fault-back (no UFFDIO_MOVE here)", "GB/s", 0, 0, 0 };
+	struct uffdio_api api = { .api = UFFD_API, .features = UFFD_FEATURE_MOVE };
+	struct raw_scan s = { .uffd = bare_open(), .size = size };
+	double v[REPS];
+	pthread_t t;
+	bool ok, started;
+
+	s.stash = map_buf(size);
+	s.buf = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	ok = s.uffd >= 0 && s.buf != MAP_FAILED && !ioctl(s.uffd, UFFDIO_API, &api) &&
+	     !madvise(s.buf, size, MADV_NOHUGEPAGE);
+	for (int i = 0; ok && i < 2; i++) {	/* a move's destination must be registered */
+		struct uffdio_register reg = { .range = { (uintptr_t)(i ? s.buf : s.stash), size },
+					       .mode = UFFDIO_REGISTER_MODE_MISSING };
+
+		ok = !ioctl(s.uffd, UFFDIO_REGISTER, &reg);
+	}
+	ok = started = ok && !pthread_create(&t, NULL, raw_scan_handler, &s);
+	for (int i = 0; ok && i < REPS; i++) {
+		double t0 = now_s();
+
+		for (size_t off = 0; off < size; off += PAGE)
+			(void)((volatile char *)s.buf)[off];	/* each 8 MiB: one fault, one move */
+		v[i] = (double)size / (now_s() - t0) / 1e9;
+		ok = !__atomic_load_n(&s.failed, __ATOMIC_RELAXED) && raw_move_all(s.uffd, s.stash, s.buf, size);
+	}
+	if (started) {
+		__atomic_store_n(&s.stop, 1, __ATOMIC_RELEASE);
+		pthread_join(t, NULL);
+	}
+	if (ok)
+		r = summarize("raw sequential fault-back (UFFDIO_MOVE, 8 MiB)", "GB/s", v, REPS);
+	if (s.uffd >= 0)
+		close(s.uffd);
+	munmap(s.stash, size);
+	if (s.buf != MAP_FAILED)
+		munmap(s.buf, size);
+	return r;
+}
+
+/*
  * @move: the device memory is given to uhmm as host memory and pages move
  * in and out with UFFDIO_MOVE (the memory starts empty: a move needs an
  * empty destination); else the driver copies.
@@ -964,7 +1061,7 @@ static int bench_main(int argc, char **argv)
 	size_t mib = 64;
 	bool json = false, thp = false, scaling = false;
 	struct uhmm_dmirror *d;
-	struct result r[27], rd[5];
+	struct result r[28], rd[5];
 	struct uhmm_mm *mm;
 	int ret;
 
@@ -1011,6 +1108,7 @@ static int bench_main(int argc, char **argv)
 	bench_raw_migrate(mib << 20, &r[8], false);
 	bench_raw_migrate(mib << 20, &r[18], true);
 	r[26] = bench_raw_uffd_move(mib << 20);
+	r[27] = bench_raw_fault_back_scan(mib << 20);
 	bench_trace(&r[10]);
 
 	const char *rname[] = {
@@ -1026,6 +1124,7 @@ static int bench_main(int argc, char **argv)
 		"device_read_hits_thp_vs_process_vm_readv", "fault_back_process_on_one_cpu_vs_bare_uffd_same_cpu",
 		"uhmm_migrate_vma_zero_copy_to_device_vs_raw_uffdio_move",
 		"uhmm_migrate_vma_zero_copy_to_system_vs_raw_uffdio_move",
+		"sequential_fault_back_vs_raw_fault_back", "raw_fault_back_vs_memcpy",
 	};
 	double ratio[] = {
 		r[1].med / r[0].med, r[2].med / r[0].med, r[3].med / r[0].med,
@@ -1038,6 +1137,7 @@ static int bench_main(int argc, char **argv)
 		r[15].med / r[20].med, r[20].med / r[0].med, r[21].med / r[0].med,
 		r[22].med / r[24].med, r[22].med / r[23].med, r[25].med / r[6].med,
 		r[18].med / r[26].med, r[19].med / r[26].med,
+		r[3].med / r[27].med, r[27].med / r[0].med,
 	};
 	int nr = (int)(sizeof(ratio) / sizeof(ratio[0])), nres = (int)(sizeof(r) / sizeof(r[0]));
 
