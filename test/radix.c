@@ -244,3 +244,43 @@ TEST(radix_walk_frees_empty_nodes_it_passes)
 	ASSERT_TRUE(t.root == NULL);
 	ASSERT_EQ(t.count, 0);
 }
+
+static int zero_it(void *arg, uint64_t key, uint64_t *val)
+{
+	(void)arg, (void)key;
+	*val = 0;
+	return 0;
+}
+
+/*
+ * Lookups keep the last leaf they reached: a walk or a clear that frees it
+ * must not leave a later lookup reading freed memory (ASan says so) or a
+ * value of the old leaf; the next key of a kept leaf reads its own slot.
+ */
+TEST(radix_lookup_after_its_leaf_was_freed)
+{
+	struct uhmm_radix t = { 0 };
+	uint64_t base = 5ULL << (2 * UHMM_RADIX_BITS);
+
+	ASSERT_OK(uhmm_radix_set(&t, base + 1, 11));
+	ASSERT_OK(uhmm_radix_set(&t, base + 2, 22));
+	ASSERT_EQ(uhmm_radix_get(&t, base + 1), 11);	/* the leaf is kept ... */
+	ASSERT_EQ(uhmm_radix_get(&t, base + 2), 22);	/* ... and its next slot read through it */
+	ASSERT_EQ(uhmm_radix_get(&t, base + 3), 0);
+	ASSERT_EQ(uhmm_radix_get(&t, base + 512 + 2), 0);	/* another leaf's key: not this leaf's slot */
+	uhmm_radix_clear(&t, base, base + 511);	/* frees the leaf */
+	ASSERT_TRUE(t.root == NULL);
+	ASSERT_EQ(uhmm_radix_get(&t, base + 1), 0);
+	ASSERT_TRUE(uhmm_radix_slot(&t, base + 2, false) == NULL);
+	ASSERT_OK(uhmm_radix_set(&t, base + 2, 33));	/* a new leaf */
+	ASSERT_EQ(uhmm_radix_get(&t, base + 2), 33);
+	ASSERT_EQ(uhmm_radix_get(&t, base + 1), 0);
+	ASSERT_OK(uhmm_radix_walk(&t, base, base + 511, zero_it, NULL));	/* a walk frees it too */
+	ASSERT_TRUE(t.root == NULL);
+	ASSERT_EQ(uhmm_radix_get(&t, base + 2), 0);
+	ASSERT_OK(uhmm_radix_set(&t, base + 2, 44));
+	ASSERT_EQ(uhmm_radix_get(&t, base + 2), 44);
+	uhmm_radix_free(&t);
+	ASSERT_EQ(uhmm_radix_get(&t, base + 2), 0);
+	ASSERT_EQ(t.count, 0);
+}

@@ -18,6 +18,8 @@ uint64_t *uhmm_radix_slot(struct uhmm_radix *t, uint64_t key, bool create)
 
 	if (key > UHMM_RADIX_MAX_KEY)
 		return NULL;
+	if (t->leaf && key >> UHMM_RADIX_BITS == t->leaf_tag)
+		return t->leaf + (key & (FANOUT - 1));
 	for (int level = 0; level < UHMM_RADIX_LEVELS; level++) {
 		if (!*pp) {
 			if (!create)
@@ -26,8 +28,11 @@ uint64_t *uhmm_radix_slot(struct uhmm_radix *t, uint64_t key, bool create)
 			if (!*pp)
 				return NULL;
 		}
-		if (level == UHMM_RADIX_LEVELS - 1)
-			return (uint64_t *)*pp + idx_at(key, level);
+		if (level == UHMM_RADIX_LEVELS - 1) {
+			t->leaf = (uint64_t *)*pp;
+			t->leaf_tag = key >> UHMM_RADIX_BITS;
+			return t->leaf + idx_at(key, level);
+		}
 		pp = (void ***)&(*pp)[idx_at(key, level)];
 	}
 	return NULL;
@@ -136,6 +141,7 @@ static int radix_walk(struct walk *w)
 	bool empty;
 	int ret;
 
+	w->t->leaf = NULL;	/* the walk may free it */
 	if (!w->t->root || w->first > w->last)
 		return 0;
 	ret = walk_node(w, w->t->root, 0, 0, &empty);

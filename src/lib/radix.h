@@ -5,8 +5,8 @@
  * 0 meaning empty. Lookups and updates are O(1); a range walk visits only
  * the nodes that exist and, in each, only the slots in its range (a walk of
  * one key reads four slots). Setting a value to 0 keeps its nodes; a walk
- * or a clear frees the nodes it leaves, or finds, empty. Not thread-safe:
- * the owner locks.
+ * or a clear frees the nodes it leaves, or finds, empty. Not thread-safe,
+ * lookups included (they keep the last leaf): the owner locks.
  *
  * Used by the library (the device-private table) and by the reference
  * device (its page table); internal, not installed.
@@ -24,6 +24,15 @@
 struct uhmm_radix {
 	void **root;
 	uint64_t count;		/* non-zero leaves */
+	/*
+	 * The last leaf node a lookup reached, and which one it is (key >>
+	 * UHMM_RADIX_BITS): the next key in it costs one compare instead of a
+	 * four-level descent. A migration looks its entries up in address
+	 * order, several times each. Dropped by every walk and clear (they
+	 * free nodes); a set to 0 frees nothing.
+	 */
+	uint64_t *leaf;
+	uint64_t leaf_tag;
 };
 
 /* Slot for @key; with @create, missing nodes are allocated (NULL on ENOMEM). */
