@@ -29,9 +29,10 @@
 #define DM_UNIT_SIZE (DM_UNIT_PAGES * DM_PAGE_SIZE)
 
 struct dmirror_chunk {
-	struct uhmm_pagemap *pgmap;
+	struct uhmm_pagemap *pgmap;	/* its driver data is this chunk */
 	char *mem;			/* backing store, DM_CHUNK_DEV_PAGES pages */
 	unsigned char *is_free;		/* per page, under mem_lock: catches a double free */
+	struct uhmm_dmirror *dm;
 };
 
 struct dmirror_devmem {
@@ -68,35 +69,30 @@ static bool devmem_movable(struct uhmm_dmirror *dm)
 	       !(__atomic_load_n(&dm->flags, __ATOMIC_RELAXED) & UHMM_DMIRROR_FLAG_COPY);
 }
 
-static struct uhmm_dmirror *page_dmirror(const struct uhmm_page *page)
+/*
+ * The chunk a device page belongs to: its pagemap's driver data, no
+ * search (the backing store is looked up a few times for every page a
+ * migration moves).
+ */
+static struct dmirror_chunk *page_chunk(const struct uhmm_page *page)
 {
 	return uhmm_pagemap_driver_data(uhmm_page_pgmap(page));
 }
 
-/* The chunk a device page belongs to. */
-static struct dmirror_chunk *page_chunk(struct dmirror_devmem *mem, struct uhmm_page *page)
+static struct uhmm_dmirror *page_dmirror(const struct uhmm_page *page)
 {
-	struct uhmm_pagemap *pgmap = uhmm_page_pgmap(page);
-
-	for (unsigned int i = 0, n = devmem_nchunks(mem); i < n; i++)
-		if (mem->chunks[i].pgmap == pgmap)
-			return &mem->chunks[i];
-	return NULL;
+	return page_chunk(page)->dm;
 }
 
 /* The backing store of a device page. */
 static char *page_mem(struct uhmm_page *page)
 {
-	struct dmirror_chunk *c = page_chunk(page_dmirror(page)->devmem, page);
-
-	return c ? c->mem + (uhmm_page_index(page) << DM_PAGE_SHIFT) : NULL;
+	return page_chunk(page)->mem + (uhmm_page_index(page) << DM_PAGE_SHIFT);
 }
 
-static unsigned char *page_free_flag(struct dmirror_devmem *mem, struct uhmm_page *page)
+static unsigned char *page_free_flag(struct uhmm_page *page)
 {
-	struct dmirror_chunk *c = page_chunk(mem, page);
-
-	return c ? &c->is_free[uhmm_page_index(page)] : NULL;
+	return &page_chunk(page)->is_free[uhmm_page_index(page)];
 }
 
 /*
@@ -110,8 +106,8 @@ static void dmirror_page_free(struct uhmm_page *page)
 	unsigned char *flag;
 
 	pthread_mutex_lock(&mem->mem_lock);
-	flag = page_free_flag(mem, page);
-	if (!flag || *flag) {
+	flag = page_free_flag(page);
+	if (*flag) {
 		fprintf(stderr, "dmirror: device page %p freed twice\n", (void *)page);
 		abort();
 	}
@@ -150,7 +146,8 @@ static int devmem_add_chunk(struct uhmm_dmirror *dm)
 	if (!c->mem)
 		return -ENOMEM;
 	c->is_free = uhmm_kmalloc(DM_CHUNK_DEV_PAGES);
-	ret = c->is_free ? uhmm_pagemap_add(dm->mm, DM_CHUNK_DEV_PAGES, dm->owner, &dmirror_pagemap_ops, dm,
+	c->dm = dm;
+	ret = c->is_free ? uhmm_pagemap_add(dm->mm, DM_CHUNK_DEV_PAGES, dm->owner, &dmirror_pagemap_ops, c,
 					    &c->pgmap) : -ENOMEM;
 	if (ret) {
 		uhmm_kfree(c->is_free);
@@ -187,7 +184,7 @@ static struct uhmm_page *devmem_alloc(struct uhmm_dmirror *dm)
 	pthread_mutex_lock(&mem->mem_lock);
 	if (mem->nfree || devmem_add_chunk(dm) == 0) {
 		page = mem->free[--mem->nfree];
-		*page_free_flag(mem, page) = 0;
+		*page_free_flag(page) = 0;
 	}
 	pthread_mutex_unlock(&mem->mem_lock);
 	if (page && uhmm_page_init(page)) {
@@ -815,10 +812,29 @@ static void unit_copy_to_sys(struct uhmm_dmirror *dm, struct uhmm_migrate_vma *m
 		m->dst[i + j] = sysmem_from(dm, dev + (j << DM_PAGE_SHIFT), true);	/* contiguous */
 }
 
+/*
+ * Drop the entries that got a system page from our page table: one clear
+ * per run of them (a unit's 512 count as one), not one lookup per page.
+ */
+static void dpt_drop_leaving(struct uhmm_dmirror *dm, const struct uhmm_migrate_vma *m)
+{
+	uint64_t first = m->start >> DM_PAGE_SHIFT;
+
+	for (uint64_t i = 0, j; i < m->npages; i = j) {
+		for (; i < m->npages && !(m->dst[i] & UHMM_MIGRATE_PFN_VALID); i++)
+			;
+		for (j = i; j < m->npages && (m->dst[j] & UHMM_MIGRATE_PFN_VALID);)
+			j += (m->dst[j] & UHMM_MIGRATE_PFN_COMPOUND) ? DM_UNIT_PAGES : 1;
+		if (i < j)
+			uhmm_radix_clear(&dm->pt, first + i, first + j - 1);
+	}
+}
+
 static void migrate_copy_to_sys(struct uhmm_dmirror *dm, struct uhmm_migrate_vma *m)
 {
-	uint64_t run_end = 0;	/* the run of contiguous device memory entry i is in ends here */
-	bool direct = false;	/* ... and is long enough to be copied straight from us */
+	uint64_t run_start = 0, run_end = 0;	/* the run of contiguous device memory entry i is in */
+	char *run_mem = NULL;			/* ... its memory ... */
+	bool direct = false;			/* ... and is it long enough to be copied straight from us? */
 
 	pthread_mutex_lock(&dm->lock);
 	for (uint64_t i = 0; i < m->npages; i++) {
@@ -834,19 +850,15 @@ static void migrate_copy_to_sys(struct uhmm_dmirror *dm, struct uhmm_migrate_vma
 		if (i >= run_end) {
 			uint64_t n = mem_run(m->src, i, m->npages, UHMM_MIGRATE_PFN_MIGRATE);
 
+			run_start = i;
 			run_end = i + n;
+			run_mem = page_mem(spage);
 			direct = n >= (devmem_movable(dm) ? move_run(m) : DM_DIRECT_RUN);
 		}
-		m->dst[i] = sysmem_from(dm, page_mem(spage), direct);
+		m->dst[i] = sysmem_from(dm, run_mem + ((i - run_start) << DM_PAGE_SHIFT), direct);
 	}
 	/* The data is leaving the device: its mappings go (our own MIGRATE events keep them). */
-	for (uint64_t i = 0; i < m->npages; i++) {
-		uint64_t n = (m->dst[i] & UHMM_MIGRATE_PFN_COMPOUND) ? DM_UNIT_PAGES : 1;
-
-		for (uint64_t j = 0; (m->dst[i] & UHMM_MIGRATE_PFN_VALID) && j < n; j++)
-			uhmm_radix_set(&dm->pt, (m->start >> DM_PAGE_SHIFT) + i + j, 0);
-		i += n - 1;
-	}
+	dpt_drop_leaving(dm, m);
 	pthread_mutex_unlock(&dm->lock);
 }
 
