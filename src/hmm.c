@@ -212,7 +212,7 @@ static bool zero_again(uint64_t s, uint64_t e)
 	for (uint64_t a = s; a < e; a += sizeof(st) * UHMM_PAGE_SIZE) {
 		uint64_t b = e - a > sizeof(st) * UHMM_PAGE_SIZE ? a + sizeof(st) * UHMM_PAGE_SIZE : e;
 
-		if (uhmm_pagemap_read(a, b, st, false))
+		if (uhmm_pagemap_read(a, b, st, 0))
 			return false;
 		for (uint64_t i = 0; i < (b - a) >> UHMM_PAGE_SHIFT; i++)
 			if ((st[i] & UHMM_PTE_PRESENT) && (st[i] & UHMM_PTE_ZERO))
@@ -429,7 +429,7 @@ static int ctx_device_pages(struct fault_ctx *c)
 static int ctx_pass(struct fault_ctx *c)
 {
 	struct uhmm_range *r = c->range;
-	bool need_excl = false;
+	unsigned int need = 0;
 	int ret, faulted = 0;
 
 	c->why = "vmas";
@@ -440,10 +440,12 @@ static int ctx_pass(struct fault_ctx *c)
 	ret = ctx_check_requests(c);
 	if (ret)
 		return ret;
+	/* what page_writable() asks of a private writable mapping's pages */
 	for (int i = 0; i < c->nvmas; i++)
-		need_excl |= (c->vmas[i].flags & (UHMM_VMA_WRITE | UHMM_VMA_SHARED)) == UHMM_VMA_WRITE;
+		if ((c->vmas[i].flags & (UHMM_VMA_WRITE | UHMM_VMA_SHARED)) == UHMM_VMA_WRITE)
+			need |= UHMM_PM_EXCL | ((c->vmas[i].flags & UHMM_VMA_FILE) ? UHMM_PM_FILE : 0);
 	c->why = "pagemap";
-	ret = uhmm_pagemap_read(r->start, r->end, c->state, need_excl);
+	ret = uhmm_pagemap_read(r->start, r->end, c->state, need);
 	if (ret)
 		return ret;
 	(void)uhmm_inject(UHMM_INJECT_RANGE_FAULT_DELAY);	/* a thread preempted here, when asked */
@@ -504,7 +506,7 @@ static int ctx_protect_zero(struct fault_ctx *c)
 				return -EBUSY;	/* the mm is changing: the caller starts over */
 			continue;	/* not trappable (a file mapping, no WP): as before */
 		}
-		int ret = uhmm_pagemap_read(s, e, c->state + i, false);
+		int ret = uhmm_pagemap_read(s, e, c->state + i, 0);	/* no longer the zero page: read-only */
 
 		if (ret)
 			return ret;

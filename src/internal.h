@@ -125,11 +125,16 @@ bool uhmm_vma_covers(uint64_t start, uint64_t end);
 #define UHMM_PTE_DEVICE (1u << 7)	/* device-private, of the range's owner */
 
 /*
- * One byte of UHMM_PTE_* per page of [start, end) into @state.
- * @need_excl: also compute UHMM_PTE_EXCLUSIVE (costs a pread of pagemap
- * on the fast path; only needed to decide write permission).
+ * One byte of UHMM_PTE_* per page of [start, end) into @state. @need says
+ * what else to compute, each at a cost on the fast path, only needed to
+ * decide write permission: UHMM_PM_EXCL, UHMM_PTE_EXCLUSIVE (a pread of
+ * pagemap); UHMM_PM_FILE, UHMM_PTE_FILE (PAGEMAP_SCAN then looks up
+ * every present page's struct page: a third of a migration's setup). A
+ * private anonymous mapping never holds a file page.
  */
-int uhmm_pagemap_read(uint64_t start, uint64_t end, uint8_t *state, bool need_excl);
+#define UHMM_PM_EXCL (1u << 0)
+#define UHMM_PM_FILE (1u << 1)
+int uhmm_pagemap_read(uint64_t start, uint64_t end, uint8_t *state, unsigned int need);
 
 /* ---- spanset.c: a sorted set of disjoint [start, end) spans ---- */
 struct uhmm_span {

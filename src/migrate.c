@@ -594,7 +594,7 @@ static void collect_recheck(struct collect *c)
 
 	for (uint64_t i = 0; c->pte && i < m->npages && !any; i++)
 		any = c->priv->st[i] & sys;
-	if (!any || uhmm_pagemap_read(m->start, m->end, c->pte, false))
+	if (!any || uhmm_pagemap_read(m->start, m->end, c->pte, 0))
 		return;
 	for (uint64_t i = 0; i < m->npages; i++) {
 		uint8_t pte = c->pte[i], st = c->priv->st[i];
@@ -843,8 +843,10 @@ int uhmm_migrate_setup_as(struct uhmm_migrate_vma *m, enum uhmm_notifier_event e
 		c.pte = ret ? NULL : uhmm_kmalloc(m->npages);
 		if (!ret && !c.pte)
 			ret = -ENOMEM;
+		/* No UHMM_PTE_FILE asked: only private anonymous mappings are
+		 * collected (vma_migratable()), and they hold no file page. */
 		if (!ret)
-			ret = uhmm_pagemap_read(m->start, m->end, c.pte, false);
+			ret = uhmm_pagemap_read(m->start, m->end, c.pte, 0);
 		if (!ret && atomic_load_explicit(&m->mm->forked, memory_order_relaxed))
 			unshare_present(m->start, c.pte, m->npages);
 	}

@@ -69,7 +69,7 @@ static uint8_t scan_categories_to_state(uint64_t c)
 	return s;
 }
 
-static int pagemap_scan(uint64_t start, uint64_t end, uint8_t *state, bool need_excl)
+static int pagemap_scan(uint64_t start, uint64_t end, uint8_t *state, unsigned int need)
 {
 	int fd = uhmm_proc_fd(UHMM_PROC_PAGEMAP);
 	struct page_region vec[128];
@@ -77,8 +77,8 @@ static int pagemap_scan(uint64_t start, uint64_t end, uint8_t *state, bool need_
 		.size = sizeof(arg), .start = start, .end = end,
 		.vec = (uintptr_t)vec, .vec_len = UHMM_ARRAY_SIZE(vec),
 		.category_anyof_mask = PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
-		.return_mask = PAGE_IS_PRESENT | PAGE_IS_SWAPPED | PAGE_IS_FILE |
-			       PAGE_IS_PFNZERO | PAGE_IS_HUGE,
+		.return_mask = PAGE_IS_PRESENT | PAGE_IS_SWAPPED | PAGE_IS_PFNZERO | PAGE_IS_HUGE |
+			       ((need & UHMM_PM_FILE) ? PAGE_IS_FILE : 0),
 	};
 
 	if (fd < 0)
@@ -94,7 +94,7 @@ static int pagemap_scan(uint64_t start, uint64_t end, uint8_t *state, bool need_
 
 			memset(state + ((vec[i].start - start) >> UHMM_PAGE_SHIFT), s,
 			       (vec[i].end - vec[i].start) >> UHMM_PAGE_SHIFT);
-			if (!need_excl || (s & (UHMM_PTE_FILE | UHMM_PTE_ZERO)) || !(s & UHMM_PTE_PRESENT))
+			if (!(need & UHMM_PM_EXCL) || (s & (UHMM_PTE_FILE | UHMM_PTE_ZERO)) || !(s & UHMM_PTE_PRESENT))
 				continue;
 			ret = pagemap_read_exclusive(vec[i].start, vec[i].end, start, state);
 			if (ret)
@@ -173,10 +173,10 @@ static int pagemap_pread_all(uint64_t start, uint64_t end, uint8_t *state)
 	return 0;
 }
 
-int uhmm_pagemap_read(uint64_t start, uint64_t end, uint8_t *state, bool need_excl)
+int uhmm_pagemap_read(uint64_t start, uint64_t end, uint8_t *state, unsigned int need)
 {
 	memset(state, 0, (end - start) >> UHMM_PAGE_SHIFT);
 	if (uhmm_has(UHMM_FEAT_PAGEMAP_SCAN))
-		return pagemap_scan(start, end, state, need_excl);
+		return pagemap_scan(start, end, state, need);
 	return pagemap_pread_all(start, end, state);
 }
