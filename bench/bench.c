@@ -220,7 +220,8 @@ static void raw_chunk(struct raw_dev *rd, struct uhmm_mm *mm, char *buf, size_t 
 	struct uhmm_migrate_vma m = {
 		.mm = mm, .src = src, .dst = dst, .start = (uintptr_t)buf + off,
 		.end = (uintptr_t)buf + off + 512 * PAGE, .pgmap_owner = &rd->owner,
-		.flags = to_dev ? UHMM_MIGRATE_VMA_SELECT_SYSTEM : UHMM_MIGRATE_VMA_SELECT_DEVICE_PRIVATE,
+		.flags = to_dev ? UHMM_MIGRATE_VMA_SELECT_SYSTEM | (rd->move ? UHMM_MIGRATE_VMA_ZERO_COPY : 0)
+				: UHMM_MIGRATE_VMA_SELECT_DEVICE_PRIVATE,
 	};
 	int n = 0;
 

@@ -40,7 +40,8 @@ struct dmirror_devmem {
 	/*
 	 * Every chunk is host memory uhmm can move pages into and out of
 	 * (uhmm_pagemap_set_host_memory()): migrations move pages, not copy
-	 * them. Cleared for good if a chunk cannot be (no UFFDIO_MOVE).
+	 * them. Set where uhmm can move at all (host_memory_moves()); cleared
+	 * for good if a chunk cannot be registered.
 	 */
 	bool movable;
 	struct dmirror_chunk chunks[DM_MAX_CHUNKS];
@@ -326,13 +327,22 @@ static uint64_t mem_run(const uint64_t *e, uint64_t i, uint64_t end, uint64_t ne
 	return n;
 }
 
+/* Can uhmm move pages into host memory here (uhmm_pagemap_set_host_memory())? */
+static bool host_memory_moves(void)
+{
+	struct uhmm_features f;
+
+	return uhmm_query_features(&f) == 0 && (f.flags & UHMM_FEAT_UFFD_MOVE) &&
+	       !(f.flags & UHMM_FEAT_FALLBACK_FORCED);
+}
+
 int dmirror_devmem_attach(struct uhmm_dmirror *dm)
 {
 	dm->devmem = uhmm_kcalloc(1, sizeof(*dm->devmem));
 	if (!dm->devmem)
 		return -ENOMEM;
 	pthread_mutex_init(&dm->devmem->mem_lock, NULL);
-	dm->devmem->movable = true;
+	dm->devmem->movable = host_memory_moves();
 	return 0;
 }
 
@@ -405,22 +415,26 @@ static void copy_entries(struct uhmm_migrate_vma *m, uint64_t i, uint64_t j, str
  * memory for DM_DIRECT_RUN pages or more follows each other, uhmm moves
  * them in (zero copy, one UFFDIO_MOVE per run); the rest is read with one
  * scatter-gather access per run (moving pages one by one costs more than
- * copying them). Entries whose copy fails lose their device page. An
+ * copying them), unless we promised to move every page (ZERO_COPY: our
+ * setup left them writable). Entries whose copy fails lose their device page. An
  * injected copy failure at page k is a transfer failing midway: k and the
  * pages after it in the run are not copied.
  */
 static void migrate_copy_run(struct uhmm_dmirror *dm, struct uhmm_migrate_vma *m, uint64_t i, uint64_t j,
 			     struct iovec *iov)
 {
+	bool zero_copy = m->flags & UHMM_MIGRATE_VMA_ZERO_COPY;	/* we promised to move every page */
 	uint64_t stop = i, copy_from = i;
 
 	while (stop < j && !uhmm_inject(UHMM_INJECT_COPY_TO_DEVICE))
 		stop++;
+	if (zero_copy && !devmem_movable(dm))
+		stop = i;	/* a chunk would not take moves after all (rare): these stay */
 	while (j > stop)
 		drop_dst(m, --j);
 	for (uint64_t k = i, n; devmem_movable(dm) && k < j; k += n) {
 		n = mem_run(m->dst, k, j, UHMM_MIGRATE_PFN_VALID);
-		if (n < DM_DIRECT_RUN)
+		if (n < DM_DIRECT_RUN && !zero_copy)
 			continue;
 		if (copy_from < k)
 			copy_entries(m, copy_from, k, iov);
@@ -480,9 +494,13 @@ static void unit_alloc_and_copy(struct uhmm_dmirror *dm, struct uhmm_migrate_vma
 		if (!(s & UHMM_MIGRATE_PFN_VALID))
 			memset(page_mem(dpage), 0, DM_PAGE_SIZE);
 	}
+	/* moved page by page where we promised to move (the pages were just taken: they have memory) */
+	for (uint64_t j = 0; (m->flags & UHMM_MIGRATE_VMA_ZERO_COPY) && (s & UHMM_MIGRATE_PFN_VALID) && j < DM_UNIT_PAGES; j++)
+		m->dst[i + j] |= m->dst[i + j] ? UHMM_MIGRATE_PFN_MOVE : 0;
 	/* all or nothing: a split unit whose pages ran out stays in system memory */
 	if (!m->dst[i + DM_UNIT_PAGES - 1] ||
-	    ((s & UHMM_MIGRATE_PFN_VALID) && uhmm_access_vm_iov(at, iov, DM_UNIT_PAGES, 0) < 0))
+	    ((s & UHMM_MIGRATE_PFN_VALID) && !(m->flags & UHMM_MIGRATE_VMA_ZERO_COPY) &&
+	     uhmm_access_vm_iov(at, iov, DM_UNIT_PAGES, 0) < 0))
 		for (uint64_t j = 0; j < DM_UNIT_PAGES; j++)
 			if (m->dst[i + j])
 				drop_dst(m, i + j);
@@ -617,12 +635,22 @@ static int migrate_setup_as(struct uhmm_dmirror *dm, struct uhmm_migrate_vma *m)
 	return ret;
 }
 
+/*
+ * Where our memory takes moves, we move every page in and read none, and
+ * uhmm leaves them writable meanwhile (UHMM_MIGRATE_VMA_ZERO_COPY: no write
+ * protection, the largest part of a migration's setup).
+ */
+static unsigned long zero_copy_flag(struct uhmm_dmirror *dm)
+{
+	return devmem_movable(dm) ? UHMM_MIGRATE_VMA_ZERO_COPY : 0;
+}
+
 static int migrate_chunk_to_dev(struct uhmm_dmirror *dm, uint64_t start, uint64_t end)
 {
 	uint64_t src[DM_MIGRATE_PAGES], dst[DM_MIGRATE_PAGES];
 	struct uhmm_migrate_vma m = {
-		.mm = dm->mm, .src = src, .dst = dst, .start = start, .end = end,
-		.pgmap_owner = dm->owner, .flags = UHMM_MIGRATE_VMA_SELECT_SYSTEM | UHMM_MIGRATE_VMA_SELECT_COMPOUND,
+		.mm = dm->mm, .src = src, .dst = dst, .start = start, .end = end, .pgmap_owner = dm->owner,
+		.flags = UHMM_MIGRATE_VMA_SELECT_SYSTEM | UHMM_MIGRATE_VMA_SELECT_COMPOUND | zero_copy_flag(dm),
 	};
 	int ret = migrate_setup_as(dm, &m);
 	unsigned long seq;

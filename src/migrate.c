@@ -37,6 +37,7 @@
 #define MS_VMA_WRITE (1u << 4)	/* its VMA is writable (for a page found filled, see recheck) */
 #define MS_UNIT (1u << 5)	/* first entry of a 2 MiB unit the driver took whole (pages()) */
 #define MS_COPY (1u << 6)	/* a MOVE to the device that could not move: copied, then committed (pages()) */
+#define MS_LIVE (1u << 7)	/* a data page left writable (ZERO_COPY): it moves with what the CPU wrote */
 
 #define UNIT_PAGES UHMM_PMD_PAGES	/* a THP, or a device unit: 512 */
 #define UNIT_ORDER (UHMM_PMD_SHIFT - UHMM_PAGE_SHIFT)
@@ -49,7 +50,8 @@ struct mig_priv {
 };
 
 #define SELECT_KNOWN (UHMM_MIGRATE_VMA_SELECT_SYSTEM | UHMM_MIGRATE_VMA_SELECT_DEVICE_PRIVATE | \
-		      UHMM_MIGRATE_VMA_SELECT_DEVICE_COHERENT | UHMM_MIGRATE_VMA_SELECT_COMPOUND)
+		      UHMM_MIGRATE_VMA_SELECT_DEVICE_COHERENT | UHMM_MIGRATE_VMA_SELECT_COMPOUND | \
+		      UHMM_MIGRATE_VMA_ZERO_COPY)
 
 /* ---- the migration gate (see internal.h) ---- */
 
@@ -534,9 +536,21 @@ static void collect_page(struct collect *c, const struct uhmm_vma *v, uint64_t i
 	m->cpages++;
 	if (page)
 		return;
-	c->priv->st[i] |= (m->src[i] & UHMM_MIGRATE_PFN_VALID) ? MS_WP : MS_EMPTY;
+	if (!(m->src[i] & UHMM_MIGRATE_PFN_VALID))
+		c->priv->st[i] |= MS_EMPTY;
+	else
+		c->priv->st[i] |= (m->flags & UHMM_MIGRATE_VMA_ZERO_COPY) ? MS_LIVE : MS_WP;
 	if (v->flags & UHMM_VMA_WRITE)
 		c->priv->st[i] |= MS_VMA_WRITE;
+}
+
+/* Leave entry @k where it is after all: not collected, its claim released. */
+static void uncollect(struct collect *c, uint64_t k)
+{
+	c->priv->st[k] = 0;
+	c->m->src[k] = 0;
+	c->m->cpages--;
+	uhmm_dp_release(c->priv->mm, c->m->start + (k << UHMM_PAGE_SHIFT));
 }
 
 /*
@@ -544,7 +558,9 @@ static void collect_page(struct collect *c, const struct uhmm_vma *v, uint64_t i
  * a zero page is present, so a CPU write to it (copy-on-write, no fault in
  * a MISSING span) would put data there that the zap then throws away; once
  * protected, the write faults and waits for finalize. Protecting a hole is a
- * no-op the run does not need to avoid.
+ * no-op the run does not need to avoid. Live pages (ZERO_COPY) are not
+ * protected: they move with what the CPU wrote (UFFDIO_WRITEPROTECT was
+ * most of a zero-copy migration's setup).
  */
 static void collect_protect(struct collect *c)
 {
@@ -563,12 +579,8 @@ static void collect_protect(struct collect *c)
 		if (write_protect(c->priv->mm, m->start + (i << UHMM_PAGE_SHIFT),
 				  m->start + (j << UHMM_PAGE_SHIFT), true)) {
 			/* cannot block writers: leave these pages where they are */
-			for (uint64_t k = i; k < j; k++) {
-				c->priv->st[k] = 0;
-				m->src[k] = 0;
-				m->cpages--;
-				uhmm_dp_release(c->priv->mm, m->start + (k << UHMM_PAGE_SHIFT));
-			}
+			for (uint64_t k = i; k < j; k++)
+				uncollect(c, k);
 		}
 		i = j;
 	}
@@ -589,7 +601,7 @@ static void collect_protect(struct collect *c)
 static void collect_recheck(struct collect *c)
 {
 	struct uhmm_migrate_vma *m = c->m;
-	const uint8_t sys = MS_WP | MS_EMPTY;
+	const uint8_t sys = MS_WP | MS_EMPTY | MS_LIVE;
 	bool any = false;
 
 	for (uint64_t i = 0; c->pte && i < m->npages && !any; i++)
@@ -603,7 +615,11 @@ static void collect_recheck(struct collect *c)
 
 		if (!(st & sys) || empty == !!(st & MS_EMPTY))
 			continue;	/* a system entry still what it was */
-		if (empty) {
+		if (st & MS_LIVE) {
+			/* Emptied before the claim, and not protected: were it the
+			 * zero page now, a write could fill it unseen. Rare: it stays. */
+			uncollect(c, i);
+		} else if (empty) {
 			c->priv->st[i] = (uint8_t)((st & ~MS_WP) | MS_EMPTY);
 			m->src[i] = UHMM_MIGRATE_PFN_MIGRATE;
 		} else {
@@ -988,6 +1004,34 @@ static uint64_t move_target(uint64_t dst)
 static void commit_run_to_device(struct uhmm_migrate_vma *m, struct mig_priv *p, uint64_t i, uint64_t j);
 
 /*
+ * Live pages (ZERO_COPY) of [k, e) that are to be copied after all: a
+ * write between the copy and the zap would be lost, so they are protected
+ * first, as setup protects every page of a copying driver (and unprotected
+ * by finalize if they stay). One that cannot be protected stays.
+ */
+static void protect_live(struct uhmm_migrate_vma *m, struct mig_priv *p, uint64_t k, uint64_t e)
+{
+	bool live = false, ok;
+
+	for (uint64_t q = k; q < e; q++)
+		live |= (p->st[q] & MS_LIVE) != 0;
+	if (!live)
+		return;
+	ok = write_protect(p->mm, m->start + (k << UHMM_PAGE_SHIFT), m->start + (e << UHMM_PAGE_SHIFT), true) == 0;
+	for (uint64_t q = k; q < e; q++) {
+		if (!(p->st[q] & MS_LIVE))
+			continue;
+		p->st[q] &= (uint8_t)~MS_LIVE;
+		if (ok) {
+			p->st[q] |= MS_WP;
+		} else {
+			p->st[q] &= (uint8_t)~MS_COPY;
+			m->src[q] &= ~UHMM_MIGRATE_PFN_MIGRATE;
+		}
+	}
+}
+
+/*
  * The MOVE entries of [i, j) that would not move (MS_COPY): copied into
  * their device pages as a driver copies (uhmm_access_vm() from this
  * thread, outside dp_lock: a page the program dropped meanwhile faults to
@@ -999,6 +1043,9 @@ static void copy_unmoved(struct uhmm_migrate_vma *m, struct mig_priv *p, uint64_
 	for (uint64_t k = i, e; k < j; k = e) {
 		for (; k < j && !(p->st[k] & MS_COPY); k++)
 			;
+		for (e = k; e < j && (p->st[e] & MS_COPY); e++)
+			;
+		protect_live(m, p, k, e);
 		for (e = k; e < j && (p->st[e] & MS_COPY); e++) {
 			void *host = (void *)(uintptr_t)move_target(m->dst[e]);
 
@@ -1195,6 +1242,18 @@ static void account_units(struct uhmm_migrate_vma *m, struct mig_priv *p)
 	}
 }
 
+/*
+ * ZERO_COPY: a live page whose dst is not a place to move it into stays
+ * where it is. The driver promised to move every page; had it copied one,
+ * what the CPU wrote since would be lost with the zap.
+ */
+static void refuse_copied_live(struct uhmm_migrate_vma *m, const struct mig_priv *p)
+{
+	for (uint64_t i = 0; (m->flags & UHMM_MIGRATE_VMA_ZERO_COPY) && i < m->npages; i++)
+		if ((p->st[i] & MS_LIVE) && (m->dst[i] & UHMM_MIGRATE_PFN_VALID) && !move_target(m->dst[i]))
+			m->src[i] &= ~UHMM_MIGRATE_PFN_MIGRATE;
+}
+
 UHMM_EXPORT void uhmm_migrate_vma_pages(struct uhmm_migrate_vma *m)
 {
 	struct mig_priv *p;
@@ -1202,6 +1261,7 @@ UHMM_EXPORT void uhmm_migrate_vma_pages(struct uhmm_migrate_vma *m)
 	if (!m || !(p = m->priv))
 		return;
 	expand_units(m, p);
+	refuse_copied_live(m, p);
 	for (uint64_t i = 0; i < m->npages;) {
 		int dir = entry_direction(m->src[i], m->dst[i]);
 		uint64_t j = i + 1;

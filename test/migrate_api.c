@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: MIT
 /* The device-memory and migration API: argument checks, page lifecycle, a minimal driver. */
+#include <fcntl.h>
 #include <stdatomic.h>
 
 #include "harness.h"
@@ -157,6 +158,163 @@ TEST(host_memory_moves_pages)
 		check_ints(p, 8 * PAGE, 1);
 		ASSERT_EQ(pages_moved() - moved, 16);
 	}
+	ASSERT_OK(uhmm_pagemap_remove(host_pg));
+	uhmm_mm_put(mm);
+}
+
+/* Is the page at @addr write-protected by userfaultfd (pagemap bit 57)? */
+static bool uffd_wp_bit(const void *addr)
+{
+	int fd = open("/proc/self/pagemap", O_RDONLY);
+	uint64_t e = 0;
+
+	ASSERT_TRUE(fd >= 0);
+	ASSERT_EQ(pread(fd, &e, sizeof(e), (off_t)((uintptr_t)addr / PAGE * sizeof(e))), (ssize_t)sizeof(e));
+	close(fd);
+	return (e >> 57) & 1;
+}
+
+#define INTS (PAGE / sizeof(int))
+
+/*
+ * A pool of 16 pages whose memory is host memory: true; false where pages
+ * cannot move (no UFFDIO_MOVE, or the fallback mode), the pool then plain.
+ */
+static bool host_pool(struct uhmm_mm *mm)
+{
+	struct uhmm_features f;
+	int ret;
+
+	ASSERT_OK(uhmm_query_features(&f));
+	host_mem = map_anon(16 * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE);
+	ASSERT_OK(uhmm_pagemap_add(mm, 16, &freed, &ops, NULL, &host_pg));
+	ret = uhmm_pagemap_set_host_memory(host_pg, host_mem);
+	if (!(f.flags & UHMM_FEAT_UFFD_MOVE) || (f.flags & UHMM_FEAT_FALLBACK_FORCED)) {
+		ASSERT_EQ(ret, -EOPNOTSUPP);
+		return false;
+	}
+	ASSERT_OK(ret);
+	return true;
+}
+
+/* Without host memory (no UFFDIO_MOVE): nothing can move, every page with data stays as written. */
+static void zero_copy_nothing_moves(struct uhmm_mm *mm, int *p, struct uhmm_migrate_vma *m, uint64_t *src,
+				    uint64_t *dst)
+{
+	for (uint64_t i = 0; i < 7; i++)
+		dst[i] = move_in(i, src[i]);
+	uhmm_migrate_vma_pages(m);
+	for (int i = 0; i < 7; i++)
+		ASSERT_FALSE(src[i] & UHMM_MIGRATE_PFN_MIGRATE);
+	uhmm_migrate_vma_finalize(m);
+	for (int i = 0; i < 7; i++)
+		ASSERT_EQ(p[i * INTS], -100 - i);
+	ASSERT_OK(uhmm_pagemap_remove(host_pg));
+	uhmm_mm_put(mm);
+}
+
+/* setup() of the 8 pages at @p to the device with UHMM_MIGRATE_VMA_ZERO_COPY */
+static void zero_copy_setup(struct uhmm_migrate_vma *m, struct uhmm_mm *mm, int *p, uint64_t *src, uint64_t *dst)
+{
+	*m = (struct uhmm_migrate_vma){
+		.mm = mm, .src = src, .dst = dst, .start = (uintptr_t)p, .end = (uintptr_t)p + 8 * PAGE,
+		.pgmap_owner = &freed, .flags = UHMM_MIGRATE_VMA_SELECT_SYSTEM | UHMM_MIGRATE_VMA_ZERO_COPY,
+	};
+	ASSERT_OK(uhmm_migrate_vma_setup(m));
+	ASSERT_EQ(m->cpages, 8);
+}
+
+
+/*
+ * UHMM_MIGRATE_VMA_ZERO_COPY: setup leaves the pages with data writable
+ * (this thread writes them between setup and pages(): protected, the write
+ * would wait for finalize, for ever) and still protects the zero page.
+ * What was written moves with the pages. A page the driver gave a copied
+ * device page instead stays where it is, with what was written (without
+ * UFFDIO_MOVE, every page does).
+ */
+TEST(zero_copy_leaves_data_pages_writable)
+{
+	struct uhmm_mm *mm = mm_or_skip();
+	int *p = map_anon(8 * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE);
+	uint64_t src[8], dst[8];
+	struct uhmm_migrate_vma m;
+	struct uhmm_page *copied;
+	bool moves = host_pool(mm);
+
+	fill_ints(p, 7 * PAGE, 1);
+	(void)((volatile int *)p)[7 * INTS];	/* page 7: the zero page */
+	zero_copy_setup(&m, mm, p, src, dst);
+	ASSERT_FALSE(uffd_wp_bit(p));
+	ASSERT_TRUE(uffd_wp_bit(p + 7 * INTS));
+	for (int i = 0; i < 7; i++)
+		p[i * INTS] = -100 - i;
+	if (!moves)
+		return zero_copy_nothing_moves(mm, p, &m, src, dst);
+	copied = uhmm_pagemap_page(host_pg, 8);
+	ASSERT_OK(uhmm_page_init(copied));
+	dst[0] = uhmm_migrate_pfn(uhmm_page_to_pfn(copied));	/* as if copied: refused */
+	for (uint64_t i = 1; i < 7; i++)
+		dst[i] = move_in(i, src[i]);
+	ASSERT_OK(uhmm_page_init(uhmm_pagemap_page(host_pg, 9)));	/* the zero page: zeros, copied */
+	dst[7] = uhmm_migrate_pfn(uhmm_page_to_pfn(uhmm_pagemap_page(host_pg, 9)));
+	uhmm_migrate_vma_pages(&m);
+	ASSERT_FALSE(src[0] & UHMM_MIGRATE_PFN_MIGRATE);
+	for (int i = 1; i < 8; i++)
+		ASSERT_TRUE(src[i] & UHMM_MIGRATE_PFN_MIGRATE);
+	uhmm_migrate_vma_finalize(&m);
+	ASSERT_EQ(p[0], -100);	/* stayed, as written */
+	check_ints_from(p, 1, PAGE - sizeof(int), 1);
+	for (int i = 1; i < 7; i++) {	/* moved, as written */
+		ASSERT_EQ(((int *)host_mem)[i * INTS], -100 - i);
+		check_ints_from((int *)host_mem, i * INTS + 1, PAGE - sizeof(int), 1);
+	}
+	ASSERT_EQ(migrate8(mm, p, false, move_out), 7);
+	for (int i = 0; i < 7; i++)
+		ASSERT_EQ(p[i * INTS], -100 - i);
+	check_ints_from(p, 6 * INTS + 1, PAGE - sizeof(int), 1);
+	for (size_t i = 7 * INTS; i < 8 * INTS; i++)
+		ASSERT_EQ(p[i], 0);
+	ASSERT_OK(uhmm_pagemap_remove(host_pg));
+	uhmm_mm_put(mm);
+}
+
+/*
+ * UHMM_MIGRATE_VMA_ZERO_COPY with the moves failing: the pages setup left
+ * writable are protected, then copied and zapped, as a copying driver's
+ * are; every page migrates, with what was written after setup.
+ */
+TEST(zero_copy_pages_that_will_not_move_are_copied)
+{
+	struct uhmm_mm *mm = mm_or_skip();
+	int *p = map_anon(8 * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE);
+	uint64_t src[8], dst[8], moved;
+	struct uhmm_migrate_vma m;
+	bool moves = host_pool(mm);
+
+	fill_ints(p, 8 * PAGE, 1);
+	zero_copy_setup(&m, mm, p, src, dst);
+	for (int i = 0; i < 8; i++)
+		p[i * INTS] = -100 - i;
+	if (!moves)
+		return zero_copy_nothing_moves(mm, p, &m, src, dst);
+	for (uint64_t i = 0; i < 8; i++)
+		dst[i] = move_in(i, src[i]);
+	moved = pages_moved();
+	ASSERT_OK(uhmm_fault_inject("uffd_move:ENOMEM"));
+	uhmm_migrate_vma_pages(&m);
+	ASSERT_OK(uhmm_fault_inject(NULL));
+	for (int i = 0; i < 8; i++)
+		ASSERT_TRUE(src[i] & UHMM_MIGRATE_PFN_MIGRATE);
+	uhmm_migrate_vma_finalize(&m);
+	ASSERT_EQ(pages_moved(), moved);	/* copied, every one */
+	for (int i = 0; i < 8; i++) {
+		ASSERT_EQ(((int *)host_mem)[i * INTS], -100 - i);
+		check_ints_from((int *)host_mem, i * INTS + 1, PAGE - sizeof(int), 1);
+	}
+	ASSERT_EQ(migrate8(mm, p, false, move_out), 8);
+	for (int i = 0; i < 8; i++)
+		ASSERT_EQ(p[i * INTS], -100 - i);
 	ASSERT_OK(uhmm_pagemap_remove(host_pg));
 	uhmm_mm_put(mm);
 }

@@ -569,6 +569,16 @@ enum uhmm_migrate_vma_select {
 	UHMM_MIGRATE_VMA_SELECT_DEVICE_PRIVATE = 1 << 1,
 	UHMM_MIGRATE_VMA_SELECT_DEVICE_COHERENT = 1 << 2,
 	UHMM_MIGRATE_VMA_SELECT_COMPOUND = 1 << 3,
+	/*
+	 * uhmm's, no kernel equivalent. With SELECT_SYSTEM, for a host-memory
+	 * device (uhmm_pagemap_set_host_memory()): the driver gives every page
+	 * with data it migrates a MOVE dst entry and reads none of them. Those
+	 * pages then stay writable until they move (setup does not
+	 * write-protect them): a CPU write before uhmm_migrate_vma_pages()
+	 * moves with the page. A page with data whose dst is not MOVE is not
+	 * migrated; holes and zero pages are protected as usual.
+	 */
+	UHMM_MIGRATE_VMA_ZERO_COPY = 1 << 8,
 };
 
 struct uhmm_migrate_vma {
@@ -589,12 +599,13 @@ struct uhmm_migrate_vma {
  * uhmm_migrate_vma_setup() - collect and isolate pages to migrate
  * @args: mm, src, dst, start, end, pgmap_owner, flags (and fault_page)
  *
- * For SELECT_SYSTEM: pages of private anonymous memory (including the
- * anonymous copy-on-write pages of a private file mapping), holes and zero
+ * For SELECT_SYSTEM: pages of private anonymous memory, holes and zero
  * pages of anonymous VMAs (src without VALID: nothing to copy); never
- * MAP_SHARED memory, page-cache pages, or another owner's device pages. For
- * SELECT_DEVICE_PRIVATE: device pages of @pgmap_owner. Collected pages are
- * write-protected (a CPU write waits until finalize; reads go on), device
+ * MAP_SHARED memory or private file mappings (their copy-on-write pages
+ * included: once zapped, a touch would refill them from the file), or
+ * another owner's device pages. For SELECT_DEVICE_PRIVATE: device pages of
+ * @pgmap_owner. Collected pages are write-protected (a CPU write waits
+ * until finalize; reads go on; not with ZERO_COPY, above), device
  * mappings of the range are invalidated with UHMM_NOTIFY_MIGRATE and
  * @pgmap_owner, and src[i] = uhmm_migrate_pfn(pfn) | MIGRATE (| WRITE). A
  * system page's pfn is its virtual page number: read its data with
