@@ -114,9 +114,10 @@ static void untake_pages(uint64_t *dst, uint64_t n)
 static int to_device_batch(struct uhmm_cl *ctx, struct ucl_region *r, uint64_t start, uint64_t end)
 {
 	uint64_t src[BATCH], dst[BATCH], moved = 0;
+	/* Where the chunk is host memory every page with data moves: no need to protect them meanwhile. */
 	struct uhmm_migrate_vma m = {
-		.mm = ctx->mm, .src = src, .dst = dst, .start = start, .end = end,
-		.pgmap_owner = ctx, .flags = UHMM_MIGRATE_VMA_SELECT_SYSTEM,
+		.mm = ctx->mm, .src = src, .dst = dst, .start = start, .end = end, .pgmap_owner = ctx,
+		.flags = UHMM_MIGRATE_VMA_SELECT_SYSTEM | (r->chunk->movable ? UHMM_MIGRATE_VMA_ZERO_COPY : 0),
 	};
 	cl_int err = CL_SUCCESS;
 	int ret = uhmm_migrate_vma_setup(&m);
