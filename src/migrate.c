@@ -499,6 +499,10 @@ static void collect_page(struct collect *c, const struct uhmm_vma *v, uint64_t i
 	struct uhmm_page *page;
 	uint8_t pte = c->pte ? c->pte[i] : 0;
 
+	/* No entry, and only device pages selected: not even a claim (it would make nodes). */
+	if (!(m->flags & UHMM_MIGRATE_VMA_SELECT_SYSTEM) &&
+	    !uhmm_radix_get(&c->priv->mm->devpriv, addr >> UHMM_PAGE_SHIFT))
+		return;
 	e = uhmm_dp_claim_locked(c->priv->mm, addr);
 	if (e & DP_BUSY)
 		return;	/* another migration holds it */
@@ -713,20 +717,10 @@ static int migrate_validate(struct uhmm_migrate_vma *m)
 	return 0;
 }
 
-/* What a setup's walk of the device-private table found in its range. */
-struct dp_span {
-	uint64_t first;		/* the range's first key ... */
-	uint64_t first_val;	/* ... and its entry (0: none) */
-	uint64_t last;		/* the last key with an entry, UINT64_MAX if none */
-};
-
-static int note_entry(void *arg, uint64_t key, uint64_t *val)
+static int note_last(void *arg, uint64_t key, uint64_t *val)
 {
-	struct dp_span *s = arg;
-
-	if (key == s->first)
-		s->first_val = *val;
-	s->last = key;
+	(void)val;
+	*(uint64_t *)arg = key;
 	return 0;
 }
 
@@ -746,24 +740,27 @@ static int note_entry(void *arg, uint64_t key, uint64_t *val)
  * is handled after this migration, and an install on a gone VMA fails and
  * leaves the page on the device. This is what a CPU fault on a device page
  * migrates: its one PROCMAP_QUERY was a fifth of the service thread's
- * system calls. Otherwise the VMA at start is looked up in any case (the
- * kernel requires one).
+ * system calls. The whole range is then collected from, with no walk to
+ * find where its entries end (a page with no entry is claimed and let go
+ * at once, under the same lock). Otherwise the VMA at start is looked up
+ * in any case (the kernel requires one).
  */
 static int setup_vmas(const struct uhmm_migrate_vma *m, struct uhmm_vma *v, int max)
 {
-	struct dp_span s = { .first = m->start >> UHMM_PAGE_SHIFT, .last = UINT64_MAX };
-	uint64_t end;
+	uint64_t first = m->start >> UHMM_PAGE_SHIFT, first_val, last = UINT64_MAX, end;
 
 	if (m->flags & UHMM_MIGRATE_VMA_SELECT_SYSTEM)
 		return uhmm_vma_list(m->start, m->end, v, max);
 	pthread_mutex_lock(&m->mm->dp_lock);
-	(void)uhmm_radix_walk(&m->mm->devpriv, s.first, (m->end >> UHMM_PAGE_SHIFT) - 1, note_entry, &s);
+	first_val = uhmm_radix_get(&m->mm->devpriv, first);
+	if (!DP_PAGE(first_val) || (first_val & DP_DROPPED))
+		(void)uhmm_radix_walk(&m->mm->devpriv, first, (m->end >> UHMM_PAGE_SHIFT) - 1, note_last, &last);
 	pthread_mutex_unlock(&m->mm->dp_lock);
-	end = s.last == UINT64_MAX ? m->start + UHMM_PAGE_SIZE : (s.last + 1) << UHMM_PAGE_SHIFT;
-	if (DP_PAGE(s.first_val) && !(s.first_val & DP_DROPPED)) {
-		v[0] = (struct uhmm_vma){ .start = m->start, .end = end, .page_shift = UHMM_PAGE_SHIFT };
+	if (DP_PAGE(first_val) && !(first_val & DP_DROPPED)) {
+		v[0] = (struct uhmm_vma){ .start = m->start, .end = m->end, .page_shift = UHMM_PAGE_SHIFT };
 		return 1;
 	}
+	end = last == UINT64_MAX ? m->start + UHMM_PAGE_SIZE : (last + 1) << UHMM_PAGE_SHIFT;
 	return uhmm_vma_list(m->start, end, v, max);
 }
 
