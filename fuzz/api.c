@@ -348,9 +348,11 @@ static void op_migrate(struct input *in)
 		.mm = F.mm, .src = src, .dst = dst, .start = pick_addr(in),
 		.flags = (unsigned long)take(in, 1) % 32, .pgmap_owner = owners[take(in, 1) % 4],
 	};
+	int zero_copy = take(in, 1) % 4 == 0;	/* pages left writable: they must stay all the same */
 	int ret;
 
 	m.end = m.start + (take(in, 1) % 41) * PG;
+	m.flags |= zero_copy ? UHMM_MIGRATE_VMA_ZERO_COPY : 0;
 	ret = uhmm_migrate_vma_setup(&m);
 	CHECK(ret == 0 || ALLOWED(ret, EINVAL, ENOMEM), "migrate_vma_setup %#llx-%#llx flags %#lx: %d",
 	      (unsigned long long)m.start, (unsigned long long)m.end, m.flags, ret);
