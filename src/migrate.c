@@ -741,9 +741,9 @@ static int note_last(void *arg, uint64_t key, uint64_t *val)
  * leaves the page on the device. This is what a CPU fault on a device page
  * migrates: its one PROCMAP_QUERY was a fifth of the service thread's
  * system calls. The whole range is then collected from, with no walk to
- * find where its entries end (a page with no entry is claimed and let go
- * at once, under the same lock). Otherwise the VMA at start is looked up
- * in any case (the kernel requires one).
+ * find where its entries end (collect_page() passes over a page with no
+ * entry). Otherwise the VMA at start is looked up in any case (the kernel
+ * requires one).
  */
 static int setup_vmas(const struct uhmm_migrate_vma *m, struct uhmm_vma *v, int max)
 {
