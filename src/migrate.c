@@ -1282,8 +1282,8 @@ UHMM_EXPORT void uhmm_migrate_vma_pages(struct uhmm_migrate_vma *m)
 	account_units(m, p);
 }
 
-/* Release one entry's references and claim; the caller wakes. */
-static void finalize_entry(struct uhmm_mm *mm, uint64_t addr, uint64_t src, uint64_t dst, uint8_t st)
+/* Drop one entry's page references; the caller releases its claim and wakes. */
+static void finalize_entry(uint64_t src, uint64_t dst, uint8_t st)
 {
 	struct uhmm_page *spage = uhmm_migrate_pfn_to_page(src), *dpage = uhmm_migrate_pfn_to_page(dst);
 
@@ -1293,8 +1293,21 @@ static void finalize_entry(struct uhmm_mm *mm, uint64_t addr, uint64_t src, uint
 		staging_free(system_page_addr(dst));	/* (driver data is the driver's) */
 	if (spage && (st & MS_COMMITTED))
 		uhmm_page_put(spage);	/* the table's, passed on in pages() */
-	if ((st & MS_WP) && !(st & MS_COMMITTED))
-		write_protect(mm, addr, addr + UHMM_PAGE_SIZE, false);
+}
+
+/* Protected pages that stay are writable again: one UFFDIO_WRITEPROTECT per run of them, not per page. */
+static void unprotect_stayed(const struct uhmm_migrate_vma *m, const struct mig_priv *p)
+{
+	const uint8_t which = MS_WP | MS_COMMITTED;
+
+	for (uint64_t i = 0, j; i < m->npages; i = j) {
+		for (; i < m->npages && (p->st[i] & which) != MS_WP; i++)
+			;
+		for (j = i; j < m->npages && (p->st[j] & which) == MS_WP; j++)
+			;
+		if (i < j)
+			write_protect(p->mm, m->start + (i << UHMM_PAGE_SHIFT), m->start + (j << UHMM_PAGE_SHIFT), false);
+	}
 }
 
 UHMM_EXPORT void uhmm_migrate_vma_finalize(struct uhmm_migrate_vma *m)
@@ -1304,7 +1317,8 @@ UHMM_EXPORT void uhmm_migrate_vma_finalize(struct uhmm_migrate_vma *m)
 	if (!m || !(p = m->priv))
 		return;
 	for (uint64_t i = 0; i < m->npages; i++)
-		finalize_entry(p->mm, m->start + (i << UHMM_PAGE_SHIFT), m->src[i], m->dst[i], p->st[i]);
+		finalize_entry(m->src[i], m->dst[i], p->st[i]);
+	unprotect_stayed(m, p);
 	pthread_mutex_lock(&p->mm->dp_lock);
 	for (uint64_t i = 0; i < m->npages; i++) {
 		struct uhmm_page *dropped = NULL;
@@ -1454,12 +1468,12 @@ UHMM_EXPORT void uhmm_migrate_device_finalize(uint64_t *src, uint64_t *dst, uint
 
 		if (!page) {
 			if (dst[i] & UHMM_MIGRATE_PFN_VALID)
-				finalize_entry(NULL, 0, 0, dst[i], 0);
+				finalize_entry(0, dst[i], 0);
 			continue;
 		}
 		mm = page->pgmap->mm;
 		addr = page->claim_addr;
-		finalize_entry(mm, addr, src[i], dst[i], device_entry_state(src[i]));
+		finalize_entry(src[i], dst[i], device_entry_state(src[i]));
 		uhmm_dp_release(mm, addr);	/* and wakes */
 		src[i] &= ~MIGRATE_PFN_COMMITTED;
 		locked = mm;

@@ -213,12 +213,13 @@ static void zero_copy_nothing_moves(struct uhmm_mm *mm, int *p, struct uhmm_migr
 	uhmm_mm_put(mm);
 }
 
-/* setup() of the 8 pages at @p to the device with UHMM_MIGRATE_VMA_ZERO_COPY */
-static void zero_copy_setup(struct uhmm_migrate_vma *m, struct uhmm_mm *mm, int *p, uint64_t *src, uint64_t *dst)
+/* setup() of the 8 pages at @p to the device, with @flags besides SELECT_SYSTEM: all 8 collected */
+static void setup8(struct uhmm_migrate_vma *m, struct uhmm_mm *mm, int *p, uint64_t *src, uint64_t *dst,
+		   unsigned long flags)
 {
 	*m = (struct uhmm_migrate_vma){
 		.mm = mm, .src = src, .dst = dst, .start = (uintptr_t)p, .end = (uintptr_t)p + 8 * PAGE,
-		.pgmap_owner = &freed, .flags = UHMM_MIGRATE_VMA_SELECT_SYSTEM | UHMM_MIGRATE_VMA_ZERO_COPY,
+		.pgmap_owner = &freed, .flags = UHMM_MIGRATE_VMA_SELECT_SYSTEM | flags,
 	};
 	ASSERT_OK(uhmm_migrate_vma_setup(m));
 	ASSERT_EQ(m->cpages, 8);
@@ -244,7 +245,7 @@ TEST(zero_copy_leaves_data_pages_writable)
 
 	fill_ints(p, 7 * PAGE, 1);
 	(void)((volatile int *)p)[7 * INTS];	/* page 7: the zero page */
-	zero_copy_setup(&m, mm, p, src, dst);
+	setup8(&m, mm, p, src, dst, UHMM_MIGRATE_VMA_ZERO_COPY);
 	ASSERT_FALSE(uffd_wp_bit(p));
 	ASSERT_TRUE(uffd_wp_bit(p + 7 * INTS));
 	for (int i = 0; i < 7; i++)
@@ -293,7 +294,7 @@ TEST(zero_copy_pages_that_will_not_move_are_copied)
 	bool moves = host_pool(mm);
 
 	fill_ints(p, 8 * PAGE, 1);
-	zero_copy_setup(&m, mm, p, src, dst);
+	setup8(&m, mm, p, src, dst, UHMM_MIGRATE_VMA_ZERO_COPY);
 	for (int i = 0; i < 8; i++)
 		p[i * INTS] = -100 - i;
 	if (!moves)
@@ -316,6 +317,36 @@ TEST(zero_copy_pages_that_will_not_move_are_copied)
 	for (int i = 0; i < 8; i++)
 		ASSERT_EQ(p[i * INTS], -100 - i);
 	ASSERT_OK(uhmm_pagemap_remove(host_pg));
+	uhmm_mm_put(mm);
+}
+
+/*
+ * A migration that moves nothing leaves its protected pages writable
+ * again, run by run (finalize unprotects each run of them with one call);
+ * the zero page in between stays protected, as every empty entry does.
+ */
+TEST(migrate_nothing_unprotects_every_run)
+{
+	struct uhmm_mm *mm = mm_or_skip();
+	int *p = map_anon(8 * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE);
+	uint64_t src[8], dst[8];
+	struct uhmm_migrate_vma m;
+
+	fill_ints(p, 3 * PAGE, 1);
+	(void)((volatile int *)p)[3 * INTS];	/* page 3: the zero page */
+	fill_ints(p + 4 * INTS, 4 * PAGE, 2);
+	setup8(&m, mm, p, src, dst, 0);
+	for (int i = 0; i < 8; i++)
+		ASSERT_TRUE(uffd_wp_bit(p + i * INTS));
+	uhmm_migrate_vma_pages(&m);	/* no dst: nothing moves */
+	uhmm_migrate_vma_finalize(&m);
+	for (int i = 0; i < 8; i++)
+		ASSERT_EQ(uffd_wp_bit(p + i * INTS), i == 3);
+	check_ints(p, 3 * PAGE, 1);
+	check_ints(p + 4 * INTS, 4 * PAGE, 2);
+	for (int i = 0; i < 8; i++)
+		if (i != 3)
+			p[i * INTS] = -1;	/* protected still, this would wait for ever */
 	uhmm_mm_put(mm);
 }
 
