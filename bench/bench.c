@@ -265,14 +265,16 @@ static void raw_chunk(struct raw_dev *rd, struct uhmm_mm *mm, char *buf, size_t 
  */
 static int bare_open(void);
 
-static struct result bench_raw_uffd_move(size_t size)
+/*
+ * A bare userfaultfd that can move pages between @a (filled) and @b (a
+ * fresh mapping, MAP_FAILED allowed), both 4 KiB pages and registered
+ * MISSING (a move's destination must be): the fd, or -1 (closed).
+ */
+static int raw_move_uffd(char *a, char *b, size_t size)
 {
-	struct result r = { "raw UFFDIO_MOVE, 2 MiB batches (no UFFDIO_MOVE here)", "GB/s", 0, 0, 0 };
 	struct uffdio_api api = { .api = UFFD_API, .features = UFFD_FEATURE_MOVE };
-	int uffd = bare_open();
-	char *a = map_buf(size), *b = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	double v[REPS];
-	bool ok = uffd >= 0 && b != MAP_FAILED && !ioctl(uffd, UFFDIO_API, &api);
+	int uffd = b == MAP_FAILED ? -1 : bare_open();
+	bool ok = uffd >= 0 && !ioctl(uffd, UFFDIO_API, &api);
 
 	for (int i = 0; ok && i < 2; i++) {
 		struct uffdio_register reg = { .range = { (uintptr_t)(i ? b : a), size },
@@ -280,15 +282,38 @@ static struct result bench_raw_uffd_move(size_t size)
 
 		ok = !madvise(i ? b : a, size, MADV_NOHUGEPAGE) && !ioctl(uffd, UFFDIO_REGISTER, &reg);
 	}
+	if (!ok && uffd >= 0) {
+		close(uffd);
+		uffd = -1;
+	}
+	return uffd;
+}
+
+/* Move all of @from into @to, 2 MiB at a time. */
+static bool raw_move_all(int uffd, char *to, char *from, size_t size)
+{
+	for (size_t off = 0; off < size; off += 512 * PAGE) {
+		struct uffdio_move m = { (uintptr_t)to + off, (uintptr_t)from + off,
+					 size - off < 512 * PAGE ? size - off : 512 * PAGE, 0, 0 };
+
+		if (ioctl(uffd, UFFDIO_MOVE, &m))
+			return false;
+	}
+	return true;
+}
+
+static struct result bench_raw_uffd_move(size_t size)
+{
+	struct result r = { "raw UFFDIO_MOVE, 2 MiB batches (no UFFDIO_MOVE here)", "GB/s", 0, 0, 0 };
+	char *a = map_buf(size), *b = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	int uffd = raw_move_uffd(a, b, size);
+	double v[REPS];
+	bool ok = uffd >= 0;
+
 	for (int rep = 0; ok && rep < 2 * REPS; rep++) {	/* a to b, then back */
-		char *from = rep % 2 ? b : a, *to = rep % 2 ? a : b;
 		double t = now_s();
 
-		for (size_t off = 0; ok && off < size; off += 512 * PAGE) {
-			struct uffdio_move m = { (uintptr_t)to + off, (uintptr_t)from + off, 512 * PAGE, 0, 0 };
-
-			ok = ioctl(uffd, UFFDIO_MOVE, &m) == 0;
-		}
+		ok = raw_move_all(uffd, rep % 2 ? a : b, rep % 2 ? b : a, size);
 		if (rep % 2 == 0)
 			v[rep / 2] = (double)size / (now_s() - t) / 1e9;
 	}
@@ -344,39 +369,18 @@ static void *raw_scan_handler(void *arg)
 	return NULL;
 }
 
-/* Move all of @from into @to, 2 MiB at a time (untimed). */
-static bool raw_move_all(int uffd, char *to, char *from, size_t size)
-{
-	for (size_t off = 0; off < size; off += 512 * PAGE) {
-		struct uffdio_move m = { (uintptr_t)to + off, (uintptr_t)from + off,
-					 size - off < 512 * PAGE ? size - off : 512 * PAGE, 0, 0 };
-
-		if (ioctl(uffd, UFFDIO_MOVE, &m))
-			return false;
-	}
-	return true;
-}
-
 static struct result bench_raw_fault_back_scan(size_t size)
 {
 	struct result r = { "raw sequential fault-back (no UFFDIO_MOVE here)", "GB/s", 0, 0, 0 };
-	struct uffdio_api api = { .api = UFFD_API, .features = UFFD_FEATURE_MOVE };
-	struct raw_scan s = { .uffd = bare_open(), .size = size };
+	struct raw_scan s = { .size = size };
 	double v[REPS];
 	pthread_t t;
 	bool ok, started;
 
 	s.stash = map_buf(size);
 	s.buf = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	ok = s.uffd >= 0 && s.buf != MAP_FAILED && !ioctl(s.uffd, UFFDIO_API, &api) &&
-	     !madvise(s.buf, size, MADV_NOHUGEPAGE);
-	for (int i = 0; ok && i < 2; i++) {	/* a move's destination must be registered */
-		struct uffdio_register reg = { .range = { (uintptr_t)(i ? s.buf : s.stash), size },
-					       .mode = UFFDIO_REGISTER_MODE_MISSING };
-
-		ok = !ioctl(s.uffd, UFFDIO_REGISTER, &reg);
-	}
-	ok = started = ok && !pthread_create(&t, NULL, raw_scan_handler, &s);
+	s.uffd = raw_move_uffd(s.stash, s.buf, size);
+	ok = started = s.uffd >= 0 && !pthread_create(&t, NULL, raw_scan_handler, &s);
 	for (int i = 0; ok && i < REPS; i++) {
 		double t0 = now_s();
 

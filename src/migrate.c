@@ -1042,15 +1042,16 @@ static void copy_unmoved(struct uhmm_migrate_vma *m, struct mig_priv *p, uint64_
 			;
 		for (e = k; e < j && (p->st[e] & MS_COPY); e++)
 			;
-		protect_live(m, p, k, e);
-		for (e = k; e < j && (p->st[e] & MS_COPY); e++) {
-			void *host = (void *)(uintptr_t)move_target(m->dst[e]);
-
-			p->st[e] &= (uint8_t)~MS_COPY;
-			if (uhmm_access_vm(m->start + (e << UHMM_PAGE_SHIFT), host, UHMM_PAGE_SIZE, 0) == UHMM_PAGE_SIZE)
-				m->dst[e] &= ~UHMM_MIGRATE_PFN_MOVE;	/* copied: commit it as such */
+		protect_live(m, p, k, e);	/* what it cannot protect leaves the copy */
+		for (uint64_t q = k; q < e; q++) {
+			if (!(p->st[q] & MS_COPY))
+				continue;
+			p->st[q] &= (uint8_t)~MS_COPY;
+			if (uhmm_access_vm(m->start + (q << UHMM_PAGE_SHIFT), (void *)(uintptr_t)move_target(m->dst[q]),
+					   UHMM_PAGE_SIZE, 0) == UHMM_PAGE_SIZE)
+				m->dst[q] &= ~UHMM_MIGRATE_PFN_MOVE;	/* copied: commit it as such */
 			else
-				m->src[e] &= ~UHMM_MIGRATE_PFN_MIGRATE;
+				m->src[q] &= ~UHMM_MIGRATE_PFN_MIGRATE;
 		}
 		for (uint64_t a = k, b; a < e; a = b) {	/* runs of the copied ones */
 			for (; a < e && !(m->src[a] & UHMM_MIGRATE_PFN_MIGRATE); a++)
@@ -1246,7 +1247,9 @@ static void account_units(struct uhmm_migrate_vma *m, struct mig_priv *p)
  */
 static void refuse_copied_live(struct uhmm_migrate_vma *m, const struct mig_priv *p)
 {
-	for (uint64_t i = 0; (m->flags & UHMM_MIGRATE_VMA_ZERO_COPY) && i < m->npages; i++)
+	if (!(m->flags & UHMM_MIGRATE_VMA_ZERO_COPY))
+		return;
+	for (uint64_t i = 0; i < m->npages; i++)
 		if ((p->st[i] & MS_LIVE) && (m->dst[i] & UHMM_MIGRATE_PFN_VALID) && !move_target(m->dst[i]))
 			m->src[i] &= ~UHMM_MIGRATE_PFN_MIGRATE;
 }
