@@ -43,6 +43,7 @@ static const char *const point_names[UHMM_INJECT_NR] = {
 	[UHMM_INJECT_RANGE_FAULT_DELAY] = "range_fault_delay",
 	[UHMM_INJECT_UNPROTECT_DELAY] = "unprotect_delay",
 	[UHMM_INJECT_DROP_DELAY] = "drop_delay",
+	[UHMM_INJECT_COPY_ZAP_DELAY] = "copy_zap_delay",
 };
 
 static const struct { const char *name; int err; } errno_names[] = {
@@ -54,7 +55,7 @@ static const struct { const char *name; int err; } errno_names[] = {
 static bool is_delay(enum uhmm_inject_point p)
 {
 	return p == UHMM_INJECT_SERVICE_DELAY || p == UHMM_INJECT_MAP_DELAY || p == UHMM_INJECT_RANGE_FAULT_DELAY ||
-	       p == UHMM_INJECT_UNPROTECT_DELAY || p == UHMM_INJECT_DROP_DELAY;
+	       p == UHMM_INJECT_UNPROTECT_DELAY || p == UHMM_INJECT_DROP_DELAY || p == UHMM_INJECT_COPY_ZAP_DELAY;
 }
 
 static void delay_us(long us)

@@ -26,6 +26,8 @@ enum uhmm_inject_point {
 					 * invalidating them and lifting their protection (value: us) */
 	UHMM_INJECT_DROP_DELAY,		/* an interposed munmap()/madvise() discarding pages sleeps between
 					 * marking their device pages dropped and its system call (value: us) */
+	UHMM_INJECT_COPY_ZAP_DELAY,	/* a zero-copy migration whose moves failed sleeps between copying
+					 * the pages into device memory and zapping them (value: us) */
 	UHMM_INJECT_NR
 };
 

@@ -1053,6 +1053,8 @@ static void copy_unmoved(struct uhmm_migrate_vma *m, struct mig_priv *p, uint64_
 			else
 				m->src[q] &= ~UHMM_MIGRATE_PFN_MIGRATE;
 		}
+		if (k < e)
+			(void)uhmm_inject(UHMM_INJECT_COPY_ZAP_DELAY);	/* a CPU write here must wait */
 		for (uint64_t a = k, b; a < e; a = b) {	/* runs of the copied ones */
 			for (; a < e && !(m->src[a] & UHMM_MIGRATE_PFN_MIGRATE); a++)
 				;

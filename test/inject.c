@@ -307,6 +307,59 @@ TEST(inject_uffd_move_zero_copy_falls_back_to_copies)
 	uhmm_dmirror_close(d);
 }
 
+/*
+ * A zero-copy migration whose move fails copies the page into device
+ * memory and zaps it instead. The page was left writable by setup (that is
+ * the point of zero copy), so it is write-protected before the copy: a CPU
+ * write between the copy and the zap then waits, and lands on the page
+ * once it has migrated (it faults it back). Unprotected, that write went
+ * into the page the zap then discarded: lost, the device's copy older.
+ * copy_zap_delay holds the migration between the copy and the zap while
+ * another thread writes.
+ */
+struct late_writer {
+	int *p;
+	uint64_t before;
+	atomic_bool migrated;
+	bool wrote_in_window;
+};
+
+static void *write_in_copy_window(void *arg)
+{
+	struct late_writer *w = arg;
+
+	/* uffd_move fires once, then copy_zap_delay: the migration sleeps between copy and zap */
+	while (injected() < w->before + 2 && !atomic_load(&w->migrated))
+		usleep(200);
+	w->wrote_in_window = !atomic_load(&w->migrated);
+	((volatile int *)w->p)[0] = -7;
+	return NULL;
+}
+
+TEST(inject_write_between_fallback_copy_and_zap_is_kept)
+{
+	struct uhmm_dmirror *d = dmirror(0);
+	struct late_writer w = { .p = filled(1), .before = injected() };
+	struct uhmm_dmirror_cmd c;
+	int buf[PAGE / sizeof(int)];
+	pthread_t t;
+	int ret;
+
+	ASSERT_OK(uhmm_fault_inject("uffd_move:ENOMEM:1:1,copy_zap_delay:100000:1:1"));
+	ASSERT_OK(pthread_create(&t, NULL, write_in_copy_window, &w));
+	ret = dmcmd(d, UHMM_DMIRROR_MIGRATE_TO_DEV, w.p, buf, 1, &c);
+	atomic_store(&w.migrated, true);
+	pthread_join(t, NULL);
+	ASSERT_OK(uhmm_fault_inject(NULL));
+	/* the write faulted the page back before the command read it from the device: -ENOENT */
+	ASSERT_TRUE(ret == 0 || ret == -ENOENT);
+	if (!w.wrote_in_window)	/* the fallback mode copies from the start: no move to fail */
+		ASSERT_EQ(strcmp(test_mode(), "fallback"), 0);
+	ASSERT_EQ(w.p[0], -7);	/* the write in the window is there */
+	check_ints_from(w.p, 1, PAGE - sizeof(int), 1);
+	uhmm_dmirror_close(d);
+}
+
 /* Device memory running out: the pages it could not take stay in system memory. */
 TEST(inject_device_alloc_failure_leaves_pages_in_system)
 {
