@@ -115,12 +115,19 @@ void uhmm_dp_release(struct uhmm_mm *mm, uint64_t addr)
 	uhmm_wake(mm, uhmm_align_down(addr, UHMM_PAGE_SIZE), uhmm_align_down(addr, UHMM_PAGE_SIZE) + UHMM_PAGE_SIZE);
 }
 
+/* Claimed by a migration, or its page in a CPU fault's migrate_to_ram() (dp_lock). */
+static bool entry_held(uint64_t v)
+{
+	return (v & DP_BUSY) || (DP_PAGE(v) && DP_PAGE(v)->faulting);
+}
+
 /*
- * Wait (10 ms at most) until no migration holds @addr: the kernel's
- * migration_entry_wait(). uhmm_range_fault() calls it before it returns
- * -EBUSY for a held page, so that a device retrying at once does not spin
- * against a stream of migrations (seen under TSan: a device READ gave up
- * after a second of -EBUSY). Bounded: the holder may be the caller.
+ * Wait (10 ms at most) until no migration holds @addr, nor a CPU fault
+ * its page: the kernel's migration_entry_wait(). uhmm_range_fault() calls
+ * it before it returns -EBUSY for a held page, so that a device retrying at
+ * once does not spin against a stream of migrations (seen under TSan: a
+ * device READ gave up after a second of -EBUSY). Bounded: the holder may
+ * be the caller.
  */
 void uhmm_dp_wait_unclaimed(struct uhmm_mm *mm, uint64_t addr)
 {
@@ -129,7 +136,7 @@ void uhmm_dp_wait_unclaimed(struct uhmm_mm *mm, uint64_t addr)
 	uhmm_deadline_ms(&until, 10);
 	pthread_mutex_lock(&mm->dp_lock);
 	mm->dp_waiters++;
-	while ((uhmm_radix_get(&mm->devpriv, vpn(addr)) & DP_BUSY) &&
+	while (entry_held(uhmm_radix_get(&mm->devpriv, vpn(addr))) &&
 	       pthread_cond_timedwait(&mm->dp_cond, &mm->dp_lock, &until) == 0)
 		;
 	mm->dp_waiters--;
@@ -358,6 +365,8 @@ static void dp_poison(struct uhmm_mm *mm, uint64_t addr, pid_t tid)
 		uhmm_trace_residency(addr, 1, "poisoned", NULL);
 	/* ENOENT: the address was unmapped meanwhile, nothing left to poison */
 	ret = uhmm_uffd_ioctl(mm->uffd, UFFDIO_POISON, &p);
+	if (!ret)
+		uhmm_poisoned_add(mm, addr);
 	if (ret && ret != -EEXIST && ret != -ENOENT) {
 		/* No UFFDIO_POISON (before 6.6): signal the faulting thread. */
 		uhmm_log(UHMM_LOG_ERR, "uhmm: cannot poison %#llx: %s", (unsigned long long)addr,
@@ -401,6 +410,16 @@ static int call_migrate_to_ram(struct uhmm_page *page, struct uhmm_vm_fault *vmf
 	}
 }
 
+/* The page's migrate_to_ram() is over: a fault waiting for it looks again. */
+static void fault_unlock(struct uhmm_mm *mm, struct uhmm_page *page)
+{
+	pthread_mutex_lock(&mm->dp_lock);
+	page->faulting = false;
+	if (mm->dp_waiters)
+		pthread_cond_broadcast(&mm->dp_cond);
+	pthread_mutex_unlock(&mm->dp_lock);
+}
+
 /*
  * Bring @addr's device page back. Returns 0 when the driver moved it (or it
  * was never device-private; another device may have taken it since, so
@@ -426,8 +445,18 @@ int uhmm_dp_fault(struct uhmm_mm *mm, uint64_t addr, unsigned int flags, pid_t t
 		if (v & DP_DROPPED)
 			v = DP_BUSY;	/* the program is zapping it: wait for that to finish */
 		page = DP_PAGE(v);
-		if (page && !(v & DP_BUSY))
+		/*
+		 * One CPU fault at a time calls a page's migrate_to_ram(), as the
+		 * kernel's do_swap_page() holds the page lock: the others wait,
+		 * then find it back (faults served in the faulting threads run
+		 * side by side; an eviction goes on regardless, as before).
+		 */
+		if (page && !(v & DP_BUSY) && page->faulting && !(flags & UHMM_FAULT_EVICT))
+			v |= DP_BUSY;
+		if (page && !(v & DP_BUSY)) {
 			uhmm_page_get(page);	/* keep it alive across the callback */
+			page->faulting |= !(flags & UHMM_FAULT_EVICT);
+		}
 		pthread_mutex_unlock(&mm->dp_lock);
 		if (!page)
 			return (v & DP_BUSY) ? -EBUSY : 0;
@@ -436,6 +465,8 @@ int uhmm_dp_fault(struct uhmm_mm *mm, uint64_t addr, unsigned int flags, pid_t t
 		vmf = (struct uhmm_vm_fault){ .mm = mm, .address = addr, .page = page, .flags = flags };
 		uhmm_stat_add(UHMM_STAT(faults_device), 1);
 		ret = call_migrate_to_ram(page, &vmf);
+		if (!(flags & UHMM_FAULT_EVICT))
+			fault_unlock(mm, page);
 		uhmm_page_put(page);
 		if (ret == -EAGAIN && !(flags & UHMM_FAULT_EVICT))
 			return -EBUSY;	/* the device is using it: fault again later (VM_FAULT_RETRY) */
@@ -499,6 +530,8 @@ void uhmm_wake(struct uhmm_mm *mm, uint64_t start, uint64_t end)
 {
 	struct uffdio_range r = { .start = start, .len = end - start };
 
+	if (mm->faults_in_thread)
+		return;	/* nobody waits in the kernel: every fault is a SIGBUS or an EFAULT */
 	ioctl(mm->uffd, UFFDIO_WAKE, &r);
 	woke_start = start;
 	woke_end = end;
@@ -535,14 +568,16 @@ int uhmm_fill_missing(struct uhmm_mm *mm, uint64_t start, uint64_t end, bool wri
 }
 
 /*
- * A missing page in a trapping span. Device-private: migrate it back (a
- * busy one is woken by the migration that holds it). Otherwise it is an
- * ordinary first touch: the zero page, and the CPU takes it from there.
+ * A missing page in a trapping span. Device-private: migrate it back.
+ * Otherwise it is an ordinary first touch: the zero page, and the CPU
+ * takes it from there. Returns 0 (served), -EBUSY (a migration holds the
+ * page: fault again once it is done), or the -errno of a UFFDIO_ZEROPAGE
+ * that failed (-EEXIST: a page is there).
  */
-void uhmm_fault_missing(struct uhmm_mm *mm, uint64_t addr, unsigned int uffd_flags, pid_t tid)
+static int serve_missing(struct uhmm_mm *mm, uint64_t page, unsigned int flags, pid_t tid)
 {
-	uint64_t page = uhmm_align_down(addr, UHMM_PAGE_SIZE), v;
 	struct uffdio_zeropage z = { .range = { .start = page, .len = UHMM_PAGE_SIZE } };
+	uint64_t v;
 	int err = 0;
 
 	/*
@@ -561,23 +596,33 @@ void uhmm_fault_missing(struct uhmm_mm *mm, uint64_t addr, unsigned int uffd_fla
 		err = errno;
 	pthread_mutex_unlock(&mm->dp_lock);
 	if (!v) {
-		if (err)
-			uhmm_wake(mm, page, page + UHMM_PAGE_SIZE);	/* EEXIST: already there */
-		return;
+		if (!err) {	/* the install woke the page's waiters */
+			woke_start = page;
+			woke_end = page + UHMM_PAGE_SIZE;
+		}
+		return -err;
 	}
-	if (v & DP_BUSY) {
-		uhmm_service_defer(mm, page);
-		return;
-	}
+	if (v & DP_BUSY)
+		return -EBUSY;
+	return uhmm_dp_fault(mm, page, flags, tid) == -EBUSY ? -EBUSY : 0;
+}
+
+/* A missing page, read by a service thread: served, or deferred until its holder is done. */
+void uhmm_fault_missing(struct uhmm_mm *mm, uint64_t addr, unsigned int uffd_flags, pid_t tid)
+{
+	uint64_t page = uhmm_align_down(addr, UHMM_PAGE_SIZE);
+
 	woke_start = woke_end = 0;
-	if (uhmm_dp_fault(mm, page, (uffd_flags & UFFD_PAGEFAULT_FLAG_WRITE) ? UHMM_FAULT_WRITE : 0, tid) == -EBUSY) {
+	if (serve_missing(mm, page, (uffd_flags & UFFD_PAGEFAULT_FLAG_WRITE) ? UHMM_FAULT_WRITE : 0, tid) ==
+	    -EBUSY) {
 		uhmm_service_defer(mm, page);
 		return;
 	}
 	/*
-	 * The migration that brought the page back woke its range after the
-	 * faulting thread began to wait (its fault was read before): a second
-	 * UFFDIO_WAKE would only cost a system call. Any other outcome wakes.
+	 * The install or the migration that brought the page back woke its
+	 * range after the faulting thread began to wait (its fault was read
+	 * before): a second UFFDIO_WAKE would only cost a system call. Any
+	 * other outcome (-EEXIST: already there) wakes.
 	 */
 	if (!(woke_start <= page && page + UHMM_PAGE_SIZE <= woke_end))
 		uhmm_wake(mm, page, page + UHMM_PAGE_SIZE);
@@ -647,21 +692,64 @@ int uhmm_release_zero_pages(struct uhmm_mm *mm, uint64_t start, uint64_t end)
  * writer waits until finalize wakes it. Otherwise it is a zero page that
  * uhmm_range_fault() reported to devices (or a stray): the write is about
  * to replace it, so devices drop it first (the kernel's copy-on-write
- * invalidation), then the write goes on.
+ * invalidation), then the write goes on. Returns 0, -EBUSY (held), or the
+ * -errno of the un-protection.
  */
+static int serve_wp(struct uhmm_mm *mm, uint64_t page)
+{
+	/* held: no invalidation for it (the fault comes back every deferral) */
+	if (uhmm_dp_get(mm, page) & DP_BUSY)
+		return -EBUSY;
+	return uhmm_release_zero_pages(mm, page, page + UHMM_PAGE_SIZE);	/* -EBUSY: claimed since */
+}
+
 void uhmm_fault_wp(struct uhmm_mm *mm, uint64_t addr)
 {
 	uint64_t page = uhmm_align_down(addr, UHMM_PAGE_SIZE);
-	int ret;
+	int ret = serve_wp(mm, page);
 
-	/* held: no invalidation for it (the fault comes back every deferral) */
-	if (uhmm_dp_get(mm, page) & DP_BUSY) {
-		uhmm_service_defer(mm, page);
-		return;
-	}
-	ret = uhmm_release_zero_pages(mm, page, page + UHMM_PAGE_SIZE);
 	if (ret == -EBUSY)
-		uhmm_service_defer(mm, page);	/* claimed since the first look */
+		uhmm_service_defer(mm, page);
 	else if (ret)
 		uhmm_wake(mm, page, page + UHMM_PAGE_SIZE);
+}
+
+/*
+ * A fault the faulting thread took as SIGBUS (UHMM_FAULTS_IN_THREAD), served
+ * on that thread: nobody waits in the kernel, the access runs again when
+ * the signal handler returns. The signal says neither missing nor
+ * write-protect: a missing page is tried first, and a page found there
+ * (-EEXIST) was a write to a protected one. Returns 0 (served), -EBUSY (a
+ * migration holds the page: try again in a moment), -EAGAIN (nothing to
+ * do, the page changed meanwhile: the access tells), or -ENOENT: not a
+ * fault to serve (the address is in no range uhmm registered, or uhmm
+ * poisoned the page: the SIGBUS is the program's).
+ */
+int uhmm_fault_in_thread(struct uhmm_mm *mm, uint64_t addr, bool write, pid_t tid)
+{
+	uint64_t page = uhmm_align_down(addr, UHMM_PAGE_SIZE);
+	bool ours;
+	int ret;
+
+	pthread_mutex_lock(&mm->lock);
+	ours = uhmm_spanset_covers(&mm->registered, page, page + UHMM_PAGE_SIZE);
+	pthread_mutex_unlock(&mm->lock);
+	if (!ours)
+		return -ENOENT;
+	ret = serve_missing(mm, page, write ? UHMM_FAULT_WRITE : 0, tid);
+	if (ret != -EEXIST)
+		return ret == 0 || ret == -EBUSY ? ret : -EAGAIN;
+	/*
+	 * A page is there: a write to a protected one, or a poison marker
+	 * uhmm put (without CONFIG_MEMORY_FAILURE its SIGBUS is BUS_ADRERR
+	 * too). The program's drop of a poisoned page reaches uhmm as an event
+	 * after the fact: its ending is waited for before the fault is handed
+	 * on as the poison's.
+	 */
+	if (uhmm_poisoned(mm, page)) {
+		uhmm_service_sync(mm);
+		return uhmm_poisoned(mm, page) ? -ENOENT : -EAGAIN;
+	}
+	ret = serve_wp(mm, page);
+	return ret == 0 || ret == -EBUSY ? ret : -EAGAIN;
 }

@@ -165,6 +165,7 @@ struct uhmm_mm {
 	uint64_t uffd_features;		/* features enabled on @uffd */
 	uint64_t uffd_ioctls;		/* ioctls usable on registered anon ranges */
 	int stop_efd;			/* eventfd: tells the service threads to stop */
+	bool faults_in_thread;		/* UFFD_FEATURE_SIGBUS: faults served by the faulting thread */
 
 	/*
 	 * service.c: service threads that take turns (one per CPU, pinned, when
@@ -207,6 +208,8 @@ struct uhmm_mm {
 	struct uhmm_fork_inval *fork_inval; /* invalidations held open across fork() */
 
 	struct uhmm_spanset missing;	/* spans registered MISSING|WP (under lock) */
+	struct uhmm_spanset poisoned;	/* pages uhmm poisoned, until the program drops them (under lock):
+					 * without CONFIG_MEMORY_FAILURE their SIGBUS is BUS_ADRERR too */
 	/*
 	 * Zaps uhmm makes itself with MADV_DONTNEED (under lock): their REMOVE
 	 * events are not the program's. One zap may raise several (one per
@@ -251,6 +254,7 @@ struct uhmm_mm {
 
 /* The current process's mm if it exists (no reference taken), else NULL. */
 struct uhmm_mm *uhmm_mm_peek(void);
+struct uhmm_mm *uhmm_mm_tryget(void);	/* with a reference, or NULL: none is created */
 bool uhmm_mm_is_current(const struct uhmm_mm *mm);
 pid_t uhmm_self_pid(void);	/* getpid(), asked of the kernel once per process */
 
@@ -300,6 +304,7 @@ struct uhmm_page {
 	void *zone_device_data;
 	atomic_uchar order;		/* on a unit's first page: 9 while its 512 pages are one unit */
 	_Atomic uint64_t host;		/* where its data is, for zero-copy moves (host memory); 0: none */
+	bool faulting;			/* a CPU fault is in its migrate_to_ram() (mm->dp_lock) */
 };
 
 struct uhmm_pagemap {
@@ -356,12 +361,25 @@ int uhmm_release_zero_pages(struct uhmm_mm *mm, uint64_t start, uint64_t end);
 int uhmm_dp_evict_range(struct uhmm_mm *mm, uint64_t start, uint64_t end);
 void uhmm_fault_missing(struct uhmm_mm *mm, uint64_t addr, unsigned int uffd_flags, pid_t tid);
 void uhmm_fault_wp(struct uhmm_mm *mm, uint64_t addr);
+int uhmm_fault_in_thread(struct uhmm_mm *mm, uint64_t addr, bool write, pid_t tid);
 int uhmm_unprotect_unless_busy(struct uhmm_mm *mm, uint64_t start, uint64_t end);
 /* Fill missing pages of a trapping span ourselves (kernel-mode access would EFAULT in user mode). */
 int uhmm_fill_missing(struct uhmm_mm *mm, uint64_t start, uint64_t end, bool write);
 
+/* The fault mode this process's next mm gets (uhmm_set_fault_mode(), UHMM_FAULTS). */
+enum uhmm_fault_mode uhmm_fault_mode_wanted(void);
+
+/* ---- thread_fault.c: faults served by the faulting thread (UHMM_FAULTS_IN_THREAD) ---- */
+void uhmm_thread_faults_start(struct uhmm_mm *mm);
+void uhmm_thread_faults_stop(struct uhmm_mm *mm);
+
 /* ---- migrate.c ---- */
 bool uhmm_mm_is_missing(struct uhmm_mm *mm, uint64_t addr);
+/* Poison markers uhmm put: remembered, dropped with the pages, moved by mremap(). */
+void uhmm_poisoned_add(struct uhmm_mm *mm, uint64_t addr);
+void uhmm_poisoned_drop(struct uhmm_mm *mm, uint64_t start, uint64_t end);
+void uhmm_poisoned_move(struct uhmm_mm *mm, uint64_t from, uint64_t to, uint64_t len);
+bool uhmm_poisoned(struct uhmm_mm *mm, uint64_t addr);
 /* Zap [start, end) without the worker treating it as an application madvise. */
 int uhmm_mm_self_zap(struct uhmm_mm *mm, uint64_t start, uint64_t end);
 bool uhmm_mm_is_self_zap(struct uhmm_mm *mm, uint64_t start, uint64_t end);

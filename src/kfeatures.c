@@ -109,6 +109,8 @@ static void probe_uffd(void *page)
 			kf.flags |= UHMM_FEAT_UFFD_KERNEL_FAULTS;
 		if ((kf.uffd_features & events) == events)
 			kf.flags |= UHMM_FEAT_UFFD_EVENTS;
+		if (kf.uffd_features & UFFD_FEATURE_SIGBUS)
+			kf.flags |= UHMM_FEAT_UFFD_SIGBUS;
 		probe_uffd_ioctls(fd, page);
 	}
 	close(fd);
@@ -222,5 +224,9 @@ UHMM_EXPORT int uhmm_query_features(struct uhmm_features *out)
 	if (!out)
 		return -EINVAL;
 	*out = *uhmm_kfeatures();
+	if (uhmm_fault_mode_wanted() == UHMM_FAULTS_IN_THREAD) {	/* what this process does, not the kernel */
+		out->flags |= UHMM_FEAT_FAULTS_IN_THREAD;
+		out->flags &= ~UHMM_FEAT_UFFD_KERNEL_FAULTS;
+	}
 	return 0;
 }

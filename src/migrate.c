@@ -125,6 +125,55 @@ bool uhmm_mm_is_missing(struct uhmm_mm *mm, uint64_t addr)
 	return in;
 }
 
+void uhmm_poisoned_add(struct uhmm_mm *mm, uint64_t addr)
+{
+	pthread_mutex_lock(&mm->lock);
+	if (uhmm_spanset_add(&mm->poisoned, addr, addr + UHMM_PAGE_SIZE))
+		uhmm_log(UHMM_LOG_WARN, "uhmm: no memory to remember the poisoned page %#llx",
+			 (unsigned long long)addr);
+	pthread_mutex_unlock(&mm->lock);
+}
+
+void uhmm_poisoned_drop(struct uhmm_mm *mm, uint64_t start, uint64_t end)
+{
+	pthread_mutex_lock(&mm->lock);
+	if (mm->poisoned.n)
+		uhmm_spanset_remove(&mm->poisoned, start, end);
+	pthread_mutex_unlock(&mm->lock);
+}
+
+/* mremap() moved [from, from + len) to @to, the poison markers with the page table. */
+void uhmm_poisoned_move(struct uhmm_mm *mm, uint64_t from, uint64_t to, uint64_t len)
+{
+	struct uhmm_spanset moved = { 0 };
+
+	pthread_mutex_lock(&mm->lock);
+	for (size_t i = 0; i < mm->poisoned.n; i++) {
+		uint64_t a = mm->poisoned.v[i].start, b = mm->poisoned.v[i].end;
+
+		a = a > from ? a : from;
+		b = b < from + len ? b : from + len;
+		if (a < b)
+			uhmm_spanset_add(&moved, a - from + to, b - from + to);
+	}
+	if (moved.n)
+		uhmm_spanset_remove(&mm->poisoned, from, from + len);
+	for (size_t i = 0; i < moved.n; i++)
+		uhmm_spanset_add(&mm->poisoned, moved.v[i].start, moved.v[i].end);
+	pthread_mutex_unlock(&mm->lock);
+	uhmm_spanset_free(&moved);
+}
+
+bool uhmm_poisoned(struct uhmm_mm *mm, uint64_t addr)
+{
+	bool in;
+
+	pthread_mutex_lock(&mm->lock);
+	in = uhmm_spanset_covers(&mm->poisoned, addr, addr + UHMM_PAGE_SIZE);
+	pthread_mutex_unlock(&mm->lock);
+	return in;
+}
+
 /*
  * Private anonymous memory: what can hold device-private pages. Not a
  * private file mapping, even where the kernel lets its copy-on-write pages

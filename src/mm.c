@@ -84,6 +84,19 @@ struct uhmm_mm *uhmm_mm_peek(void)
 	return uhmm_mm_is_current(mm) ? mm : NULL;
 }
 
+/* A reference on this process's mm, if it has one; none is created. */
+struct uhmm_mm *uhmm_mm_tryget(void)
+{
+	struct uhmm_mm *mm;
+
+	pthread_mutex_lock(&mm_global_lock);
+	mm = uhmm_mm_is_current(mm_current) ? mm_current : NULL;
+	if (mm)
+		atomic_fetch_add(&mm->refs, 1);
+	pthread_mutex_unlock(&mm_global_lock);
+	return mm;
+}
+
 /* Open PROTECTION_PAGE invalidations over the private writable VMAs. */
 static void mm_fork_prepare(void)
 {
@@ -202,6 +215,7 @@ static void mm_free(struct uhmm_mm *mm)
 		close(mm->stop_efd);
 	uhmm_spanset_free(&mm->registered);
 	uhmm_spanset_free(&mm->missing);
+	uhmm_spanset_free(&mm->poisoned);
 	uhmm_kfree(mm->self_zaps);
 	uhmm_kfree(mm->deferred);
 	uhmm_radix_free(&mm->devpriv);
@@ -213,6 +227,63 @@ static void mm_free(struct uhmm_mm *mm)
 	pthread_cond_destroy(&mm->cond);
 	pthread_mutex_destroy(&mm->lock);
 	uhmm_kfree(mm);
+}
+
+/*
+ * The fault mode the next mm of this process gets: UHMM_FAULTS from the
+ * environment until uhmm_set_fault_mode() says otherwise (under
+ * mm_global_lock once set; a fork child inherits it with the memory).
+ */
+static int fault_mode = -1;	/* -1: not read yet */
+
+static enum uhmm_fault_mode fault_mode_from_env(void)
+{
+	const char *env = getenv("UHMM_FAULTS");
+
+	if (!env || !*env || !strcmp(env, "service"))
+		return UHMM_FAULTS_SERVICE;
+	if (strcmp(env, "thread")) {
+		uhmm_log(UHMM_LOG_WARN, "uhmm: UHMM_FAULTS=\"%s\" not understood (thread or service): service", env);
+		return UHMM_FAULTS_SERVICE;
+	}
+	if (!(uhmm_kfeatures()->flags & UHMM_FEAT_UFFD_SIGBUS)) {
+		uhmm_log(UHMM_LOG_WARN, "uhmm: UHMM_FAULTS=thread needs UFFD_FEATURE_SIGBUS: service");
+		return UHMM_FAULTS_SERVICE;
+	}
+	return UHMM_FAULTS_IN_THREAD;
+}
+
+enum uhmm_fault_mode uhmm_fault_mode_wanted(void)
+{
+	int mode = __atomic_load_n(&fault_mode, __ATOMIC_ACQUIRE);
+
+	if (mode < 0) {
+		int fresh = (int)fault_mode_from_env(), unread = -1;
+
+		/* a racing uhmm_set_fault_mode() wins */
+		if (!__atomic_compare_exchange_n(&fault_mode, &unread, fresh, false, __ATOMIC_ACQ_REL,
+						 __ATOMIC_ACQUIRE))
+			fresh = unread;
+		mode = fresh;
+	}
+	return (enum uhmm_fault_mode)mode;
+}
+
+UHMM_EXPORT int uhmm_set_fault_mode(enum uhmm_fault_mode mode)
+{
+	int ret = 0;
+
+	if (mode != UHMM_FAULTS_SERVICE && mode != UHMM_FAULTS_IN_THREAD)
+		return -EINVAL;
+	if (mode == UHMM_FAULTS_IN_THREAD && !(uhmm_kfeatures()->flags & UHMM_FEAT_UFFD_SIGBUS))
+		return -EOPNOTSUPP;
+	pthread_mutex_lock(&mm_global_lock);
+	if (uhmm_mm_is_current(mm_current) && mm_current->faults_in_thread != (mode == UHMM_FAULTS_IN_THREAD))
+		ret = -EBUSY;
+	else
+		__atomic_store_n(&fault_mode, (int)mode, __ATOMIC_RELEASE);
+	pthread_mutex_unlock(&mm_global_lock);
+	return ret;
 }
 
 static int mm_create(struct uhmm_mm **out)
@@ -233,9 +304,15 @@ static int mm_create(struct uhmm_mm **out)
 	pthread_rwlock_init(&mm->mmap_lock, NULL);
 	pthread_cond_init(&mm->cond, NULL);
 	pthread_cond_init(&mm->dp_cond, NULL);
-	mm->uffd = uhmm_uffd_open(UHMM_UFFD_WANT_FEATURES, &mm->uffd_features);
+	mm->faults_in_thread = uhmm_fault_mode_wanted() == UHMM_FAULTS_IN_THREAD;
+	mm->uffd = uhmm_uffd_open(UHMM_UFFD_WANT_FEATURES | (mm->faults_in_thread ? UFFD_FEATURE_SIGBUS : 0),
+				  &mm->uffd_features);
 	if (mm->uffd < 0) {
 		ret = mm->uffd;
+		goto err_free;
+	}
+	if (mm->faults_in_thread && !(mm->uffd_features & UFFD_FEATURE_SIGBUS)) {
+		ret = -EOPNOTSUPP;
 		goto err_free;
 	}
 	mm->stop_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
@@ -246,6 +323,8 @@ static int mm_create(struct uhmm_mm **out)
 	ret = uhmm_service_start(mm);
 	if (ret)
 		goto err_free;
+	if (mm->faults_in_thread)
+		uhmm_thread_faults_start(mm);	/* before anything is registered */
 	*out = mm;
 	return 0;
 
@@ -293,6 +372,8 @@ static void mm_destroy(struct uhmm_mm *mm)
 		uhmm_uffd_unregister(mm->uffd, mm->registered.v[i].start, mm->registered.v[i].end);
 	mm->registered.n = 0;
 	pthread_mutex_unlock(&mm->lock);
+	if (mm->faults_in_thread)
+		uhmm_thread_faults_stop(mm);	/* nothing registered: no SIGBUS of uhmm's comes any more */
 	uhmm_service_stop(mm);
 	mm_free(mm);
 }

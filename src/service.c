@@ -182,6 +182,7 @@ static void drop_pages(struct uhmm_mm *mm, uint64_t start, uint64_t end, enum uh
 {
 	uhmm_invalidate(mm, start, end, event, NULL);
 	uhmm_dp_drop_range(mm, start, end);
+	uhmm_poisoned_drop(mm, start, end);	/* the zap took the markers too */
 	if (uhmm_tracing())
 		uhmm_trace_residency(start, (end - start) >> UHMM_PAGE_SHIFT, "freed", NULL);
 }
@@ -229,6 +230,7 @@ static void handle_remap(struct uhmm_mm *mm, const struct uffd_msg *m)
 	pthread_mutex_unlock(&mm->lock);
 	uhmm_invalidate(mm, from, from + len, UHMM_NOTIFY_UNMAP, NULL);
 	uhmm_dp_move_range(mm, from, to, len);	/* device pages move with the mapping */
+	uhmm_poisoned_move(mm, from, to, len);	/* and so do poison markers */
 }
 
 /* A page fault: a write to a page a migration protects, or a missing page of a trapping span. */

@@ -78,6 +78,8 @@ static int run_one(const struct test_entry *t, const char *mode, int timeout)
 			setenv("UHMM_FORCE_FALLBACK", "1", 1);
 		if (strcmp(mode, "user") == 0)
 			drop_privileges();
+		if (strcmp(mode, "thread") == 0)	/* faults served in the faulting thread */
+			setenv("UHMM_FAULTS", "thread", 1);
 		alarm((unsigned int)timeout);
 		t->fn();
 		fflush(NULL);
@@ -99,7 +101,7 @@ static int run_one(const struct test_entry *t, const char *mode, int timeout)
 
 static void usage(const char *argv0)
 {
-	printf("usage: %s [--mode fast|fallback|user|all] [--filter TEXT] [--strict] [--timeout S] [--list]\n"
+	printf("usage: %s [--mode fast|fallback|user|thread|all] [--filter TEXT] [--strict] [--timeout S] [--list]\n"
 	       "Runs uhmm's tests; exit status 0 when none failed.\n", argv0);
 }
 
@@ -123,7 +125,7 @@ int main(int argc, char **argv)
 		{ "list", no_argument, NULL, 'l' },	  { "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
-	const char *modes[3] = { "fast", "fallback", "user" }, *only = "all", *filter = NULL;
+	const char *modes[4] = { "fast", "fallback", "user", "thread" }, *only = "all", *filter = NULL;
 	int passed = 0, failed = 0, skipped = 0, timeout = 60, strict = 0, c;
 
 	while ((c = getopt_long(argc, argv, "m:f:st:lh", opts, NULL)) != -1) {
@@ -144,7 +146,7 @@ int main(int argc, char **argv)
 
 	if (st && *st && strcmp(st, "0") != 0)
 		strict = 1;
-	for (int m = 0; m < 3; m++) {
+	for (int m = 0; m < 4; m++) {
 		if (strcmp(only, "all") != 0 && strcmp(only, modes[m]) != 0)
 			continue;
 		if (strcmp(modes[m], "user") == 0 && geteuid() != 0) {

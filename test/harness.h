@@ -26,7 +26,7 @@
 void test_register(const char *name, void (*fn)(void), const char *file);
 void test_fail(const char *file, int line, const char *fmt, ...) __attribute__((noreturn, format(printf, 3, 4)));
 void test_skip(const char *fmt, ...) __attribute__((noreturn, format(printf, 1, 2)));
-const char *test_mode(void);	/* "fast", "fallback" or "user" */
+const char *test_mode(void);	/* "fast", "fallback", "user" or "thread" */
 
 #define TEST(name)                                                                  \
 	static void test_##name(void);                                              \
@@ -80,6 +80,7 @@ void check_page_patterns(const void *p, int npages, uint32_t seed0);	/* asserts 
 /* map_page_patterns(@npages, 0) with its first @on_device pages moved to @d */
 char *page_patterns_on_device(struct uhmm_dmirror *d, int npages, int on_device);
 bool read_sigbus(const volatile int *p);		/* does reading *p raise SIGBUS? */
+bool faults_in_thread(void);	/* does this process serve CPU faults in the faulting thread? */
 int make_tmpfile(size_t size);				/* unlinked file of @size zero bytes */
 long hugetlb_free_pages(void);
 bool thp_available(void);

@@ -31,9 +31,12 @@ TEST(features_probe)
 		}
 	} else if (geteuid() == 0) {
 		ASSERT_EQ(f.uffd_source, UHMM_UFFD_SYSCALL);
-		ASSERT_TRUE(f.flags & UHMM_FEAT_UFFD_KERNEL_FAULTS);
+		/* faults in the faulting thread: kernel-mode accesses get EFAULT */
+		ASSERT_EQ(!(f.flags & UHMM_FEAT_UFFD_KERNEL_FAULTS), !strcmp(test_mode(), "thread"));
 		ASSERT_TRUE(f.flags & UHMM_FEAT_PFN_VISIBLE);
 	}
+	ASSERT_TRUE(f.flags & UHMM_FEAT_UFFD_SIGBUS);	/* 4.14+ */
+	ASSERT_EQ(!(f.flags & UHMM_FEAT_FAULTS_IN_THREAD), !!strcmp(test_mode(), "thread"));
 }
 
 /* Probed once: a second query returns the same answer. */

@@ -31,7 +31,8 @@ static void run(int threads, bool fork, bool chaos, const char *skip, const char
 	int ret;
 
 	o.seed = env ? strtoull(env, NULL, 0) : (uint64_t)time(NULL);
-	o.efault_ok = strcmp(test_mode(), "user") == 0;	/* documented: README, unprivileged use */
+	/* documented: README, unprivileged use; uhmm(7), fault modes */
+	o.efault_ok = strcmp(test_mode(), "user") == 0 || strcmp(test_mode(), "thread") == 0;
 	ret = stress_run(&o, &r);
 	stress_print(&o, &r);
 	ASSERT_EQ(r.lost_writes, 0);

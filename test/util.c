@@ -167,15 +167,22 @@ int run_child(void (*fn)(void *), void *arg)
 
 static sigjmp_buf bus_jmp;
 
-static void on_sigbus(int sig)
+/*
+ * As a program's SIGBUS handler must be once uhmm serves faults in the
+ * faulting thread (UHMM_FAULTS_IN_THREAD): a fault uhmm serves is uhmm's,
+ * and the access runs again; anything else (a poisoned page) is ours.
+ */
+static void on_sigbus(int sig, siginfo_t *si, void *uc)
 {
 	(void)sig;
+	if (uhmm_handle_sigbus(si, uc))
+		return;
 	siglongjmp(bus_jmp, 1);
 }
 
 bool read_sigbus(const volatile int *p)
 {
-	struct sigaction sa = { .sa_handler = on_sigbus }, old;
+	struct sigaction sa = { .sa_sigaction = on_sigbus, .sa_flags = SA_SIGINFO | SA_NODEFER }, old;
 	volatile bool bus = false;
 
 	sigaction(SIGBUS, &sa, &old);
@@ -185,6 +192,14 @@ bool read_sigbus(const volatile int *p)
 		bus = true;
 	sigaction(SIGBUS, &old, NULL);
 	return bus;
+}
+
+bool faults_in_thread(void)
+{
+	struct uhmm_features f;
+
+	ASSERT_OK(uhmm_query_features(&f));
+	return (f.flags & UHMM_FEAT_FAULTS_IN_THREAD) != 0;
 }
 
 void fill_ints(int *p, size_t bytes, int sign)

@@ -32,6 +32,8 @@ static const struct {
 	{ UHMM_FEAT_KPAGEFLAGS, "kpageflags", "/proc/kpageflags readable" },
 	{ UHMM_FEAT_PROCESS_VM, "process_vm", "process_vm_readv/writev (safe device access)" },
 	{ UHMM_FEAT_THP, "thp", "transparent huge pages" },
+	{ UHMM_FEAT_UFFD_SIGBUS, "uffd_sigbus", "UFFD_FEATURE_SIGBUS (faults served in the faulting thread)" },
+	{ UHMM_FEAT_FAULTS_IN_THREAD, "faults_in_thread", "UHMM_FAULTS=thread: this process serves faults in thread" },
 	{ UHMM_FEAT_FALLBACK_FORCED, "fallback_forced", "UHMM_FORCE_FALLBACK: fast paths off" },
 };
 
@@ -65,6 +67,14 @@ static void print_advice(const struct uhmm_features *f)
 		       "  sysctl vm.unprivileged_userfaultfd=1   (all users), or\n"
 		       "  give the user read-write access to /dev/userfaultfd (Linux 6.1+).\n");
 	}
+	if (f->flags & UHMM_FEAT_FAULTS_IN_THREAD)
+		printf("\nFaults in the faulting thread (UHMM_FAULTS=thread): a CPU fault on a device page\n"
+		       "is a SIGBUS uhmm serves on the thread that took it; a system call that touches\n"
+		       "a device-resident page fails with EFAULT (uhmm(7), Fault modes).\n");
+	else if (f->flags & UHMM_FEAT_UFFD_SIGBUS)
+		printf("\nFaster CPU faults are available: UHMM_FAULTS=thread, or\n"
+		       "uhmm_set_fault_mode(UHMM_FAULTS_IN_THREAD), serves each in the faulting thread\n"
+		       "(system calls on device-resident pages then get EFAULT: uhmm(7), Fault modes).\n");
 	if (!(f->flags & UHMM_FEAT_PAGEMAP_SCAN) && !(f->flags & UHMM_FEAT_FALLBACK_FORCED))
 		printf("\nNo PAGEMAP_SCAN: snapshots read /proc/self/pagemap with pread (slower);\n"
 		       "the zero page and THP are seen only with CAP_SYS_ADMIN.\n");

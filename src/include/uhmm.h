@@ -13,6 +13,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <signal.h>
 #include <sys/types.h>
 
 #ifdef __cplusplus
@@ -105,6 +106,11 @@ enum uhmm_uffd_source {
 #define UHMM_FEAT_PROCESS_VM		(1u << 11) /* process_vm_readv/writev on self */
 #define UHMM_FEAT_FALLBACK_FORCED	(1u << 12) /* UHMM_FORCE_FALLBACK set: fast paths off */
 #define UHMM_FEAT_THP			(1u << 13) /* transparent huge pages can be used */
+#define UHMM_FEAT_UFFD_SIGBUS		(1u << 14) /* UFFD_FEATURE_SIGBUS: UHMM_FAULTS_IN_THREAD can be used */
+#define UHMM_FEAT_FAULTS_IN_THREAD	(1u << 15) /* this process serves CPU faults in the faulting
+						    * thread (UHMM_FAULTS_IN_THREAD); kernel-mode
+						    * accesses then fail with EFAULT: the flag
+						    * UHMM_FEAT_UFFD_KERNEL_FAULTS is cleared */
 
 struct uhmm_features {
 	uint32_t flags;			/* UHMM_FEAT_* */
@@ -179,6 +185,59 @@ void uhmm_mm_put(struct uhmm_mm *mm);
  * Return: 0, or -EINVAL if @mm is NULL or not this process's.
  */
 int uhmm_mm_sync(struct uhmm_mm *mm);
+
+/**
+ * enum uhmm_fault_mode - who serves a CPU access to a device page
+ * @UHMM_FAULTS_SERVICE: uhmm's service threads read the fault from the
+ *	userfaultfd and serve it while the faulting thread sleeps in the
+ *	kernel; a system call that touches a device page waits the same way.
+ *	The default.
+ * @UHMM_FAULTS_IN_THREAD: the faulting thread serves its own fault, in a
+ *	SIGBUS handler uhmm installs (UFFD_FEATURE_SIGBUS): the driver's
+ *	migrate_to_ram() runs on that thread, as the kernel runs it in the
+ *	faulting task, and no thread is put to sleep or woken, which is most
+ *	of a fault's cost (uhmm(7), "Fault modes"). In exchange, a system call
+ *	that touches a device-resident page fails with EFAULT instead of
+ *	waiting, as in user-mode-only mode; and a SIGBUS handler the program
+ *	installs afterwards must hand the signals it does not own to the one
+ *	it replaced.
+ */
+enum uhmm_fault_mode {
+	UHMM_FAULTS_SERVICE = 0,
+	UHMM_FAULTS_IN_THREAD = 1,
+};
+
+/**
+ * uhmm_set_fault_mode() - choose who serves CPU faults, before the mm exists
+ * @mode: an enum uhmm_fault_mode
+ *
+ * Takes effect when this process's uhmm_mm is created (the first
+ * uhmm_mm_get(), or the first one in a forked child). The environment
+ * variable UHMM_FAULTS=thread (or =service) sets the mode a process starts
+ * with; this call overrides it.
+ *
+ * Return: 0; -EINVAL for an unknown @mode; -EOPNOTSUPP if the kernel lacks
+ * UFFD_FEATURE_SIGBUS (4.14+) or no userfaultfd can be opened; -EBUSY if
+ * this process's mm exists already with the other mode.
+ */
+int uhmm_set_fault_mode(enum uhmm_fault_mode mode);
+
+/**
+ * uhmm_handle_sigbus() - serve a SIGBUS that is a fault uhmm serves
+ * @si: the handler's siginfo_t
+ * @ucontext: the handler's third argument
+ *
+ * For a program that installs a SIGBUS handler of its own once uhmm's is in
+ * place (UHMM_FAULTS_IN_THREAD): its handler calls this first, and returns
+ * at once if it served the fault (the access then runs again); otherwise
+ * the signal is the program's (a poisoned page, the end of a file
+ * mapping). uhmm's own handler calls it too, and hands the signals that
+ * are not its own to the handler it replaced.
+ *
+ * Return: 1 if the signal was a fault uhmm served, 0 otherwise (always 0
+ * in UHMM_FAULTS_SERVICE mode).
+ */
+int uhmm_handle_sigbus(const siginfo_t *si, void *ucontext);
 
 /* ------------------------------------------------------------------------ */
 /* Interval notifiers (mm/mmu_notifier.c)                                   */
