@@ -472,43 +472,82 @@ static struct result bench_fault_latency(struct uhmm_dmirror *d)
 }
 
 /*
- * The same with the whole process on one CPU: a child bound to this CPU
- * before it makes its own mm, so its service threads are there too. No
- * thread of this mm runs elsewhere: what is left is the service's cost,
+ * The library's fault paths in a process of their own, set up before its
+ * mm exists. A fork()ed child cannot measure migrations: the memory uhmm
+ * and the reference device reserved in the parent is shared copy-on-write
+ * with it, and UFFDIO_MOVE refuses shared pages (every move falls back to a
+ * copy: 4-5x slower). So the child executes this program again
+ * ("uhmm bench --child HOW FD"), which starts with fresh memory.
+ * CHILD_ONE_CPU binds it to this CPU first, service threads included: no
+ * thread of this mm runs elsewhere, and what is left is the service's cost
  * without where the scheduler puts the threads (the row to read against
- * the bare round trip on the same CPU).
+ * the bare round trip on the same CPU). CHILD_IN_THREAD serves faults in
+ * the faulting thread (uhmm_set_fault_mode()). With CHILD_ALL the child
+ * runs the reference device's migrations and sequential scan (out[2..4])
+ * first, as the parent does on its fresh mm (run after the fault loops, the
+ * same migrations were 4-5x slower: a process's first round trips of a
+ * buffer cost more, not yet understood), then the random fault-back
+ * (out[1]); then the lone fault-back (out[0]).
  */
-static struct result bench_fault_latency_one_cpu(void)
+enum { CHILD_ONE_CPU = 1, CHILD_IN_THREAD = 2, CHILD_ALL = 4 };
+
+static int child_results(unsigned int how)
 {
-	struct result r = { "one CPU fault-back, process on one CPU (uhmm)", "us", 0, 0, 0 };
-	int fds[2], status = 0, cpu = sched_getcpu();
+	return (how & CHILD_ALL) ? 5 : 1;
+}
+
+static int bench_child_main(unsigned int how, size_t size, int fd)
+{
+	struct result out[5];
+	ssize_t bytes = (ssize_t)(child_results(how) * sizeof(out[0]));
+	struct uhmm_dmirror *d;
+
+	if (((how & CHILD_IN_THREAD) && uhmm_set_fault_mode(UHMM_FAULTS_IN_THREAD)) || uhmm_dmirror_open(0, &d))
+		return 1;
+	if (how & CHILD_ALL) {
+		bench_migrate(d, size, &out[2]);
+		out[1] = bench_random_fault_back(d, size);
+	}
+	out[0] = bench_fault_latency(d);
+	uhmm_dmirror_close(d);
+	return write(fd, out, (size_t)bytes) == bytes && !bench_failures ? 0 : 1;
+}
+
+static void bench_in_child(unsigned int how, size_t size, struct result *out, const char *const *names)
+{
+	int n = child_results(how), fds[2], status = 0, cpu = sched_getcpu();
+	ssize_t bytes = (ssize_t)(n * sizeof(*out));
 	pid_t pid;
 
+	for (int i = 0; i < n; i++)
+		out[i] = (struct result){ names[i], i < 2 ? "us" : "GB/s", 0, 0, 0 };
 	if (cpu < 0 || pipe(fds)) {
-		bench_failed("one-CPU fault-back: no CPU or pipe");
-		return r;
+		bench_failed("a child's fault paths: no CPU or no pipe");
+		return;
 	}
 	pid = fork();
 	if (pid == 0) {
-		struct uhmm_dmirror *d;
-		struct result got = r;
+		char how_s[16], size_s[32], fd_s[16];
 		cpu_set_t one;
 
 		CPU_ZERO(&one);
 		CPU_SET(cpu, &one);
-		if (sched_setaffinity(0, sizeof(one), &one) || uhmm_dmirror_open(0, &d))
+		if ((how & CHILD_ONE_CPU) && sched_setaffinity(0, sizeof(one), &one))
 			_exit(1);
-		got = bench_fault_latency(d);
-		uhmm_dmirror_close(d);
-		_exit(write(fds[1], &got, sizeof(got)) == (ssize_t)sizeof(got) && !bench_failures ? 0 : 1);
+		snprintf(how_s, sizeof(how_s), "%u", how);
+		snprintf(size_s, sizeof(size_s), "%zu", size);
+		snprintf(fd_s, sizeof(fd_s), "%d", fds[1]);
+		close(fds[0]);
+		execl("/proc/self/exe", "uhmm", "bench", "--child", how_s, size_s, fd_s, (char *)NULL);
+		_exit(127);
 	}
 	close(fds[1]);
-	if (pid < 0 || read(fds[0], &r, sizeof(r)) != (ssize_t)sizeof(r) || waitpid(pid, &status, 0) != pid ||
+	if (pid < 0 || read(fds[0], out, (size_t)bytes) != bytes || waitpid(pid, &status, 0) != pid ||
 	    !WIFEXITED(status) || WEXITSTATUS(status))
-		bench_failed("one-CPU fault-back: the child failed");
+		bench_failed("a child's fault paths: the child failed");
 	close(fds[0]);
-	r.name = "one CPU fault-back, process on one CPU (uhmm)";	/* (the child's pointer) */
-	return r;
+	for (int i = 0; i < n; i++)	/* the child's pointers point into its own image */
+		out[i] = (struct result){ names[i], i < 2 ? "us" : "GB/s", out[i].med, out[i].min, out[i].max };
 }
 
 /* ---- the bare mechanism: a userfaultfd MISSING fault served by UFFDIO_COPY ---- */
@@ -1095,10 +1134,19 @@ static int bench_main(int argc, char **argv)
 	size_t mib = 64;
 	bool json = false, thp = false, scaling = false;
 	struct uhmm_dmirror *d;
-	struct result r[29], rd[5];
+	static const char *const one_cpu_names[] = { "one CPU fault-back, process on one CPU (uhmm)" };
+	static const char *const in_thread_names[] = {
+		"one CPU fault-back, faults in thread (uhmm)", "CPU random fault-back, faults in thread",
+		"migrate to device, faults in thread", "migrate to system, faults in thread",
+		"CPU sequential fault-back scan, faults in thread",
+	};
+	struct result r[34], rd[5];
 	struct uhmm_mm *mm;
 	int ret;
 
+	if (argc == 5 && strcmp(argv[1], "--child") == 0)	/* bench_in_child()'s process */
+		return bench_child_main((unsigned int)strtoul(argv[2], NULL, 10), strtoul(argv[3], NULL, 10),
+					atoi(argv[4]));
 	for (int i = 1; i < argc; i++) {
 		if (strcmp(argv[i], "--json") == 0)
 			json = true;
@@ -1125,7 +1173,8 @@ static int bench_main(int argc, char **argv)
 	r[0] = bench_memcpy(mib << 20);
 	bench_migrate(d, mib << 20, &r[1]);
 	r[4] = bench_fault_latency(d);
-	r[25] = bench_fault_latency_one_cpu();
+	bench_in_child(CHILD_ONE_CPU, mib << 20, &r[25], one_cpu_names);
+	bench_in_child(CHILD_IN_THREAD | CHILD_ALL, mib << 20, &r[29], in_thread_names);
 	r[5] = bench_bare_uffd(SCHEDULER);
 	r[6] = bench_bare_uffd(SAME_CPU);
 	r[7] = bench_bare_uffd(OTHER_CPU);
@@ -1160,6 +1209,9 @@ static int bench_main(int argc, char **argv)
 		"uhmm_migrate_vma_zero_copy_to_system_vs_raw_uffdio_move",
 		"sequential_fault_back_vs_raw_fault_back", "raw_fault_back_vs_memcpy",
 		"range_fault_snapshot_vs_pagemap_scan_and_pread",
+		"fault_back_in_thread_vs_bare_uffd_same_cpu", "fault_back_in_thread_vs_service",
+		"random_fault_back_in_thread_vs_service", "migrate_to_device_in_thread_vs_memcpy",
+		"migrate_to_system_in_thread_vs_memcpy", "sequential_fault_back_in_thread_vs_memcpy",
 	};
 	double ratio[] = {
 		r[1].med / r[0].med, r[2].med / r[0].med, r[3].med / r[0].med,
@@ -1174,6 +1226,8 @@ static int bench_main(int argc, char **argv)
 		r[18].med / r[26].med, r[19].med / r[26].med,
 		r[3].med / r[27].med, r[27].med / r[0].med,
 		r[16].med / (r[17].med + r[28].med),
+		r[29].med / r[6].med, r[29].med / r[4].med, r[30].med / r[13].med,
+		r[31].med / r[0].med, r[32].med / r[0].med, r[33].med / r[0].med,
 	};
 	int nr = (int)(sizeof(ratio) / sizeof(ratio[0])), nres = (int)(sizeof(r) / sizeof(r[0]));
 
