@@ -1,8 +1,9 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * Test harness: every TEST() runs in a forked child with a timeout, in
- * each mode (fast paths, UHMM_FORCE_FALLBACK=1, and as an unprivileged user
- * when started as root). A test fails by a failed ASSERT, a signal or the
+ * each mode (fast paths, UHMM_FORCE_FALLBACK=1, as an unprivileged user
+ * when started as root, and with faults served in the faulting thread:
+ * UHMM_FAULTS=thread). A test fails by a failed ASSERT, a signal or the
  * timeout; SKIP() says why it cannot run here (exit 77). The run ends with
  * "N passed, N failed, N skipped".
  */

@@ -20,6 +20,7 @@ int main(int argc, char **argv)
 	struct stress_opts o = { .seed = (uint64_t)time(NULL), .seconds = 60, .threads = 4, .regions = 3,
 				 .pages = 32, .fork = true };
 	struct stress_report r;
+	struct uhmm_features f;
 	int c, ret;
 
 	while ((c = getopt(argc, argv, "s:t:T:r:p:n:FCx:i:mHh")) != -1) {
@@ -54,6 +55,10 @@ int main(int argc, char **argv)
 	if (o.threads < 1 || o.regions < 1 || o.pages < 1 || o.seconds <= 0)
 		return 2;
 	uhmm_set_logger(log_stderr, NULL);
+	/* a device copy racing a migration may get EFAULT where kernel-mode accesses cannot wait
+	 * (unprivileged, or UHMM_FAULTS=thread): documented, not an error */
+	if (uhmm_query_features(&f) == 0 && !(f.flags & UHMM_FEAT_UFFD_KERNEL_FAULTS))
+		o.efault_ok = true;
 	printf("stress: seed %llu (rerun with -s %llu)\n", (unsigned long long)o.seed, (unsigned long long)o.seed);
 	fflush(stdout);
 	ret = stress_run(&o, &r);
