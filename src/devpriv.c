@@ -728,13 +728,9 @@ void uhmm_fault_wp(struct uhmm_mm *mm, uint64_t addr)
 int uhmm_fault_in_thread(struct uhmm_mm *mm, uint64_t addr, bool write, pid_t tid)
 {
 	uint64_t page = uhmm_align_down(addr, UHMM_PAGE_SIZE);
-	bool ours;
 	int ret;
 
-	pthread_mutex_lock(&mm->lock);
-	ours = uhmm_spanset_covers(&mm->registered, page, page + UHMM_PAGE_SIZE);
-	pthread_mutex_unlock(&mm->lock);
-	if (!ours)
+	if (!uhmm_mm_span_covers(mm, &mm->registered, page))
 		return -ENOENT;
 	ret = serve_missing(mm, page, write ? UHMM_FAULT_WRITE : 0, tid);
 	if (ret != -EEXIST)

@@ -374,6 +374,7 @@ void uhmm_thread_faults_start(struct uhmm_mm *mm);
 void uhmm_thread_faults_stop(struct uhmm_mm *mm);
 
 /* ---- migrate.c ---- */
+bool uhmm_mm_span_covers(struct uhmm_mm *mm, const struct uhmm_spanset *set, uint64_t addr);
 bool uhmm_mm_is_missing(struct uhmm_mm *mm, uint64_t addr);
 /* Poison markers uhmm put: remembered, dropped with the pages, moved by mremap(). */
 void uhmm_poisoned_add(struct uhmm_mm *mm, uint64_t addr);

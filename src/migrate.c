@@ -115,14 +115,20 @@ void uhmm_migrate_gate_open(struct uhmm_mm *mm)
 
 /* ---- registration and helpers shared with the fault path ---- */
 
-bool uhmm_mm_is_missing(struct uhmm_mm *mm, uint64_t addr)
+/* Is @addr's page in @set, one of @mm's span sets (under mm->lock)? */
+bool uhmm_mm_span_covers(struct uhmm_mm *mm, const struct uhmm_spanset *set, uint64_t addr)
 {
 	bool in;
 
 	pthread_mutex_lock(&mm->lock);
-	in = uhmm_spanset_covers(&mm->missing, addr, addr + UHMM_PAGE_SIZE);
+	in = uhmm_spanset_covers(set, addr, addr + UHMM_PAGE_SIZE);
 	pthread_mutex_unlock(&mm->lock);
 	return in;
+}
+
+bool uhmm_mm_is_missing(struct uhmm_mm *mm, uint64_t addr)
+{
+	return uhmm_mm_span_covers(mm, &mm->missing, addr);
 }
 
 void uhmm_poisoned_add(struct uhmm_mm *mm, uint64_t addr)
@@ -166,12 +172,7 @@ void uhmm_poisoned_move(struct uhmm_mm *mm, uint64_t from, uint64_t to, uint64_t
 
 bool uhmm_poisoned(struct uhmm_mm *mm, uint64_t addr)
 {
-	bool in;
-
-	pthread_mutex_lock(&mm->lock);
-	in = uhmm_spanset_covers(&mm->poisoned, addr, addr + UHMM_PAGE_SIZE);
-	pthread_mutex_unlock(&mm->lock);
-	return in;
+	return uhmm_mm_span_covers(mm, &mm->poisoned, addr);
 }
 
 /*

@@ -105,11 +105,14 @@ static bool serve(uint64_t addr, bool write)
 	if (ret == -EBUSY)
 		uhmm_dp_wait_unclaimed(mm, page);
 	t1 = uhmm_now_ns();
-	uhmm_stat_add(UHMM_STAT(faults), 1);
-	uhmm_stat_add(UHMM_STAT(fault_ns), t1 - t0);
-	if (uhmm_tracing())
-		uhmm_trace_span("fault", "fault", t0, t1, "\"addr\":\"%#llx\",\"kind\":\"in-thread\",\"thread\":%d",
-				(unsigned long long)addr, (int)tid);
+	if (ret != -ENOENT) {	/* counted as the service thread counts the faults it serves */
+		uhmm_stat_add(UHMM_STAT(faults), 1);
+		uhmm_stat_add(UHMM_STAT(fault_ns), t1 - t0);
+		if (uhmm_tracing())
+			uhmm_trace_span("fault", "fault", t0, t1,
+					"\"addr\":\"%#llx\",\"kind\":\"in-thread\",\"thread\":%d",
+					(unsigned long long)addr, (int)tid);
+	}
 	uhmm_mm_put(mm);
 	if (ret == -ENOENT)
 		return false;

@@ -818,9 +818,9 @@ int uhmm_make_device_exclusive(struct uhmm_mm *mm, uint64_t addr, void *owner, v
  * the prefix it knows.
  */
 struct uhmm_stats {
-	uint64_t faults;		/* CPU faults served by uhmm's service thread */
+	uint64_t faults;		/* CPU faults uhmm served (service threads, or the faulting thread itself) */
 	uint64_t faults_device;		/* of which on device pages: migrate_to_ram() called */
-	uint64_t fault_ns;		/* time the service thread spent serving faults */
+	uint64_t fault_ns;		/* time spent serving them */
 	uint64_t pages_to_device;	/* pages committed by migrations, each way */
 	uint64_t pages_to_system;
 	uint64_t bytes_to_device;
