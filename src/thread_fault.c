@@ -34,9 +34,12 @@
  *  - a page a migration holds: it waits for the claim's release (10 ms at
  *    most) and returns; the access faults again;
  *  - a fault that finds nothing to do, again and again at one address
- *    (SPIN_LIMIT), is not uhmm's to serve: it is handed on, and ends the
- *    process rather than spin for ever.
+ *    (SPIN_LIMIT times and for SPIN_NS at least: a race that a moment
+ *    settles, such as an mremap() whose event is still unread, does not
+ *    count), is not uhmm's to serve: it is handed on, and ends the process
+ *    rather than spin for ever.
  */
+#include <sched.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <sys/syscall.h>
@@ -45,11 +48,12 @@
 
 #include "internal.h"
 
-#define SPIN_LIMIT 10000	/* faults at one address in a row, each with nothing to do */
+#define SPIN_LIMIT 10000	/* faults at one address in a row, each with nothing to do, */
+#define SPIN_NS 1000000000ULL	/* ... for this long at least */
 
 static struct sigaction prev_action;	/* what uhmm's handler replaced */
 static atomic_int installs;		/* mms that installed it (a fork child's makes a second) */
-static __thread uint64_t spin_addr;
+static __thread uint64_t spin_addr, spin_since;
 static __thread unsigned int spins;
 
 /* Was the access a write? x86-64 says so in the page-fault error code; elsewhere, assume it was. */
@@ -118,10 +122,12 @@ static bool serve(uint64_t addr, bool write)
 		return false;
 	if (ret != -EAGAIN || page != spin_addr) {
 		spin_addr = ret == -EAGAIN ? page : 0;
+		spin_since = t1;
 		spins = 0;
 		return true;
 	}
-	if (++spins < SPIN_LIMIT)
+	sched_yield();	/* whatever changes the page meanwhile runs first */
+	if (++spins < SPIN_LIMIT || t1 - spin_since < SPIN_NS)
 		return true;
 	uhmm_log(UHMM_LOG_ERR, "uhmm: a fault at %#llx came back %u times with nothing to serve: not uhmm's",
 		 (unsigned long long)addr, spins);

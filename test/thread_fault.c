@@ -106,6 +106,7 @@ TEST(fault_in_thread_runs_migrate_to_ram_on_the_faulting_thread)
 		to_device(mm, pg, p);
 		((int *)dev_mem)[0] = -round - 1;	/* the device writes meanwhile */
 		served_by = 0;
+		ASSERT_OK(uhmm_mm_sync(mm));	/* the service threads are done with the migration's events */
 		ASSERT_EQ(uhmm_stats(&s0, sizeof(s0)), sizeof(s0));
 		before = voluntary_switches();
 		ASSERT_EQ(((volatile int *)p)[0], -round - 1);
@@ -115,8 +116,13 @@ TEST(fault_in_thread_runs_migrate_to_ram_on_the_faulting_thread)
 		ASSERT_EQ(s1.faults - s0.faults, 1);
 		check_ints_from(p, 1, PAGE - sizeof(int), 1);
 	}
-	/* a preemption is involuntary; a futex wait on a lock a service thread held would count: none is expected */
-	ASSERT_EQ(slept, 0);
+	/*
+	 * Served by the service threads, every round sleeps (16 of 16). Here a
+	 * preemption is involuntary and does not count; what could is a lock a
+	 * service thread still held (the sync above leaves them idle) or the
+	 * kernel sleeping in its own page allocation: CI under load once saw 1.
+	 */
+	ASSERT_LE(slept, 2);
 	ASSERT_OK(uhmm_pagemap_stats(pg, &st));
 	ASSERT_EQ(st.mapped, 0);
 	ASSERT_OK(uhmm_pagemap_remove(pg));
