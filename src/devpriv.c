@@ -730,6 +730,15 @@ int uhmm_fault_in_thread(struct uhmm_mm *mm, uint64_t addr, bool write, pid_t ti
 	uint64_t page = uhmm_align_down(addr, UHMM_PAGE_SIZE);
 	int ret;
 
+	/*
+	 * In the order the service threads would serve it: after every event
+	 * read before it. The program's munmap() or madvise() returned once
+	 * its event was read, not handled; a fault on the range's remaining
+	 * pages must not race that handling (the reference device's unit,
+	 * half unmapped, was seen poisoned in thread mode under load). Cheap
+	 * when no event is pending: mm->lock, taken and dropped.
+	 */
+	uhmm_service_sync(mm);
 	if (!uhmm_mm_span_covers(mm, &mm->registered, page))
 		return -ENOENT;
 	ret = serve_missing(mm, page, write ? UHMM_FAULT_WRITE : 0, tid);
@@ -738,14 +747,10 @@ int uhmm_fault_in_thread(struct uhmm_mm *mm, uint64_t addr, bool write, pid_t ti
 	/*
 	 * A page is there: a write to a protected one, or a poison marker
 	 * uhmm put (without CONFIG_MEMORY_FAILURE its SIGBUS is BUS_ADRERR
-	 * too). The program's drop of a poisoned page reaches uhmm as an event
-	 * after the fact: its ending is waited for before the fault is handed
-	 * on as the poison's.
+	 * too); the program's drop of one before the fault was handled above.
 	 */
-	if (uhmm_poisoned(mm, page)) {
-		uhmm_service_sync(mm);
-		return uhmm_poisoned(mm, page) ? -ENOENT : -EAGAIN;
-	}
+	if (uhmm_poisoned(mm, page))
+		return -ENOENT;
 	ret = serve_wp(mm, page);
 	return ret == 0 || ret == -EBUSY ? ret : -EAGAIN;
 }
