@@ -121,6 +121,20 @@ static void close_runtime(struct uhmm_cl *ctx)
 		clReleaseContext(ctx->context);
 }
 
+/*
+ * Faults served in the faulting thread (UHMM_FAULTS_IN_THREAD) would run
+ * ucl_migrate_to_ram() in a SIGBUS handler, and it calls the OpenCL
+ * runtime, which allocates with malloc() and takes locks of its own (TSan
+ * reported both from PoCL): a fault taken inside malloc() would deadlock.
+ * Not offered: the process's mode is the service threads'.
+ */
+static int refuse_faults_in_thread(void)
+{
+	struct uhmm_features f;
+
+	return uhmm_query_features(&f) == 0 && (f.flags & UHMM_FEAT_FAULTS_IN_THREAD) ? -EOPNOTSUPP : 0;
+}
+
 UHMM_CL_EXPORT int uhmm_cl_context_create(struct uhmm_cl **out, const struct uhmm_cl_config *config)
 {
 	struct uhmm_cl *ctx;
@@ -142,6 +156,8 @@ UHMM_CL_EXPORT int uhmm_cl_context_create(struct uhmm_cl **out, const struct uhm
 		ret = open_runtime(ctx);
 	if (!ret)
 		ret = uhmm_mm_get(&ctx->mm);
+	if (!ret)
+		ret = refuse_faults_in_thread();
 	if (!ret)
 		ret = uhmm_pagemap_add(ctx->mm, ctx->nslots, ctx, &ucl_pagemap_ops, ctx, &ctx->pgmap);
 	ucl_track_open(ctx);	/* optional: without it read-only arguments migrate too */

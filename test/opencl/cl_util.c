@@ -11,17 +11,22 @@ static const char *kernels =
 	"{ size_t i = get_global_id(0); if (i < n) p[i] += by; }\n"
 	SAXPY_KERNEL_SRC STENCIL_KERNEL_SRC;
 
-void cl_open(struct cl_fixture *f, const struct uhmm_cl_config *config)
+/* The runtime caches compiled kernels under $HOME, which the unprivileged mode cannot write. */
+void cl_runtime_env(void)
 {
-	int ret;
-
-	/* The runtime caches compiled kernels under $HOME, which the unprivileged mode cannot write. */
 	if (!getenv("POCL_CACHE_DIR")) {
 		char dir[64];
 
 		snprintf(dir, sizeof(dir), "/tmp/uhmm-pocl-cache-%u", (unsigned int)getuid());
 		setenv("POCL_CACHE_DIR", dir, 1);
 	}
+}
+
+void cl_open(struct cl_fixture *f, const struct uhmm_cl_config *config)
+{
+	int ret;
+
+	cl_runtime_env();
 	ret = uhmm_cl_context_create(&f->cl, config);
 	if (ret == -ENODEV)
 		SKIP("no OpenCL device (install pocl-opencl-icd)");

@@ -13,6 +13,7 @@ struct cl_fixture {
 };
 
 /* Open the device (SKIP with the reason if there is none) and build the test kernels. */
+void cl_runtime_env(void);	/* POCL_CACHE_DIR where every mode can write */
 void cl_open(struct cl_fixture *f, const struct uhmm_cl_config *config);
 void cl_close(struct cl_fixture *f);
 /* p[i] += by for n ints, through uhmm_cl_launch(); returns its result */

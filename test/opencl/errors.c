@@ -55,6 +55,24 @@ TEST(cl_bad_arguments)
 	cl_close(&f);
 }
 
+/*
+ * With faults served in the faulting thread, the CPU fault-back would call
+ * the OpenCL runtime in a signal handler (it allocates): the context is
+ * refused, in every mode (this program does not run the harness's thread
+ * mode: harness_skip_mode below).
+ */
+TEST(cl_context_refused_with_faults_in_thread)
+{
+	struct uhmm_cl *none = NULL;
+
+	cl_runtime_env();
+	ASSERT_OK(uhmm_set_fault_mode(UHMM_FAULTS_IN_THREAD));
+	ASSERT_EQ(uhmm_cl_context_create(&none, NULL), -EOPNOTSUPP);
+	ASSERT_TRUE(none == NULL);
+}
+
+const char *harness_skip_mode = "thread";
+
 /* Two pointer arguments whose bytes overlap (and are not the same argument): -EINVAL, nothing moved. */
 TEST(cl_overlapping_arguments)
 {

@@ -50,7 +50,10 @@ struct uhmm_cl_config {
  * uhmm pagemap of device_bytes / page size pages whose backing store is
  * the device buffers. Return: 0; -EINVAL (NULL @out, a bad config);
  * -ENODEV (no such platform or device); -ENOMEM; -ENOSYS/-EPERM (no
- * userfaultfd, see uhmm_query_features()); -EIO (the runtime refused).
+ * userfaultfd, see uhmm_query_features()); -EIO (the runtime refused);
+ * -EOPNOTSUPP if this process serves faults in the faulting thread
+ * (uhmm_set_fault_mode(3)): the CPU fault-back calls the OpenCL runtime,
+ * which cannot run in a signal handler.
  */
 int uhmm_cl_context_create(struct uhmm_cl **out, const struct uhmm_cl_config *config);
 
