@@ -430,8 +430,10 @@ static void fault_unlock(struct uhmm_mm *mm, struct uhmm_page *page)
  */
 int uhmm_dp_fault(struct uhmm_mm *mm, uint64_t addr, unsigned int flags, pid_t tid)
 {
+	bool cpu_touch = flags & UHMM_FAULT_CPU_TOUCH;
 	int ret = 0;
 
+	flags &= ~UHMM_FAULT_CPU_TOUCH;	/* the driver's flags */
 	addr = uhmm_align_down(addr, UHMM_PAGE_SIZE);
 	for (int i = 0; i < FAULT_TRIES; i++) {
 		uint64_t v, installs;
@@ -446,16 +448,17 @@ int uhmm_dp_fault(struct uhmm_mm *mm, uint64_t addr, unsigned int flags, pid_t t
 			v = DP_BUSY;	/* the program is zapping it: wait for that to finish */
 		page = DP_PAGE(v);
 		/*
-		 * One CPU fault at a time calls a page's migrate_to_ram(), as the
-		 * kernel's do_swap_page() holds the page lock: the others wait,
-		 * then find it back (faults served in the faulting threads run
-		 * side by side; an eviction goes on regardless, as before).
+		 * One CPU access's fault at a time calls a page's
+		 * migrate_to_ram(), as the kernel's do_swap_page() holds the page
+		 * lock: the others wait, then find it back (faults served in the
+		 * faulting threads run side by side; the service worker's are one
+		 * at a time anyway). Other callers go on regardless, as before.
 		 */
-		if (page && !(v & DP_BUSY) && page->faulting && !(flags & UHMM_FAULT_EVICT))
+		if (page && !(v & DP_BUSY) && page->faulting && cpu_touch)
 			v |= DP_BUSY;
 		if (page && !(v & DP_BUSY)) {
 			uhmm_page_get(page);	/* keep it alive across the callback */
-			page->faulting |= !(flags & UHMM_FAULT_EVICT);
+			page->faulting |= cpu_touch;
 		}
 		pthread_mutex_unlock(&mm->dp_lock);
 		if (!page)
@@ -465,7 +468,7 @@ int uhmm_dp_fault(struct uhmm_mm *mm, uint64_t addr, unsigned int flags, pid_t t
 		vmf = (struct uhmm_vm_fault){ .mm = mm, .address = addr, .page = page, .flags = flags };
 		uhmm_stat_add(UHMM_STAT(faults_device), 1);
 		ret = call_migrate_to_ram(page, &vmf);
-		if (!(flags & UHMM_FAULT_EVICT))
+		if (cpu_touch)
 			fault_unlock(mm, page);
 		uhmm_page_put(page);
 		if (ret == -EAGAIN && !(flags & UHMM_FAULT_EVICT))
@@ -604,7 +607,7 @@ static int serve_missing(struct uhmm_mm *mm, uint64_t page, unsigned int flags, 
 	}
 	if (v & DP_BUSY)
 		return -EBUSY;
-	return uhmm_dp_fault(mm, page, flags, tid) == -EBUSY ? -EBUSY : 0;
+	return uhmm_dp_fault(mm, page, flags | UHMM_FAULT_CPU_TOUCH, tid) == -EBUSY ? -EBUSY : 0;
 }
 
 /* A missing page, read by a service thread: served, or deferred until its holder is done. */

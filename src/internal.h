@@ -352,6 +352,14 @@ bool uhmm_dp_any(struct uhmm_mm *mm);
 void uhmm_dp_drop_range(struct uhmm_mm *mm, uint64_t start, uint64_t end);
 void uhmm_dp_move_range(struct uhmm_mm *mm, uint64_t from, uint64_t to, uint64_t len);
 /* Bring @addr's device page back with its pagemap's migrate_to_ram(); poison on failure. */
+/*
+ * uhmm_dp_fault() flag, never passed to drivers: the fault of a CPU access
+ * (the service worker's or the faulting thread's), which takes the page's
+ * fault lock. A device's uhmm_range_fault() or device-exclusive fault-back
+ * does not wait for it, as before: it may hold its device's lock, which a
+ * migrate_to_ram() in flight may be waiting for (make stress hung so).
+ */
+#define UHMM_FAULT_CPU_TOUCH (1u << 31)
 int uhmm_dp_fault(struct uhmm_mm *mm, uint64_t addr, unsigned int flags, pid_t tid);
 void uhmm_dp_wait_unclaimed(struct uhmm_mm *mm, uint64_t addr);
 /* The CLOCK_REALTIME instant @ms from now: pthread_cond_timedwait()'s deadline. */
