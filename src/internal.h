@@ -150,6 +150,7 @@ bool uhmm_spanset_covers(const struct uhmm_spanset *s, uint64_t start, uint64_t 
 bool uhmm_spanset_intersects(const struct uhmm_spanset *s, uint64_t start, uint64_t end);
 int uhmm_spanset_add(struct uhmm_spanset *s, uint64_t start, uint64_t end);
 int uhmm_spanset_remove(struct uhmm_spanset *s, uint64_t start, uint64_t end);
+int uhmm_spanset_move(struct uhmm_spanset *s, uint64_t from, uint64_t to, uint64_t len);
 void uhmm_spanset_free(struct uhmm_spanset *s);
 bool uhmm_spanset_next_gap(const struct uhmm_spanset *s, uint64_t start, uint64_t end,
 			   uint64_t *gs, uint64_t *ge);
@@ -378,8 +379,8 @@ int uhmm_fill_missing(struct uhmm_mm *mm, uint64_t start, uint64_t end, bool wri
 enum uhmm_fault_mode uhmm_fault_mode_wanted(void);
 
 /* ---- thread_fault.c: faults served by the faulting thread (UHMM_FAULTS_IN_THREAD) ---- */
-void uhmm_thread_faults_start(struct uhmm_mm *mm);
-void uhmm_thread_faults_stop(struct uhmm_mm *mm);
+void uhmm_thread_faults_start(void);
+void uhmm_thread_faults_stop(void);
 
 /* ---- migrate.c ---- */
 bool uhmm_mm_span_covers(struct uhmm_mm *mm, const struct uhmm_spanset *set, uint64_t addr);

@@ -151,23 +151,10 @@ void uhmm_poisoned_drop(struct uhmm_mm *mm, uint64_t start, uint64_t end)
 /* mremap() moved [from, from + len) to @to, the poison markers with the page table. */
 void uhmm_poisoned_move(struct uhmm_mm *mm, uint64_t from, uint64_t to, uint64_t len)
 {
-	struct uhmm_spanset moved = { 0 };
-
 	pthread_mutex_lock(&mm->lock);
-	for (size_t i = 0; i < mm->poisoned.n; i++) {
-		uint64_t a = mm->poisoned.v[i].start, b = mm->poisoned.v[i].end;
-
-		a = a > from ? a : from;
-		b = b < from + len ? b : from + len;
-		if (a < b)
-			uhmm_spanset_add(&moved, a - from + to, b - from + to);
-	}
-	if (moved.n)
-		uhmm_spanset_remove(&mm->poisoned, from, from + len);
-	for (size_t i = 0; i < moved.n; i++)
-		uhmm_spanset_add(&mm->poisoned, moved.v[i].start, moved.v[i].end);
+	if (mm->poisoned.n && uhmm_spanset_move(&mm->poisoned, from, to, len))
+		uhmm_log(UHMM_LOG_WARN, "uhmm: no memory to move the poisoned pages of %#llx", (unsigned long long)from);
 	pthread_mutex_unlock(&mm->lock);
-	uhmm_spanset_free(&moved);
 }
 
 bool uhmm_poisoned(struct uhmm_mm *mm, uint64_t addr)

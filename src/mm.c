@@ -324,7 +324,7 @@ static int mm_create(struct uhmm_mm **out)
 	if (ret)
 		goto err_free;
 	if (mm->faults_in_thread)
-		uhmm_thread_faults_start(mm);	/* before anything is registered */
+		uhmm_thread_faults_start();	/* before anything is registered */
 	*out = mm;
 	return 0;
 
@@ -373,7 +373,7 @@ static void mm_destroy(struct uhmm_mm *mm)
 	mm->registered.n = 0;
 	pthread_mutex_unlock(&mm->lock);
 	if (mm->faults_in_thread)
-		uhmm_thread_faults_stop(mm);	/* nothing registered: no SIGBUS of uhmm's comes any more */
+		uhmm_thread_faults_stop();	/* nothing registered: no SIGBUS of uhmm's comes any more */
 	uhmm_service_stop(mm);
 	mm_free(mm);
 }

@@ -111,6 +111,32 @@ int uhmm_spanset_remove(struct uhmm_spanset *s, uint64_t start, uint64_t end)
 	return 0;
 }
 
+/*
+ * Move what @s holds of [from, from + len) to @to (an mremap() moving a
+ * range's marks with its page table; the two ranges do not overlap, as
+ * mremap()'s do not). Added at @to before removed at @from: on -ENOMEM
+ * the set may hold a mark at both places, never at neither.
+ */
+int uhmm_spanset_move(struct uhmm_spanset *s, uint64_t from, uint64_t to, uint64_t len)
+{
+	struct uhmm_spanset moved = { 0 };
+	int ret = 0;
+
+	for (size_t i = 0; i < s->n && !ret; i++) {
+		uint64_t a = s->v[i].start > from ? s->v[i].start : from;
+		uint64_t b = s->v[i].end < from + len ? s->v[i].end : from + len;
+
+		if (a < b)
+			ret = uhmm_spanset_add(&moved, a - from + to, b - from + to);
+	}
+	for (size_t i = 0; i < moved.n && !ret; i++)
+		ret = uhmm_spanset_add(s, moved.v[i].start, moved.v[i].end);
+	if (!ret && moved.n)
+		ret = uhmm_spanset_remove(s, from, from + len);
+	uhmm_spanset_free(&moved);
+	return ret;
+}
+
 void uhmm_spanset_free(struct uhmm_spanset *s)
 {
 	uhmm_kfree(s->v);

@@ -156,12 +156,11 @@ static void on_sigbus(int sig, siginfo_t *si, void *uc)
  * makes an mm of its own finds it installed already (dispositions survive
  * fork()): what it replaced stays the program's.
  */
-void uhmm_thread_faults_start(struct uhmm_mm *mm)
+void uhmm_thread_faults_start(void)
 {
 	struct sigaction sa = { .sa_sigaction = on_sigbus, .sa_flags = SA_SIGINFO | SA_NODEFER | SA_ONSTACK };
 	struct sigaction cur;
 
-	(void)mm;
 	sigemptyset(&sa.sa_mask);
 	if (atomic_fetch_add(&installs, 1) == 0 && !(sigaction(SIGBUS, NULL, &cur) == 0 &&
 						     (cur.sa_flags & SA_SIGINFO) && cur.sa_sigaction == on_sigbus))
@@ -169,11 +168,10 @@ void uhmm_thread_faults_start(struct uhmm_mm *mm)
 }
 
 /* The mm is gone (nothing registered): give the program its handler back, if uhmm's is still in place. */
-void uhmm_thread_faults_stop(struct uhmm_mm *mm)
+void uhmm_thread_faults_stop(void)
 {
 	struct sigaction cur;
 
-	(void)mm;
 	if (atomic_fetch_sub(&installs, 1) != 1)
 		return;
 	if (sigaction(SIGBUS, NULL, &cur) == 0 && (cur.sa_flags & SA_SIGINFO) && cur.sa_sigaction == on_sigbus)
