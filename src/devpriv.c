@@ -342,21 +342,36 @@ void uhmm_dp_move_range(struct uhmm_mm *mm, uint64_t from, uint64_t to, uint64_t
  * call's REMAP event, which then moves the entry to where the page is now:
  * poisoning it first would lose the page. And a poison marker left at an
  * unmapped address would SIGBUS whatever the program maps there next.
+ *
+ * Only @failed, the page the driver could not return: while its
+ * migrate_to_ram() waited for mmap_lock, an mremap() may have moved that
+ * page away and another mapping's device page in (make stress poisoned a
+ * live page so: a device's fault on an exclusive page raced two mremap()s
+ * of the program). Returns -ESTALE then, nothing poisoned: the caller
+ * looks again, as after a page that moved. 0 otherwise.
  */
-static void dp_poison(struct uhmm_mm *mm, uint64_t addr, pid_t tid)
+static int dp_poison(struct uhmm_mm *mm, uint64_t addr, struct uhmm_page *failed, pid_t tid)
 {
 	struct uffdio_poison p = { .range = { .start = addr, .len = UHMM_PAGE_SIZE } };
-	struct uhmm_page *page;
+	struct uhmm_page *page = NULL;
+	bool other = false;
+	uint64_t v;
 	int ret;
 
 	if (!uhmm_vma_covers(addr, addr + UHMM_PAGE_SIZE))
-		return;	/* its UNMAP or REMAP event, still queued, drops or moves the entry */
-	if (uhmm_dp_claim(mm, addr) & DP_BUSY)
-		return;
-	page = uhmm_dp_remove(mm, addr);
+		return 0;	/* its UNMAP or REMAP event, still queued, drops or moves the entry */
+	pthread_mutex_lock(&mm->dp_lock);
+	v = uhmm_dp_claim_locked(mm, addr);
+	if (!(v & DP_BUSY)) {
+		other = DP_PAGE(v) && DP_PAGE(v) != failed;
+		page = other ? NULL : uhmm_dp_remove_locked(mm, addr);
+	}
+	pthread_mutex_unlock(&mm->dp_lock);
+	if (v & DP_BUSY)
+		return 0;
 	if (!page) {
-		uhmm_dp_release(mm, addr);	/* gone meanwhile: the CPU's retry sees what is there now */
-		return;
+		uhmm_dp_release(mm, addr);	/* gone or replaced meanwhile: the CPU's retry sees what is there now */
+		return other ? -ESTALE : 0;
 	}
 	atomic_fetch_add(&page->pgmap->poisoned, 1);
 	uhmm_page_put(page);
@@ -377,6 +392,7 @@ static void dp_poison(struct uhmm_mm *mm, uint64_t addr, pid_t tid)
 	uhmm_dp_release(mm, addr);
 	uhmm_log(UHMM_LOG_WARN, "uhmm: device could not return page %#llx: poisoned",
 		 (unsigned long long)addr);
+	return 0;
 }
 
 /* @addr's entry, and whether any device page was mapped since @installs. */
@@ -431,6 +447,7 @@ static void fault_unlock(struct uhmm_mm *mm, struct uhmm_page *page)
 int uhmm_dp_fault(struct uhmm_mm *mm, uint64_t addr, unsigned int flags, pid_t tid)
 {
 	bool cpu_touch = flags & UHMM_FAULT_CPU_TOUCH;
+	struct uhmm_page *tried = NULL;	/* the page the driver last failed to return */
 	int ret = 0;
 
 	flags &= ~UHMM_FAULT_CPU_TOUCH;	/* the driver's flags */
@@ -468,6 +485,7 @@ int uhmm_dp_fault(struct uhmm_mm *mm, uint64_t addr, unsigned int flags, pid_t t
 		vmf = (struct uhmm_vm_fault){ .mm = mm, .address = addr, .page = page, .flags = flags };
 		uhmm_stat_add(UHMM_STAT(faults_device), 1);
 		ret = call_migrate_to_ram(page, &vmf);
+		tried = page;	/* compared, never used, once put below */
 		if (cpu_touch)
 			fault_unlock(mm, page);
 		uhmm_page_put(page);
@@ -496,7 +514,8 @@ int uhmm_dp_fault(struct uhmm_mm *mm, uint64_t addr, unsigned int flags, pid_t t
 	}
 	if (ret == -EAGAIN)
 		ret = -EIO;
-	dp_poison(mm, addr, tid);
+	if (dp_poison(mm, addr, tried, tid) == -ESTALE)
+		return 0;	/* another page there now: the caller looks again */
 	return ret;
 }
 

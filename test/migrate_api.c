@@ -830,24 +830,30 @@ static void *busy_touch(void *arg)
 	return (void *)(intptr_t)*(volatile int *)arg;
 }
 
-/* Put page @i of @pgmap at @p, holding @value. */
-static void busy_place(struct uhmm_mm *mm, struct uhmm_pagemap *pgmap, int *p, unsigned int i, int value)
+/* Put page @i of @pgmap (owner @owner, its memory @mem) at @p, holding @value. */
+static void place_page(struct uhmm_mm *mm, struct uhmm_pagemap *pgmap, void *owner, char (*mem)[PAGE], int *p,
+		       unsigned int i, int value)
 {
 	uint64_t src, dst;
 	struct uhmm_migrate_vma m = { .mm = mm, .src = &src, .dst = &dst, .start = (uintptr_t)p,
-				      .end = (uintptr_t)p + PAGE, .pgmap_owner = &busy_owner,
+				      .end = (uintptr_t)p + PAGE, .pgmap_owner = owner,
 				      .flags = UHMM_MIGRATE_VMA_SELECT_SYSTEM };
 	struct uhmm_page *page = uhmm_pagemap_page(pgmap, i);
 
 	p[0] = 1;
 	ASSERT_OK(uhmm_migrate_vma_setup(&m));
 	ASSERT_OK(uhmm_page_init(page));
-	memset(busy_mem[i], 0, PAGE);
-	memcpy(busy_mem[i], &value, sizeof(value));
+	memset(mem[i], 0, PAGE);
+	memcpy(mem[i], &value, sizeof(value));
 	dst = uhmm_migrate_pfn(uhmm_page_to_pfn(page));
 	uhmm_migrate_vma_pages(&m);
 	uhmm_migrate_vma_finalize(&m);
 	ASSERT_TRUE(src & UHMM_MIGRATE_PFN_MIGRATE);
+}
+
+static void busy_place(struct uhmm_mm *mm, struct uhmm_pagemap *pgmap, int *p, unsigned int i, int value)
+{
+	place_page(mm, pgmap, &busy_owner, busy_mem, p, i, value);
 }
 
 /*
@@ -1055,5 +1061,59 @@ TEST(migrate_to_ram_eagain_eviction_waits)
 	retries = atomic_load(&busy_retries);
 	ASSERT_GT(retries, 3);
 	ASSERT_EQ(a[0], 0x4c4c);
+	uhmm_mm_put(mm);
+}
+
+/* ---- a failed migrate_to_ram() poisons only the page it failed on ---- */
+
+static char moved_mem[2][PAGE] __attribute__((aligned(4096)));
+static int moved_owner;
+static int *moved_from, *moved_to;	/* page 0's migrate_to_ram() moves moved_from's mapping onto moved_to */
+static atomic_int moved_calls;
+
+/*
+ * Page 0: the program mremap()s another mapping, with page 1 in it, over
+ * page 0's address while the driver runs (as a migrate_to_ram() waiting
+ * for mmap_lock sees it), then the driver fails. Page 1 comes back as usual.
+ */
+static int moved_to_ram(struct uhmm_vm_fault *vmf)
+{
+	atomic_fetch_add(&moved_calls, 1);
+	if (uhmm_page_index(vmf->page) == 0) {
+		if (mremap(moved_from, PAGE, PAGE, MREMAP_MAYMOVE | MREMAP_FIXED, moved_to) != moved_to)
+			return -errno;
+		return -EIO;
+	}
+	return copy_back_from(vmf, &moved_owner, moved_mem);
+}
+static const struct uhmm_pagemap_ops moved_ops = { .page_free = busy_free, .migrate_to_ram = moved_to_ram };
+
+/*
+ * The driver fails to return page 0, but by then another mapping's page
+ * lives at that address: uhmm poisons nothing (it poisoned the newcomer,
+ * whose data was then lost, until dp_poison() checked which page it
+ * found), and the newcomer is evicted with its data. make stress found it.
+ */
+TEST(migrate_to_ram_failure_after_mremap_poisons_nothing)
+{
+	struct uhmm_mm *mm = mm_or_skip();
+	int *a = map_anon(PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE);
+	int *b = map_anon(PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE);
+	struct uhmm_stats before, after;
+	struct uhmm_pagemap *pgmap;
+
+	ASSERT_OK(uhmm_pagemap_add(mm, 2, &moved_owner, &moved_ops, NULL, &pgmap));
+	place_page(mm, pgmap, &moved_owner, moved_mem, a, 0, 0x1234);
+	place_page(mm, pgmap, &moved_owner, moved_mem, b, 1, 0x5678);
+	moved_from = b;
+	moved_to = a;
+	atomic_store(&moved_calls, 0);
+	ASSERT_EQ(uhmm_stats(&before, sizeof(before)), sizeof(before));
+	ASSERT_OK(uhmm_pagemap_remove(pgmap));	/* evicts page 0 (fails, b moved onto a), then page 1 */
+	ASSERT_EQ(uhmm_stats(&after, sizeof(after)), sizeof(after));
+	ASSERT_EQ(after.poisons, before.poisons);
+	ASSERT_GE(atomic_load(&moved_calls), 2);	/* page 1 went back through the driver */
+	ASSERT_FALSE(read_sigbus(a));
+	ASSERT_EQ(a[0], 0x5678);	/* page 1's data, where mremap() put it */
 	uhmm_mm_put(mm);
 }
