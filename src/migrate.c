@@ -1067,11 +1067,12 @@ static void protect_live(struct uhmm_migrate_vma *m, struct mig_priv *p, uint64_
 
 /*
  * Is the page at @addr in the CPU page table? A page that left it while
- * this migration held its claim must not be read: the read's kernel-mode
+ * this migration held its claim (the program's madvise(DONTNEED), which
+ * does not wait for migrations) must not be read: the read's kernel-mode
  * fault would wait for the claim, that is for this thread, for ever (make
- * stress hung so, after a fork, when a move failed: architecture.md, Known
- * gaps). Not present, it stays as the CPU left it. An unreadable pagemap
- * says present: the read decides, as before.
+ * stress hung so when a move failed: architecture.md, Known gaps). Not
+ * present, it stays as the program left it. An unreadable pagemap says
+ * present: the read decides, as before.
  */
 static bool still_present(uint64_t addr)
 {
