@@ -1066,12 +1066,14 @@ static void protect_live(struct uhmm_migrate_vma *m, struct mig_priv *p, uint64_
 }
 
 /*
- * Is the page at @addr in the CPU page table? A page that left it while
- * this migration held its claim (the program's madvise(DONTNEED), which
- * does not wait for migrations) must not be read: the read's kernel-mode
- * fault would wait for the claim, that is for this thread, for ever (make
- * stress hung so when a move failed: architecture.md, Known gaps). Not
- * present, it stays as the program left it. An unreadable pagemap says
+ * Is the page at @addr in the CPU page table? The program's
+ * madvise(DONTNEED) does not wait for migrations: one that ran whole
+ * between setup's page-table read and its claim took the page without a
+ * drop mark on the claim, and a read would fault on this migration's own
+ * claim and wait for ever (make stress hung so when a move failed:
+ * architecture.md, section 8). Not present, it stays as the program left
+ * it. A DONTNEED after this check marks the claim dropped before it zaps,
+ * and the read's fault is served with zeros. An unreadable pagemap says
  * present: the read decides, as before.
  */
 static bool still_present(uint64_t addr)
