@@ -30,6 +30,7 @@
 #include "uhmm.h"
 #include "uhmm/dmirror.h"
 #include "stress.h"
+#include "../../src/internal.h"	/* what uhmm holds for a mismatched page (describe_page()) */
 
 #define PAGE 4096UL
 #define WORDS (PAGE / 4)
@@ -130,6 +131,67 @@ static void record(struct stress *s, struct owner *w, int ri, int p, enum op wha
 	(void)s;
 }
 
+/* The smaps VmFlags line of the VMA holding @addr into @flags, its range into @lo/@hi; false if none. */
+static bool vma_flags_of(uint64_t addr, char *flags, size_t size, unsigned long *lo, unsigned long *hi)
+{
+	FILE *f = fopen("/proc/self/smaps", "re");
+	char line[512];
+	bool in = false, found = false;
+
+	while (f && !found && fgets(line, sizeof(line), f)) {
+		unsigned long a, b;
+		char c;
+
+		if (sscanf(line, "%lx-%lx %c", &a, &b, &c) == 3 && (c == 'r' || c == '-')) {
+			in = addr >= a && addr < b;
+			*lo = a;
+			*hi = b;
+		} else if (in && strncmp(line, "VmFlags:", 8) == 0) {
+			snprintf(flags, size, "%.*s", (int)size - 1, line + 8);
+			flags[strcspn(flags, "\n")] = '\0';
+			found = true;
+		}
+	}
+	if (f)
+		fclose(f);
+	return found;
+}
+
+/*
+ * Where a mismatched page's data could be, for the log: the CPU page table,
+ * uhmm's device-private entry, the VMA's userfaultfd registration (smaps
+ * "um": missing pages trap, "uw": write-protect) and uhmm's view of it. A
+ * CI failure then carries what a rerun of its seed may not reproduce.
+ */
+static void describe_page(uint64_t addr)
+{
+	struct uhmm_mm *mm = uhmm_mm_peek();	/* NULL in a fork child */
+	uint64_t dp = mm ? uhmm_dp_get(mm, addr) : 0;
+	struct uhmm_page *page = DP_PAGE(dp);
+	unsigned long lo = 0, hi = 0;
+	char flags[160] = "?";
+	uint8_t pte = 0;
+	int pm = uhmm_pagemap_read(addr, addr + PAGE, &pte, 0);
+	bool vma = vma_flags_of(addr, flags, sizeof(flags), &lo, &hi);
+
+	fprintf(stderr, "  state: CPU page table %s; ",
+		pm ? "unreadable" : (pte & UHMM_PTE_ZERO) ? "zero page" : (pte & UHMM_PTE_PRESENT) ? "present" :
+		(pte & UHMM_PTE_SWAPPED) ? "swap entry" : "none");
+	if (!mm)
+		fprintf(stderr, "device-private entry unknown (fork child); ");
+	else if (page)
+		fprintf(stderr, "device-private entry: a page of owner %p%s%s; ", page->pgmap->owner,
+			(dp & DP_BUSY) ? ", busy" : "", (dp & DP_DROPPED) ? ", dropped" : "");
+	else
+		fprintf(stderr, "device-private entry: none%s; ", (dp & DP_BUSY) ? " (claimed)" : "");
+	/* smaps VmFlags: "um" missing pages trap to uhmm, "uw" write-protect faults do */
+	if (vma)
+		fprintf(stderr, "VMA %#lx-%#lx flags%s; ", lo, hi, flags);
+	else
+		fprintf(stderr, "no VMA; ");
+	fprintf(stderr, "uhmm's sets: missing %d\n", mm ? uhmm_mm_is_missing(mm, addr) : -1);
+}
+
 static void report_mismatch(struct stress *s, struct owner *w, int ri, int p, const void *page, const char *by)
 {
 	struct region *g = &w->reg[ri];
@@ -153,6 +215,7 @@ static void report_mismatch(struct stress *s, struct owner *w, int ri, int p, co
 		fprintf(stderr, " [op %ld %c -> %#x]", h->op, h->what, h->value);
 	}
 	fputc('\n', stderr);
+	describe_page((uintptr_t)(atomic_load(&g->base) + (size_t)p * PAGE));
 	pthread_mutex_unlock(&s->print_lock);
 }
 
