@@ -1065,22 +1065,30 @@ static void protect_live(struct uhmm_migrate_vma *m, struct mig_priv *p, uint64_
 	}
 }
 
-/*
- * Is the page at @addr in the CPU page table? The program's
- * madvise(DONTNEED) does not wait for migrations: one that ran whole
- * between setup's page-table read and its claim took the page without a
- * drop mark on the claim, and a read would fault on this migration's own
- * claim and wait for ever (make stress hung so when a move failed:
- * architecture.md, section 8). Not present, it stays as the program left
- * it. A DONTNEED after this check marks the claim dropped before it zaps,
- * and the read's fault is served with zeros. An unreadable pagemap says
- * present: the read decides, as before.
- */
-static bool still_present(uint64_t addr)
-{
-	uint8_t st = UHMM_PTE_PRESENT;
+#define PRESENT_BATCH 64	/* pages still_present() asks pagemap about at once */
 
-	return uhmm_pagemap_read(addr, addr + UHMM_PAGE_SIZE, &st, 0) < 0 || (st & UHMM_PTE_PRESENT);
+/*
+ * Is page @q (of a run ending at @e) in the CPU page table? The program's
+ * madvise(DONTNEED) does not wait for migrations: one whose drop-mark walk
+ * ran before this migration's claim zaps the page with no mark on the
+ * claim until its drop_range() after the call, and a read then faults on
+ * our own claim and is deferred (make stress hung so when a move failed:
+ * architecture.md, section 8). A page gone is left as the program left it.
+ * The check can come any time after the claim (a read after it waits at
+ * most until the mark, then is served with zeros), so one pagemap read
+ * serves up to PRESENT_BATCH pages (@pte, @base: the batch read last). An
+ * unreadable pagemap says present: the read decides, as before.
+ */
+static bool still_present(const struct uhmm_migrate_vma *m, uint64_t q, uint64_t e, uint8_t *pte, uint64_t *base)
+{
+	if (*base == UINT64_MAX || q < *base || q >= *base + PRESENT_BATCH) {
+		uint64_t n = e - q < PRESENT_BATCH ? e - q : PRESENT_BATCH;
+
+		*base = q;
+		if (uhmm_pagemap_read(m->start + (q << UHMM_PAGE_SHIFT), m->start + ((q + n) << UHMM_PAGE_SHIFT), pte, 0))
+			memset(pte, UHMM_PTE_PRESENT, n);
+	}
+	return pte[q - *base] & UHMM_PTE_PRESENT;
 }
 
 /*
@@ -1097,12 +1105,15 @@ static void copy_unmoved(struct uhmm_migrate_vma *m, struct mig_priv *p, uint64_
 			;
 		for (e = k; e < j && (p->st[e] & MS_COPY); e++)
 			;
+		uint8_t pte[PRESENT_BATCH];
+		uint64_t base = UINT64_MAX;
+
 		protect_live(m, p, k, e);	/* what it cannot protect leaves the copy */
 		for (uint64_t q = k; q < e; q++) {
 			if (!(p->st[q] & MS_COPY))
 				continue;
 			p->st[q] &= (uint8_t)~MS_COPY;
-			if (still_present(m->start + (q << UHMM_PAGE_SHIFT)) &&
+			if (still_present(m, q, e, pte, &base) &&
 			    uhmm_access_vm(m->start + (q << UHMM_PAGE_SHIFT), (void *)(uintptr_t)move_target(m->dst[q]),
 					   UHMM_PAGE_SIZE, 0) == UHMM_PAGE_SIZE)
 				m->dst[q] &= ~UHMM_MIGRATE_PFN_MOVE;	/* copied: commit it as such */

@@ -31,6 +31,7 @@
 #include "uhmm/dmirror.h"
 #include "stress.h"
 #include "../../src/internal.h"	/* what uhmm holds for a mismatched page (describe_page()) */
+#include "../../tools/smaps.h"
 
 #define PAGE 4096UL
 #define WORDS (PAGE / 4)
@@ -131,32 +132,6 @@ static void record(struct stress *s, struct owner *w, int ri, int p, enum op wha
 	(void)s;
 }
 
-/* The smaps VmFlags line of the VMA holding @addr into @flags, its range into @lo/@hi; false if none. */
-static bool vma_flags_of(uint64_t addr, char *flags, size_t size, unsigned long *lo, unsigned long *hi)
-{
-	FILE *f = fopen("/proc/self/smaps", "re");
-	char line[512];
-	bool in = false, found = false;
-
-	while (f && !found && fgets(line, sizeof(line), f)) {
-		unsigned long a, b;
-		char c;
-
-		if (sscanf(line, "%lx-%lx %c", &a, &b, &c) == 3 && (c == 'r' || c == '-')) {
-			in = addr >= a && addr < b;
-			*lo = a;
-			*hi = b;
-		} else if (in && strncmp(line, "VmFlags:", 8) == 0) {
-			snprintf(flags, size, "%.*s", (int)size - 1, line + 8);
-			flags[strcspn(flags, "\n")] = '\0';
-			found = true;
-		}
-	}
-	if (f)
-		fclose(f);
-	return found;
-}
-
 /*
  * Where a mismatched page's data could be, for the log: the CPU page table,
  * uhmm's device-private entry, the VMA's userfaultfd registration (smaps
@@ -172,7 +147,7 @@ static void describe_page(uint64_t addr)
 	char flags[160] = "?";
 	uint8_t pte = 0;
 	int pm = uhmm_pagemap_read(addr, addr + PAGE, &pte, 0);
-	bool vma = vma_flags_of(addr, flags, sizeof(flags), &lo, &hi);
+	bool vma = smaps_field((void *)(uintptr_t)addr, "VmFlags:", flags, sizeof(flags), &lo, &hi) > 0;
 
 	fprintf(stderr, "  state: CPU page table %s; ",
 		pm ? "unreadable" : (pte & UHMM_PTE_ZERO) ? "zero page" : (pte & UHMM_PTE_PRESENT) ? "present" :
